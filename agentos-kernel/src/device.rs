@@ -1,0 +1,170 @@
+//! Picking the compute device: a hardware wgpu adapter when there is one, else flex on the CPU.
+//!
+//! `AGENTOS_DEVICE` overrides the choice: `auto`, `flex` (CPU), `wgpu` (best wgpu adapter),
+//! `vulkan` (a hardware Vulkan adapter), `wgpu-cpu` (a software Vulkan/wgpu adapter such as
+//! Mesa's lavapipe; slow, for correctness checks on machines without a GPU).
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use burn::tensor::{Device, DeviceKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{KernelError, Result};
+
+/// Which device to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum DeviceChoice {
+    /// A hardware GPU through wgpu if one is present, else flex.
+    #[default]
+    Auto,
+    /// burn's flex backend on the CPU.
+    Flex,
+    /// wgpu on its default adapter (a GPU when there is one).
+    Wgpu,
+    /// wgpu on a hardware Vulkan adapter; an error if there is none.
+    Vulkan,
+    /// wgpu on a CPU (software) adapter.
+    WgpuCpu,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = KernelError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => DeviceChoice::Auto,
+            "flex" | "cpu" => DeviceChoice::Flex,
+            "wgpu" | "gpu" => DeviceChoice::Wgpu,
+            "vulkan" => DeviceChoice::Vulkan,
+            "wgpu-cpu" | "software" | "lavapipe" => DeviceChoice::WgpuCpu,
+            other => {
+                return Err(KernelError::Device(format!(
+                    "unknown device {other:?}; use auto, flex, wgpu, vulkan or wgpu-cpu"
+                )));
+            }
+        })
+    }
+}
+
+impl DeviceChoice {
+    /// The choice from `AGENTOS_DEVICE`, or `Auto` when it is unset.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("AGENTOS_DEVICE") {
+            Ok(v) => v.parse(),
+            Err(_) => Ok(DeviceChoice::Auto),
+        }
+    }
+}
+
+/// A device ready for tensors, with a human-readable account of the choice.
+#[derive(Debug, Clone)]
+pub struct SelectedDevice {
+    pub device: Device,
+    /// Short name: `flex`, `wgpu`, `wgpu-cpu`.
+    pub name: String,
+    /// The adapter (for wgpu) or backend description.
+    pub description: String,
+    /// Why this device was chosen.
+    pub reason: String,
+}
+
+/// Resolves `choice` to a device. wgpu devices are initialised once per process and reused.
+pub fn select_device(choice: DeviceChoice) -> Result<SelectedDevice> {
+    static CACHE: OnceLock<Mutex<HashMap<DeviceChoice, SelectedDevice>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut cache = cache.lock().map_err(|_| KernelError::Device("device cache poisoned".into()))?;
+    if let Some(d) = cache.get(&choice) {
+        return Ok(d.clone());
+    }
+    let selected = resolve(choice)?;
+    tracing::info!(
+        device = %selected.name,
+        adapter = %selected.description,
+        reason = %selected.reason,
+        "compute device selected"
+    );
+    cache.insert(choice, selected.clone());
+    Ok(selected)
+}
+
+fn flex(reason: String) -> SelectedDevice {
+    SelectedDevice {
+        device: Device::flex(),
+        name: "flex".into(),
+        description: format!("burn flex on the CPU ({} threads)", std::thread::available_parallelism().map_or(1, |n| n.get())),
+        reason,
+    }
+}
+
+fn resolve(choice: DeviceChoice) -> Result<SelectedDevice> {
+    match choice {
+        DeviceChoice::Flex => Ok(flex("AGENTOS_DEVICE/config asked for flex".into())),
+        DeviceChoice::Auto => match hardware_adapter() {
+            Some(info) => init_wgpu(DeviceKind::DefaultDevice, "wgpu", info, "a hardware GPU adapter is present".into()),
+            None => Ok(flex("no hardware GPU adapter found (Vulkan/Metal/DX12)".into())),
+        },
+        DeviceChoice::Wgpu => {
+            let info = hardware_adapter().unwrap_or_else(|| "default wgpu adapter".into());
+            init_wgpu(DeviceKind::DefaultDevice, "wgpu", info, "wgpu was asked for".into())
+        }
+        DeviceChoice::Vulkan => match hardware_adapter() {
+            Some(info) => init_wgpu(DeviceKind::DefaultDevice, "wgpu", info, "vulkan was asked for".into()),
+            None => Err(KernelError::Device(
+                "vulkan was asked for but no hardware Vulkan adapter is present; \
+                 use AGENTOS_DEVICE=wgpu-cpu for software Vulkan or flex for the CPU backend"
+                    .into(),
+            )),
+        },
+        DeviceChoice::WgpuCpu => init_wgpu(
+            DeviceKind::Cpu,
+            "wgpu-cpu",
+            software_adapter().unwrap_or_else(|| "software adapter".into()),
+            "a software (CPU) wgpu adapter was asked for".into(),
+        ),
+    }
+}
+
+fn init_wgpu(kind: DeviceKind, name: &str, description: String, reason: String) -> Result<SelectedDevice> {
+    let device = Device::wgpu_options()
+        .device_kind(kind)
+        .init()
+        .map_err(|e| KernelError::Device(format!("cannot initialise wgpu ({name}): {e}")))?;
+    Ok(SelectedDevice {
+        device,
+        name: name.into(),
+        description,
+        reason,
+    })
+}
+
+fn adapters() -> Vec<burn::tensor::wgpu::wgpu::AdapterInfo> {
+    use burn::tensor::wgpu::wgpu;
+    // Adapter enumeration must not take the process down on machines with broken drivers.
+    std::panic::catch_unwind(|| {
+        let instance = wgpu::Instance::default();
+        let backends = wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12;
+        let rt = tokio::runtime::Builder::new_current_thread().build().ok()?;
+        let adapters = rt.block_on(instance.enumerate_adapters(backends));
+        Some(adapters.iter().map(|a| a.get_info()).collect::<Vec<_>>())
+    })
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
+/// A description of the first hardware (non-CPU) adapter, if any.
+fn hardware_adapter() -> Option<String> {
+    use burn::tensor::wgpu::wgpu::DeviceType;
+    adapters()
+        .into_iter()
+        .find(|a| matches!(a.device_type, DeviceType::DiscreteGpu | DeviceType::IntegratedGpu | DeviceType::VirtualGpu))
+        .map(|a| format!("{} ({:?}, {:?})", a.name, a.device_type, a.backend))
+}
+
+fn software_adapter() -> Option<String> {
+    use burn::tensor::wgpu::wgpu::DeviceType;
+    adapters()
+        .into_iter()
+        .find(|a| a.device_type == DeviceType::Cpu)
+        .map(|a| format!("{} ({:?}, {:?})", a.name, a.device_type, a.backend))
+}

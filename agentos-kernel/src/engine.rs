@@ -1,0 +1,485 @@
+//! The engine: a loaded model, its tokenizer and template, a KV cache, and the sequences in it.
+//!
+//! [`Engine::forward`] advances any mix of sequences (prefill chunks and single-token decode
+//! steps) in one batched pass. [`generate::Batcher`] builds continuous batching on top of it,
+//! and [`thread::EngineThread`] runs it on a dedicated thread (burn compute is blocking).
+
+pub mod generate;
+pub mod sampling;
+pub mod thread;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::chat::{CHATML_TEMPLATE, ChatTemplate};
+use crate::device::{DeviceChoice, SelectedDevice, select_device};
+use crate::error::{KernelError, Result};
+use crate::gguf::GgufFile;
+use crate::kv_cache::{BlockTable, KvCacheConfig, KvCache};
+use crate::model::transformer::SequenceSlice;
+use crate::model::weights::{GgufWeights, SafetensorsWeights};
+use crate::model::{ModelConfig, Transformer, WeightDtype};
+use crate::model_spec::ModelSpec;
+use crate::tokenizer::{TokenId, Tokenizer};
+
+/// Everything that tunes the engine, with documented defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineConfig {
+    /// Weight precision in device memory (default f16: half the bandwidth per token).
+    pub dtype: WeightDtype,
+    /// Device to run on (default: `AGENTOS_DEVICE`, else auto).
+    pub device: DeviceChoice,
+    pub kv_cache: KvCacheConfig,
+    /// Most tokens one batched forward processes; long prompts are prefilled in chunks of at
+    /// most this size so decodes of other sequences keep flowing (default 256).
+    pub max_batch_tokens: usize,
+    /// Most sequences generating at once; further requests wait (default 32).
+    pub max_running: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            dtype: WeightDtype::default(),
+            device: DeviceChoice::from_env().unwrap_or_default(),
+            kv_cache: KvCacheConfig::default(),
+            max_batch_tokens: 256,
+            max_running: 32,
+        }
+    }
+}
+
+/// Identifies a sequence in the engine's KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SequenceId(pub u64);
+
+/// Which logits a forward should return for a sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsWanted {
+    None,
+    /// Only for the last new token (generation).
+    Last,
+    /// For every new token (scoring, teacher forcing).
+    All,
+}
+
+/// One sequence's part of a batched forward.
+#[derive(Debug, Clone)]
+pub struct ForwardItem {
+    pub sequence: SequenceId,
+    pub tokens: Vec<TokenId>,
+    pub logits: LogitsWanted,
+    /// Return attention probabilities of the new tokens (costs a read-back; free when false).
+    pub attention: bool,
+    /// Return the mean-pooled final hidden state of the new tokens.
+    pub embedding: bool,
+}
+
+impl ForwardItem {
+    pub fn new(sequence: SequenceId, tokens: Vec<TokenId>) -> Self {
+        ForwardItem {
+            sequence,
+            tokens,
+            logits: LogitsWanted::Last,
+            attention: false,
+            embedding: false,
+        }
+    }
+}
+
+/// Attention probabilities of `n_new` tokens over their `context` (all tokens up to and
+/// including each new token's position; later keys have probability 0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttentionMaps {
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_new: usize,
+    pub context: usize,
+    /// Absolute position of the first new token.
+    pub start_pos: usize,
+    /// `[layer][head][new token][context]`, row-major.
+    pub probs: Vec<f32>,
+}
+
+impl AttentionMaps {
+    /// The row of attention probabilities of new token `i` for one layer and head.
+    pub fn row(&self, layer: usize, head: usize, i: usize) -> &[f32] {
+        let at = ((layer * self.n_heads + head) * self.n_new + i) * self.context;
+        &self.probs[at..at + self.context]
+    }
+}
+
+/// What a forward returns for one sequence.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardOutput {
+    /// One row of `vocab` logits per requested position.
+    pub logits: Vec<Vec<f32>>,
+    pub attention: Option<AttentionMaps>,
+    pub embedding: Option<Vec<f32>>,
+}
+
+/// Counters the engine keeps.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EngineStats {
+    pub forwards: u64,
+    pub tokens_processed: u64,
+    pub forward_seconds: f64,
+    pub sequences: usize,
+    pub kv_used_blocks: usize,
+    pub kv_max_blocks: usize,
+    pub kv_allocated_bytes: usize,
+}
+
+/// Facts about the loaded model and device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub config: ModelConfig,
+    pub dtype: WeightDtype,
+    pub device: String,
+    pub device_description: String,
+    pub device_reason: String,
+}
+
+pub struct Engine {
+    model: Transformer,
+    tokenizer: Arc<Tokenizer>,
+    template: Arc<ChatTemplate>,
+    kv: KvCache,
+    sequences: HashMap<SequenceId, BlockTable>,
+    next_sequence: u64,
+    config: EngineConfig,
+    info: ModelInfo,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// Loads a model (fetching the default one if needed) onto the configured device.
+    pub fn load(spec: &ModelSpec, config: EngineConfig) -> Result<Self> {
+        let path = spec.resolve()?;
+        let device = select_device(config.device)?;
+        let started = Instant::now();
+        let (model_config, tokenizer, template, model) = if path.is_dir() {
+            load_hf_dir(&path, &config, &device)?
+        } else {
+            load_gguf(&path, &config, &device)?
+        };
+        tracing::info!(
+            model = %spec.name(),
+            dtype = config.dtype.name(),
+            device = %device.name,
+            seconds = started.elapsed().as_secs_f64(),
+            "model loaded"
+        );
+        let kv = KvCache::new(config.kv_cache, &model_config, &device.device)?;
+        let info = ModelInfo {
+            name: spec.name(),
+            config: model_config,
+            dtype: config.dtype,
+            device: device.name.clone(),
+            device_description: device.description.clone(),
+            device_reason: device.reason.clone(),
+        };
+        Ok(Engine {
+            model,
+            tokenizer: Arc::new(tokenizer),
+            template: Arc::new(template),
+            kv,
+            sequences: HashMap::new(),
+            next_sequence: 0,
+            config,
+            info,
+            stats: EngineStats::default(),
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    pub fn template(&self) -> &Arc<ChatTemplate> {
+        &self.template
+    }
+
+    pub fn model_config(&self) -> &ModelConfig {
+        &self.model.config
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            sequences: self.sequences.len(),
+            kv_used_blocks: self.kv.used_blocks(),
+            kv_max_blocks: self.kv.max_blocks(),
+            kv_allocated_bytes: self.kv.allocated_bytes(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Starts an empty sequence.
+    pub fn create_sequence(&mut self) -> SequenceId {
+        let id = SequenceId(self.next_sequence);
+        self.next_sequence += 1;
+        self.sequences.insert(id, BlockTable::default());
+        id
+    }
+
+    /// Frees a sequence's KV blocks.
+    pub fn release_sequence(&mut self, id: SequenceId) {
+        if let Some(mut table) = self.sequences.remove(&id) {
+            self.kv.release(&mut table);
+        }
+    }
+
+    /// Tokens cached for a sequence.
+    pub fn sequence_len(&self, id: SequenceId) -> Option<usize> {
+        self.sequences.get(&id).map(|t| t.len)
+    }
+
+    /// Whether a sequence could grow by `extra` tokens within the KV budget and context length.
+    pub fn can_extend(&self, id: SequenceId, extra: usize) -> bool {
+        self.sequences.get(&id).is_some_and(|t| {
+            t.len + extra <= self.model.config.context_length && self.kv.can_grow(t, t.len + extra)
+        })
+    }
+
+    /// Advances every item's sequence by its tokens in one batched forward.
+    ///
+    /// Either every item advances or, on error, none does (no sequence length changes).
+    pub fn forward(&mut self, items: &[ForwardItem]) -> Result<Vec<ForwardOutput>> {
+        let cfg = self.model.config.clone();
+        let mut seen = std::collections::HashSet::new();
+        for item in items {
+            if item.tokens.is_empty() {
+                return Err(KernelError::InvalidRequest(format!("{:?}: no tokens to process", item.sequence)));
+            }
+            if !seen.insert(item.sequence) {
+                return Err(KernelError::InvalidRequest(format!("{:?} appears twice in one batch", item.sequence)));
+            }
+            if let Some(&bad) = item.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+                return Err(KernelError::InvalidRequest(format!(
+                    "token id {bad} is outside the vocabulary of {} tokens",
+                    cfg.vocab_size
+                )));
+            }
+            let table = self
+                .sequences
+                .get(&item.sequence)
+                .ok_or_else(|| KernelError::InvalidRequest(format!("unknown {:?}", item.sequence)))?;
+            if table.len + item.tokens.len() > cfg.context_length {
+                return Err(KernelError::InvalidRequest(format!(
+                    "{:?} would reach {} tokens, past the model's context length {}",
+                    item.sequence,
+                    table.len + item.tokens.len(),
+                    cfg.context_length
+                )));
+            }
+        }
+        if items.is_empty() {
+            return Ok(vec![]);
+        }
+        let started = Instant::now();
+        for item in items {
+            let table = self.sequences.get_mut(&item.sequence).expect("checked above");
+            let new_len = table.len + item.tokens.len();
+            self.kv.reserve(table, new_len)?;
+        }
+
+        let tokens: Vec<TokenId> = items.iter().flat_map(|i| i.tokens.iter().copied()).collect();
+        let tables: Vec<BlockTable> = items.iter().map(|i| self.sequences[&i.sequence].clone()).collect();
+        let slices: Vec<SequenceSlice<'_>> = items
+            .iter()
+            .zip(&tables)
+            .map(|(item, table)| SequenceSlice {
+                table,
+                start_pos: table.len,
+                n_new: item.tokens.len(),
+                want_attention: item.attention,
+            })
+            .collect();
+        let out = self.model.forward(&tokens, &slices, &mut self.kv);
+
+        // Rows of the flat batch whose logits are wanted.
+        let mut logit_rows: Vec<i64> = Vec::new();
+        let mut offset = 0;
+        for item in items {
+            let n = item.tokens.len();
+            match item.logits {
+                LogitsWanted::None => {}
+                LogitsWanted::Last => logit_rows.push((offset + n - 1) as i64),
+                LogitsWanted::All => logit_rows.extend((offset..offset + n).map(|r| r as i64)),
+            }
+            offset += n;
+        }
+        let logits: Vec<f32> = if logit_rows.is_empty() {
+            Vec::new()
+        } else {
+            let idx = Tensor::<1, Int>::from_data(TensorData::new(logit_rows.clone(), [logit_rows.len()]), self.model.device());
+            let rows = self.model.logits(out.hidden.clone().select(0, idx));
+            read_f32(rows)?
+        };
+
+        let vocab = cfg.vocab_size;
+        let mut results = Vec::with_capacity(items.len());
+        let mut logit_cursor = 0;
+        let mut offset = 0;
+        for ((item, slice), attention) in items.iter().zip(&slices).zip(out.attention) {
+            let n = item.tokens.len();
+            let n_rows = match item.logits {
+                LogitsWanted::None => 0,
+                LogitsWanted::Last => 1,
+                LogitsWanted::All => n,
+            };
+            let logits_rows = (0..n_rows)
+                .map(|r| logits[(logit_cursor + r) * vocab..(logit_cursor + r + 1) * vocab].to_vec())
+                .collect();
+            logit_cursor += n_rows;
+            let embedding = if item.embedding {
+                let h = cfg.hidden_size;
+                let mean = out.hidden.clone().slice([offset..offset + n, 0..h]).mean_dim(0);
+                Some(read_f32(mean)?)
+            } else {
+                None
+            };
+            let attention = match attention {
+                Some(layers) => {
+                    let context = slice.start_pos + n;
+                    // [layers, heads, n_new, context]
+                    let stacked = Tensor::stack::<4>(layers, 0);
+                    Some(AttentionMaps {
+                        n_layers: cfg.n_layers,
+                        n_heads: cfg.n_heads,
+                        n_new: n,
+                        context,
+                        start_pos: slice.start_pos,
+                        probs: read_f32(stacked)?,
+                    })
+                }
+                None => None,
+            };
+            results.push(ForwardOutput {
+                logits: logits_rows,
+                attention,
+                embedding,
+            });
+            offset += n;
+        }
+        for item in items {
+            let table = self.sequences.get_mut(&item.sequence).expect("checked above");
+            table.len += item.tokens.len();
+        }
+        self.stats.forwards += 1;
+        self.stats.tokens_processed += tokens.len() as u64;
+        self.stats.forward_seconds += started.elapsed().as_secs_f64();
+        Ok(results)
+    }
+
+    /// Mean-pooled final hidden state of `text` (prefilled in chunks on a scratch sequence).
+    pub fn embed(&mut self, text: &str) -> Result<Vec<f32>> {
+        let tokens = self.tokenizer.encode(text)?;
+        if tokens.is_empty() {
+            return Err(KernelError::InvalidRequest("cannot embed empty text".into()));
+        }
+        let seq = self.create_sequence();
+        let result = (|| {
+            let mut sum = vec![0f32; self.model.config.hidden_size];
+            for chunk in tokens.chunks(self.config.max_batch_tokens.max(1)) {
+                let mut item = ForwardItem::new(seq, chunk.to_vec());
+                item.logits = LogitsWanted::None;
+                item.embedding = true;
+                let out = self.forward(&[item])?;
+                let mean = out[0].embedding.as_ref().expect("asked for an embedding");
+                for (s, m) in sum.iter_mut().zip(mean) {
+                    *s += m * chunk.len() as f32;
+                }
+            }
+            Ok(sum.into_iter().map(|s| s / tokens.len() as f32).collect())
+        })();
+        self.release_sequence(seq);
+        result
+    }
+}
+
+fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.cast(DType::F32)
+        .try_into_data()
+        .map_err(|e| KernelError::Compute(format!("{e:?}")))?
+        .try_into_vec::<f32>()
+        .map_err(|e| KernelError::Compute(format!("{e:?}")))
+}
+
+type Loaded = (ModelConfig, Tokenizer, ChatTemplate, Transformer);
+
+fn load_gguf(path: &Path, config: &EngineConfig, device: &SelectedDevice) -> Result<Loaded> {
+    let gguf = GgufFile::open(path)?;
+    let model_config = ModelConfig::from_gguf(&gguf)?;
+    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    if tokenizer.vocab_size() != model_config.vocab_size {
+        return Err(KernelError::ModelFormat(format!(
+            "tokenizer has {} tokens, the model {}",
+            tokenizer.vocab_size(),
+            model_config.vocab_size
+        )));
+    }
+    let template = chat_template(
+        gguf.string("tokenizer.chat_template").ok(),
+        &tokenizer,
+    )?;
+    let weights = GgufWeights {
+        gguf: &gguf,
+        config: &model_config,
+    };
+    let model = Transformer::load(model_config.clone(), &weights, config.dtype, &device.device)?;
+    Ok((model_config, tokenizer, template, model))
+}
+
+fn load_hf_dir(dir: &Path, config: &EngineConfig, device: &SelectedDevice) -> Result<Loaded> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).map_err(|source| KernelError::Io { path: p, source })
+    };
+    let model_config = ModelConfig::from_hf_json(&read("config.json")?)?;
+    let cfg_json: serde_json::Value =
+        serde_json::from_str(&read("config.json")?).map_err(|e| KernelError::ModelFormat(e.to_string()))?;
+    let ids = |v: &serde_json::Value| -> Vec<TokenId> {
+        match v {
+            serde_json::Value::Number(n) => n.as_u64().map(|n| vec![n as TokenId]).unwrap_or_default(),
+            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_u64().map(|n| n as TokenId)).collect(),
+            _ => vec![],
+        }
+    };
+    let tokenizer = Tokenizer::from_tokenizer_json(
+        &dir.join("tokenizer.json"),
+        ids(&cfg_json["eos_token_id"]),
+        ids(&cfg_json["bos_token_id"]).first().copied(),
+    )?;
+    let template_source = read("tokenizer_config.json")
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["chat_template"].as_str().map(str::to_string));
+    let template = chat_template(template_source.as_deref(), &tokenizer)?;
+    let weights = SafetensorsWeights::open_dir(dir)?;
+    let model = Transformer::load(model_config.clone(), &weights, config.dtype, &device.device)?;
+    Ok((model_config, tokenizer, template, model))
+}
+
+fn chat_template(source: Option<&str>, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+    let text = |id: Option<TokenId>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
+    let source = source.unwrap_or_else(|| {
+        tracing::warn!("the model ships no chat template; using ChatML");
+        CHATML_TEMPLATE
+    });
+    ChatTemplate::new(source, &text(tokenizer.bos_token), &text(tokenizer.eos_tokens.first().copied()))
+}

@@ -1,0 +1,449 @@
+//! Continuous batching: every step advances all running generations in one forward.
+//!
+//! Each step feeds every decoding sequence its last sampled token and fills the rest of the
+//! step's token budget with prefill chunks of waiting prompts, so a long prompt never stalls
+//! the decodes of others. Finished sequences leave and waiting ones join between steps.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::sampling::{Sampler, SamplingParams};
+use super::{Engine, ForwardItem, LogitsWanted, SequenceId};
+use crate::chat::{ChatMessage, ChatTemplate};
+use crate::error::{KernelError, Result};
+use crate::model::ModelConfig;
+use crate::tokenizer::{StreamDecoder, TokenId, Tokenizer};
+
+/// What to generate from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Prompt {
+    /// Raw text (special tokens written inline are parsed).
+    Text(String),
+    /// Messages rendered with the model's chat template, ending with an open assistant turn.
+    Chat(Vec<ChatMessage>),
+    /// Token ids as they are.
+    Tokens(Vec<TokenId>),
+}
+
+/// A generation request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation stops before any of these strings; the string itself is not returned.
+    pub stop: Vec<String>,
+    /// Keep going past the model's end-of-generation tokens.
+    pub ignore_eos: bool,
+}
+
+impl GenerateRequest {
+    pub fn new(prompt: Prompt) -> Self {
+        GenerateRequest {
+            prompt,
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+
+    pub fn chat(messages: Vec<ChatMessage>) -> Self {
+        Self::new(Prompt::Chat(messages))
+    }
+
+    pub fn max_tokens(mut self, n: usize) -> Self {
+        self.max_tokens = n;
+        self
+    }
+
+    pub fn sampling(mut self, s: SamplingParams) -> Self {
+        self.sampling = s;
+        self
+    }
+}
+
+/// Identifies a generation inside one engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub u64);
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FinishReason {
+    /// The model produced an end-of-generation token.
+    Eos,
+    /// A stop string appeared.
+    StopString,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The model's context length was reached.
+    ContextFull,
+    /// The receiver went away or the request was cancelled.
+    Cancelled,
+}
+
+/// The outcome of one generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationSummary {
+    pub text: String,
+    pub tokens: Vec<TokenId>,
+    pub prompt_tokens: usize,
+    pub finish_reason: FinishReason,
+    /// From submission to the first generated token.
+    pub time_to_first_token: Duration,
+    pub total_time: Duration,
+}
+
+/// What a generation streams back.
+#[derive(Debug)]
+pub enum GenerationEvent {
+    /// A generated token and the text that became final with it (empty while a UTF-8
+    /// character or a possible stop string is still pending).
+    Token { id: TokenId, text: String },
+    /// The end: `tail` is the text held back until now; all `Token` texts plus `tail` equal
+    /// `summary.text`.
+    Finished { tail: String, summary: GenerationSummary },
+    /// The generation failed; nothing more follows.
+    Failed(KernelError),
+}
+
+/// Where a generation's events go. Returning `false` means nobody listens: the request is
+/// cancelled and its KV blocks freed.
+pub trait EventSink: Send {
+    fn send(&mut self, event: GenerationEvent) -> bool;
+}
+
+impl EventSink for tokio::sync::mpsc::UnboundedSender<GenerationEvent> {
+    fn send(&mut self, event: GenerationEvent) -> bool {
+        tokio::sync::mpsc::UnboundedSender::send(self, event).is_ok()
+    }
+}
+
+impl EventSink for std::sync::mpsc::Sender<GenerationEvent> {
+    fn send(&mut self, event: GenerationEvent) -> bool {
+        std::sync::mpsc::Sender::send(self, event).is_ok()
+    }
+}
+
+/// A request checked and tokenized, ready for the batcher.
+#[derive(Debug, Clone)]
+pub struct PreparedRequest {
+    pub prompt: Vec<TokenId>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub ignore_eos: bool,
+}
+
+/// Validates and tokenizes a request. Every problem is an `InvalidRequest` saying what is wrong.
+pub fn prepare(
+    request: GenerateRequest,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    model: &ModelConfig,
+) -> Result<PreparedRequest> {
+    request.sampling.validate()?;
+    if request.max_tokens == 0 {
+        return Err(KernelError::InvalidRequest("max_tokens must be at least 1".into()));
+    }
+    if request.stop.iter().any(String::is_empty) {
+        return Err(KernelError::InvalidRequest("stop strings must not be empty".into()));
+    }
+    let prompt = match request.prompt {
+        Prompt::Text(t) => tokenizer.encode(&t)?,
+        Prompt::Chat(messages) => {
+            if messages.is_empty() {
+                return Err(KernelError::InvalidRequest("a chat prompt needs at least one message".into()));
+            }
+            tokenizer.encode(&template.render(&messages, true)?)?
+        }
+        Prompt::Tokens(t) => t,
+    };
+    if prompt.is_empty() {
+        return Err(KernelError::InvalidRequest("the prompt is empty".into()));
+    }
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= model.vocab_size) {
+        return Err(KernelError::InvalidRequest(format!(
+            "token id {bad} is outside the vocabulary of {} tokens",
+            model.vocab_size
+        )));
+    }
+    if prompt.len() >= model.context_length {
+        return Err(KernelError::InvalidRequest(format!(
+            "the prompt has {} tokens; the model's context length is {}",
+            prompt.len(),
+            model.context_length
+        )));
+    }
+    Ok(PreparedRequest {
+        prompt,
+        max_tokens: request.max_tokens,
+        sampling: request.sampling,
+        stop: request.stop,
+        ignore_eos: request.ignore_eos,
+    })
+}
+
+struct Running {
+    id: RequestId,
+    sequence: SequenceId,
+    request: PreparedRequest,
+    prefilled: usize,
+    generated: Vec<TokenId>,
+    /// The sampled token not yet fed to the model.
+    next: Option<TokenId>,
+    sampler: Sampler,
+    decoder: StreamDecoder,
+    text: String,
+    emitted: usize,
+    sink: Box<dyn EventSink>,
+    submitted: Instant,
+    first_token: Option<Instant>,
+}
+
+struct Waiting {
+    id: RequestId,
+    request: PreparedRequest,
+    sink: Box<dyn EventSink>,
+    submitted: Instant,
+}
+
+/// The continuous-batching loop over one [`Engine`].
+pub struct Batcher {
+    waiting: VecDeque<Waiting>,
+    running: Vec<Running>,
+    next_id: u64,
+}
+
+impl Default for Batcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Batcher {
+    pub fn new() -> Self {
+        Batcher {
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Queues a prepared request; its events go to `sink`.
+    pub fn submit(&mut self, request: PreparedRequest, sink: Box<dyn EventSink>) -> RequestId {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        self.waiting.push_back(Waiting {
+            id,
+            request,
+            sink,
+            submitted: Instant::now(),
+        });
+        id
+    }
+
+    /// Whether nothing is queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Cancels a request wherever it is.
+    pub fn cancel(&mut self, engine: &mut Engine, id: RequestId) {
+        if let Some(pos) = self.waiting.iter().position(|w| w.id == id) {
+            let mut w = self.waiting.remove(pos).expect("position is valid");
+            w.sink.send(GenerationEvent::Failed(KernelError::InvalidRequest("cancelled".into())));
+        }
+        if let Some(pos) = self.running.iter().position(|r| r.id == id) {
+            let r = self.running.swap_remove(pos);
+            self.finish(engine, r, FinishReason::Cancelled);
+        }
+    }
+
+    /// Runs one batched forward over all running generations. Returns the number of
+    /// sequences advanced (0 when idle).
+    pub fn step(&mut self, engine: &mut Engine) -> usize {
+        self.admit(engine);
+        let budget_total = engine.config().max_batch_tokens.max(1);
+        let mut budget = budget_total;
+        let mut items = Vec::new();
+        // (index into running, tokens fed, finishes prefill or is a decode)
+        let mut plan: Vec<(usize, usize, bool)> = Vec::new();
+        for (i, r) in self.running.iter().enumerate() {
+            if let Some(t) = r.next {
+                if budget == 0 || !engine.can_extend(r.sequence, 1) {
+                    continue;
+                }
+                items.push(ForwardItem::new(r.sequence, vec![t]));
+                plan.push((i, 1, true));
+                budget -= 1;
+            }
+        }
+        for (i, r) in self.running.iter().enumerate() {
+            if r.next.is_none() && r.prefilled < r.request.prompt.len() && budget > 0 {
+                let chunk = (r.request.prompt.len() - r.prefilled).min(budget);
+                if !engine.can_extend(r.sequence, chunk) {
+                    continue;
+                }
+                let completes = r.prefilled + chunk == r.request.prompt.len();
+                let mut item = ForwardItem::new(r.sequence, r.request.prompt[r.prefilled..r.prefilled + chunk].to_vec());
+                item.logits = if completes { LogitsWanted::Last } else { LogitsWanted::None };
+                items.push(item);
+                plan.push((i, chunk, completes));
+                budget -= chunk;
+            }
+        }
+        if items.is_empty() {
+            if !self.running.is_empty() {
+                // Nothing fits in the KV cache: fail the newest so the others can progress.
+                let r = self.running.pop().expect("not empty");
+                let mut r = r;
+                r.sink.send(GenerationEvent::Failed(KernelError::CacheFull(
+                    "no room in the KV cache to continue this generation".into(),
+                )));
+                engine.release_sequence(r.sequence);
+            }
+            return 0;
+        }
+        let outputs = match engine.forward(&items) {
+            Ok(o) => o,
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(error = %message, "batched forward failed; failing its requests");
+                let mut failed: Vec<usize> = plan.iter().map(|p| p.0).collect();
+                failed.sort_unstable_by(|a, b| b.cmp(a));
+                for i in failed {
+                    let mut r = self.running.swap_remove(i);
+                    r.sink.send(GenerationEvent::Failed(KernelError::Compute(message.clone())));
+                    engine.release_sequence(r.sequence);
+                }
+                return 0;
+            }
+        };
+
+        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
+        for ((i, fed, samples), mut out) in plan.iter().copied().zip(outputs) {
+            let r = &mut self.running[i];
+            if r.next.is_none() {
+                r.prefilled += fed;
+            }
+            if !samples {
+                continue;
+            }
+            let mut logits = out.logits.pop().expect("logits were requested");
+            let history: Vec<TokenId> = r.request.prompt.iter().chain(&r.generated).copied().collect();
+            let token = r.sampler.sample(&mut logits, &history);
+            if let Some(reason) = Self::accept(engine, r, token) {
+                finished.push((i, reason));
+            }
+        }
+        finished.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        for (i, reason) in finished {
+            let r = self.running.swap_remove(i);
+            self.finish(engine, r, reason);
+        }
+        plan.len()
+    }
+
+    fn admit(&mut self, engine: &mut Engine) {
+        while self.running.len() < engine.config().max_running.max(1) {
+            let Some(w) = self.waiting.pop_front() else { break };
+            let sequence = engine.create_sequence();
+            // A prompt that could never fit, even in an empty cache, fails now rather than wait.
+            if !engine.can_extend(sequence, w.request.prompt.len() + 1) {
+                if self.running.is_empty() {
+                    let mut w = w;
+                    w.sink.send(GenerationEvent::Failed(KernelError::CacheFull(format!(
+                        "a {}-token prompt does not fit in the KV cache budget",
+                        w.request.prompt.len()
+                    ))));
+                    engine.release_sequence(sequence);
+                    continue;
+                }
+                engine.release_sequence(sequence);
+                self.waiting.push_front(w);
+                break;
+            }
+            self.running.push(Running {
+                id: w.id,
+                sequence,
+                sampler: Sampler::new(w.request.sampling.clone()),
+                request: w.request,
+                prefilled: 0,
+                generated: Vec::new(),
+                next: None,
+                decoder: StreamDecoder::default(),
+                text: String::new(),
+                emitted: 0,
+                sink: w.sink,
+                submitted: w.submitted,
+                first_token: None,
+            });
+        }
+    }
+
+    /// Records a sampled token, streams the text that became final, and says whether to stop.
+    fn accept(engine: &Engine, r: &mut Running, token: TokenId) -> Option<FinishReason> {
+        r.first_token.get_or_insert_with(Instant::now);
+        let tokenizer = engine.tokenizer();
+        if !r.request.ignore_eos && tokenizer.eos_tokens.contains(&token) {
+            return Some(FinishReason::Eos);
+        }
+        r.generated.push(token);
+        r.next = Some(token);
+        let piece = r.decoder.push(tokenizer, token).unwrap_or_default();
+        r.text.push_str(&piece);
+
+        if let Some(at) = r.request.stop.iter().filter_map(|s| r.text.find(s.as_str())).min() {
+            r.text.truncate(at);
+            return Some(FinishReason::StopString);
+        }
+        // Hold back a tail that could still become the start of a stop string.
+        let hold = r.request.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+        let mut safe = r.text.len().saturating_sub(hold).max(r.emitted);
+        while !r.text.is_char_boundary(safe) {
+            safe -= 1;
+        }
+        let text = r.text[r.emitted..safe].to_string();
+        r.emitted = safe;
+        if !r.sink.send(GenerationEvent::Token { id: token, text }) {
+            return Some(FinishReason::Cancelled);
+        }
+        if r.generated.len() >= r.request.max_tokens {
+            return Some(FinishReason::MaxTokens);
+        }
+        if r.request.prompt.len() + r.generated.len() >= engine.model_config().context_length {
+            return Some(FinishReason::ContextFull);
+        }
+        None
+    }
+
+    fn finish(&mut self, engine: &mut Engine, mut r: Running, reason: FinishReason) {
+        engine.release_sequence(r.sequence);
+        if reason != FinishReason::StopString {
+            r.text.push_str(&r.decoder.finish());
+        }
+        let tail = r.text.get(r.emitted..).unwrap_or_default().to_string();
+        let now = Instant::now();
+        let summary = GenerationSummary {
+            text: r.text,
+            tokens: r.generated,
+            prompt_tokens: r.request.prompt.len(),
+            finish_reason: reason,
+            time_to_first_token: r.first_token.unwrap_or(now) - r.submitted,
+            total_time: now - r.submitted,
+        };
+        r.sink.send(GenerationEvent::Finished { tail, summary });
+    }
+}

@@ -1,0 +1,268 @@
+//! The decoder stack: embedding, `n_layers` × (attention + SwiGLU), final norm, output head.
+//!
+//! One forward advances a *ragged batch*: the new tokens of every sequence are concatenated
+//! into one `[total_tokens, hidden]` matrix, so every projection is a single matmul over the
+//! whole batch; only attention runs per sequence, against that sequence's own cached context.
+
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+use super::attention::attend;
+use super::config::ModelConfig;
+use super::mlp::Mlp;
+use super::rms_norm::RmsNorm;
+use super::rope::Rope;
+use super::weights::{Weight, WeightSource};
+use super::{WeightDtype, linear, upload};
+use crate::error::{KernelError, Result};
+use crate::kv_cache::{BlockTable, KvCache, runs};
+
+struct DecoderLayer {
+    attn_norm: RmsNorm,
+    /// `[hidden, q_dim + 2 * kv_dim]`: q, k and v projections fused.
+    qkv: Tensor<2>,
+    /// `[1, q_dim + 2 * kv_dim]` (Qwen2).
+    qkv_bias: Option<Tensor<2>>,
+    /// `[q_dim, hidden]`
+    out: Tensor<2>,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// What one sequence contributes to a batched forward.
+pub struct SequenceSlice<'a> {
+    pub table: &'a BlockTable,
+    /// Absolute position of the first new token (= tokens already cached).
+    pub start_pos: usize,
+    pub n_new: usize,
+    pub want_attention: bool,
+}
+
+/// Result of a batched forward before any host read-back.
+pub struct ForwardTensors {
+    /// Final-normed hidden states of every new token, `[total_tokens, hidden]`.
+    pub hidden: Tensor<2>,
+    /// Per sequence (in batch order), per layer: `[heads, n_new, context]` when requested.
+    pub attention: Vec<Option<Vec<Tensor<3>>>>,
+}
+
+pub struct Transformer {
+    pub config: ModelConfig,
+    pub dtype: WeightDtype,
+    device: Device,
+    /// `[vocab, hidden]`
+    embedding: Tensor<2>,
+    /// `[hidden, vocab]`; `None` when tied to the embedding.
+    output: Option<Tensor<2>>,
+    final_norm: RmsNorm,
+    layers: Vec<DecoderLayer>,
+    rope: Rope,
+}
+
+impl Transformer {
+    /// Builds the model from any weight source, uploading weights to `device` in `dtype`.
+    pub fn load(config: ModelConfig, source: &dyn WeightSource, dtype: WeightDtype, device: &Device) -> Result<Self> {
+        let wd = dtype.burn_dtype();
+        let (h, q, kv, inter) = (config.hidden_size, config.q_dim(), config.kv_dim(), config.intermediate_size);
+        let vector = |w: Weight, len: usize| -> Result<Vec<f32>> {
+            let t = source.require(w)?;
+            check_shape(w, &t.shape, &[len])?;
+            Ok(t.values)
+        };
+        // PyTorch order [out, in] → transposed host copy [in, out] for `x @ w`.
+        let matrix_t = |w: Weight, out: usize, inp: usize| -> Result<Vec<f32>> {
+            let t = source.require(w)?;
+            check_shape(w, &t.shape, &[out, inp])?;
+            Ok(transpose(&t.values, out, inp))
+        };
+
+        let emb = source.require(Weight::Embedding)?;
+        check_shape(Weight::Embedding, &emb.shape, &[config.vocab_size, h])?;
+        let embedding = upload(emb.values, [config.vocab_size, h], wd, device);
+        let output = if config.tie_embeddings {
+            None
+        } else {
+            match source.get(Weight::Output)? {
+                Some(t) => {
+                    check_shape(Weight::Output, &t.shape, &[config.vocab_size, h])?;
+                    Some(upload(transpose(&t.values, config.vocab_size, h), [h, config.vocab_size], wd, device))
+                }
+                None => None,
+            }
+        };
+
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            // Interleave the transposed q, k, v columns row by row: [h, q + kv + kv].
+            let (wq, wk, wv) = (
+                matrix_t(Weight::Q(i), q, h)?,
+                matrix_t(Weight::K(i), kv, h)?,
+                matrix_t(Weight::V(i), kv, h)?,
+            );
+            let qkv = concat_columns(&[(&wq, q), (&wk, kv), (&wv, kv)], h);
+            let qkv_bias = if config.qkv_bias {
+                let mut b = vector(Weight::QBias(i), q)?;
+                b.extend(vector(Weight::KBias(i), kv)?);
+                b.extend(vector(Weight::VBias(i), kv)?);
+                Some(upload(b, [1, q + 2 * kv], DType::F32, device))
+            } else {
+                None
+            };
+            let gate_up = concat_columns(
+                &[(&matrix_t(Weight::Gate(i), inter, h)?, inter), (&matrix_t(Weight::Up(i), inter, h)?, inter)],
+                h,
+            );
+            layers.push(DecoderLayer {
+                attn_norm: RmsNorm::new(vector(Weight::AttnNorm(i), h)?, config.rms_norm_eps, device),
+                qkv: upload(qkv, [h, q + 2 * kv], wd, device),
+                qkv_bias,
+                out: upload(matrix_t(Weight::O(i), h, q)?, [q, h], wd, device),
+                ffn_norm: RmsNorm::new(vector(Weight::FfnNorm(i), h)?, config.rms_norm_eps, device),
+                mlp: Mlp {
+                    gate_up: upload(gate_up, [h, 2 * inter], wd, device),
+                    down: upload(matrix_t(Weight::Down(i), h, inter)?, [inter, h], wd, device),
+                    intermediate: inter,
+                },
+            });
+        }
+        let final_norm = RmsNorm::new(vector(Weight::FinalNorm, h)?, config.rms_norm_eps, device);
+        let rope = Rope::new(config.head_dim, config.rope_theta, config.context_length, device);
+        Ok(Transformer {
+            config,
+            dtype,
+            device: device.clone(),
+            embedding,
+            output,
+            final_norm,
+            layers,
+            rope,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs the new tokens of every sequence through the stack, writing their keys and values
+    /// into `kv` (the caller has reserved the blocks).
+    ///
+    /// # Shapes
+    /// tokens: `[total_tokens]` (sequences concatenated in `slices` order)
+    pub fn forward(&self, tokens: &[u32], slices: &[SequenceSlice<'_>], kv: &mut KvCache) -> ForwardTensors {
+        let cfg = &self.config;
+        let total = tokens.len();
+        let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
+
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [total]), &self.device);
+        let positions: Vec<i64> = slices
+            .iter()
+            .flat_map(|s| (s.start_pos..s.start_pos + s.n_new).map(|p| p as i64))
+            .collect();
+        let positions = Tensor::<1, Int>::from_data(TensorData::new(positions, [total]), &self.device);
+        let (cos, sin) = self.rope.tables(positions);
+
+        // Per sequence: where its new rows go in the pools, and which rows form its context.
+        let mut offset = 0;
+        let mut plans = Vec::with_capacity(slices.len());
+        for s in slices {
+            let rows = kv.rows(s.table, s.start_pos..s.start_pos + s.n_new);
+            let context = s.start_pos + s.n_new;
+            plans.push((offset, runs(&rows, offset), kv.row_index(s.table, context)));
+            offset += s.n_new;
+        }
+
+        // [total, hidden]
+        let mut x = self.embedding.clone().select(0, ids).cast(DType::F32);
+        let mut attention: Vec<Option<Vec<Tensor<3>>>> = slices
+            .iter()
+            .map(|s| s.want_attention.then(|| Vec::with_capacity(cfg.n_layers)))
+            .collect();
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = layer.attn_norm.forward(x.clone());
+            // [total, q + 2 kv]
+            let mut qkv = linear(h, &layer.qkv);
+            if let Some(b) = &layer.qkv_bias {
+                qkv = qkv.add(b.clone());
+            }
+            // [total, heads, d] and [total, kv_heads, d], rotated.
+            let q = qkv.clone().slice([0..total, 0..q_dim]).reshape([total, cfg.n_heads, cfg.head_dim]);
+            let k = qkv
+                .clone()
+                .slice([0..total, q_dim..q_dim + kv_dim])
+                .reshape([total, cfg.n_kv_heads, cfg.head_dim]);
+            let v = qkv.slice([0..total, q_dim + kv_dim..q_dim + 2 * kv_dim]);
+            let q = self.rope.apply(q, &cos, &sin);
+            let k = self.rope.apply(k, &cos, &sin).reshape([total, kv_dim]);
+
+            let write_runs: Vec<(usize, usize, usize)> = plans.iter().flat_map(|p| p.1.iter().copied()).collect();
+            kv.write(li, k, v, &write_runs);
+
+            let mut outs = Vec::with_capacity(slices.len());
+            for (si, (s, (start, _, rows))) in slices.iter().zip(&plans).enumerate() {
+                let (keys, values) = kv.gather(li, rows.clone());
+                let q_s = q.clone().slice([*start..start + s.n_new, 0..cfg.n_heads, 0..cfg.head_dim]);
+                let (out, probs) =
+                    attend(q_s, keys, values, s.start_pos, cfg.n_kv_heads, s.want_attention, &self.device);
+                outs.push(out);
+                if let (Some(p), Some(maps)) = (probs, attention[si].as_mut()) {
+                    maps.push(p);
+                }
+            }
+            // [total, q_dim]
+            let attn = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(outs, 0) };
+            x = x.add(linear(attn, &layer.out));
+            let h = layer.ffn_norm.forward(x.clone());
+            x = x.add(layer.mlp.forward(h));
+        }
+
+        ForwardTensors {
+            hidden: self.final_norm.forward(x),
+            attention,
+        }
+    }
+
+    /// Output logits for the given final-normed hidden rows.
+    ///
+    /// # Shapes
+    /// hidden: `[rows, hidden]` → `[rows, vocab]`
+    pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
+        match &self.output {
+            Some(w) => linear(hidden, w),
+            None => linear(hidden, &self.embedding.clone().transpose()),
+        }
+    }
+}
+
+fn check_shape(w: Weight, got: &[usize], want: &[usize]) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(KernelError::ModelFormat(format!(
+            "weight {w:?} has shape {got:?}, the model's config needs {want:?}"
+        )))
+    }
+}
+
+/// `[rows, cols]` → `[cols, rows]`.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Places `[rows, w_i]` matrices side by side into `[rows, sum w_i]`.
+fn concat_columns(parts: &[(&Vec<f32>, usize)], rows: usize) -> Vec<f32> {
+    let width: usize = parts.iter().map(|p| p.1).sum();
+    let mut out = Vec::with_capacity(rows * width);
+    for r in 0..rows {
+        for (m, w) in parts {
+            out.extend_from_slice(&m[r * w..(r + 1) * w]);
+        }
+    }
+    out
+}

@@ -1,0 +1,200 @@
+//! Tokenizers: byte-level BPE built from GGUF metadata, or a Hugging Face `tokenizer.json`.
+//!
+//! Both parse special tokens written inline in text (`<|im_start|>`), because chat templates
+//! render them as text.
+
+pub mod bpe;
+mod pretokenize;
+
+use std::path::Path;
+
+use crate::error::{KernelError, Result};
+use crate::gguf::GgufFile;
+
+pub use self::bpe::BpeTokenizer;
+
+/// A token id.
+pub type TokenId = u32;
+
+/// A tokenizer for one model.
+pub struct Tokenizer {
+    backend: Backend,
+    /// Tokens that end a generation (the model's EOS/EOT tokens).
+    pub eos_tokens: Vec<TokenId>,
+    pub bos_token: Option<TokenId>,
+    pub add_bos: bool,
+}
+
+enum Backend {
+    Bpe(BpeTokenizer),
+    HuggingFace(Box<tokenizers::Tokenizer>),
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("eos_tokens", &self.eos_tokens)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let bpe = BpeTokenizer::from_gguf(gguf)?;
+        let id = |key: &str| gguf.get(key).and_then(|v| v.as_u64()).map(|v| v as TokenId);
+        let mut eos_tokens: Vec<TokenId> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
+            .iter()
+            .filter_map(|k| id(k))
+            .collect();
+        // ChatML models end a turn with <|im_end|> even when the file names another EOS.
+        for name in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
+            if let Some(t) = bpe.token_id(name) {
+                eos_tokens.push(t);
+            }
+        }
+        eos_tokens.sort_unstable();
+        eos_tokens.dedup();
+        let add_bos = matches!(
+            gguf.get("tokenizer.ggml.add_bos_token"),
+            Some(crate::gguf::MetaValue::Bool(true))
+        );
+        Ok(Tokenizer {
+            bos_token: id("tokenizer.ggml.bos_token_id"),
+            backend: Backend::Bpe(bpe),
+            eos_tokens,
+            add_bos,
+        })
+    }
+
+    /// Loads a Hugging Face `tokenizer.json`; `eos_tokens` come from the model's config.
+    pub fn from_tokenizer_json(path: &Path, eos_tokens: Vec<TokenId>, bos_token: Option<TokenId>) -> Result<Self> {
+        let tok = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| KernelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let mut eos_tokens = eos_tokens;
+        for name in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
+            if let Some(t) = tok.token_to_id(name) {
+                eos_tokens.push(t);
+            }
+        }
+        eos_tokens.sort_unstable();
+        eos_tokens.dedup();
+        Ok(Tokenizer {
+            backend: Backend::HuggingFace(Box::new(tok)),
+            eos_tokens,
+            bos_token,
+            add_bos: false,
+        })
+    }
+
+    /// Encodes text, parsing special tokens written inline. Adds BOS only if the model asks.
+    pub fn encode(&self, text: &str) -> Result<Vec<TokenId>> {
+        let mut ids = Vec::new();
+        if self.add_bos
+            && let Some(bos) = self.bos_token
+        {
+            ids.push(bos);
+        }
+        match &self.backend {
+            Backend::Bpe(bpe) => ids.extend(bpe.encode(text)),
+            Backend::HuggingFace(tok) => {
+                let enc = tok
+                    .encode(text, false)
+                    .map_err(|e| KernelError::Tokenizer(e.to_string()))?;
+                ids.extend_from_slice(enc.get_ids());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The bytes a token stands for (special tokens render as their text).
+    pub fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>> {
+        match &self.backend {
+            Backend::Bpe(bpe) => bpe
+                .token_bytes(id)
+                .ok_or_else(|| KernelError::Tokenizer(format!("token id {id} is outside the vocabulary"))),
+            Backend::HuggingFace(tok) => {
+                let piece = tok
+                    .id_to_token(id)
+                    .ok_or_else(|| KernelError::Tokenizer(format!("token id {id} is outside the vocabulary")))?;
+                Ok(bpe::byte_level_decode(&piece).unwrap_or_else(|| piece.into_bytes()))
+            }
+        }
+    }
+
+    /// Decodes ids to text; invalid UTF-8 (a token split mid-character) becomes U+FFFD.
+    pub fn decode(&self, ids: &[TokenId]) -> Result<String> {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            bytes.extend(self.token_bytes(id)?);
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match &self.backend {
+            Backend::Bpe(bpe) => bpe.vocab_size(),
+            Backend::HuggingFace(tok) => tok.get_vocab_size(true),
+        }
+    }
+
+    /// The id of a token given its text form.
+    pub fn token_id(&self, token: &str) -> Option<TokenId> {
+        match &self.backend {
+            Backend::Bpe(bpe) => bpe.token_id(token),
+            Backend::HuggingFace(tok) => tok.token_to_id(token),
+        }
+    }
+
+    /// The text form of a token (for chat templates: `bos_token`, `eos_token`).
+    pub fn token_text(&self, id: TokenId) -> Option<String> {
+        match &self.backend {
+            Backend::Bpe(bpe) => bpe.token_text(id).map(str::to_string),
+            Backend::HuggingFace(tok) => tok.id_to_token(id),
+        }
+    }
+}
+
+/// Turns a stream of tokens into text pieces without splitting UTF-8 characters.
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    pending: Vec<u8>,
+}
+
+impl StreamDecoder {
+    /// Adds a token; returns the text that became complete.
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: TokenId) -> Result<String> {
+        self.pending.extend(tokenizer.token_bytes(id)?);
+        Ok(self.take_complete())
+    }
+
+    fn take_complete(&mut self) -> String {
+        match std::str::from_utf8(&self.pending) {
+            Ok(s) => {
+                let s = s.to_string();
+                self.pending.clear();
+                s
+            }
+            Err(e) if e.error_len().is_none() => {
+                // An incomplete character at the end: keep it for the next token.
+                let valid = e.valid_up_to();
+                let s = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
+                self.pending.drain(..valid);
+                s
+            }
+            Err(_) => {
+                let s = String::from_utf8_lossy(&self.pending).into_owned();
+                self.pending.clear();
+                s
+            }
+        }
+    }
+
+    /// Flushes whatever is left (an unfinished character becomes U+FFFD).
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}

@@ -1,0 +1,141 @@
+//! Measures the Reasoning Kernel: prefill and decode speed, batched decode throughput, memory.
+//!
+//! ```text
+//! cargo run --release --example kernel_bench -- --json [--model PATH] [--dtype f32|f16] [--device NAME]
+//! ```
+//! Prints one JSON object: device, dtype, prefill_tps (512-token prompt), decode_tps (one
+//! sequence, 128 tokens), aggregate_decode_tps (keyed by sequences decoding together),
+//! peak_rss_bytes, plus load time and per-phase seconds.
+
+use std::time::Instant;
+
+use agentos_examples::{Args, init_logging};
+use agentos_kernel::engine::sampling::argmax;
+use agentos_kernel::{Engine, ForwardItem, LogitsWanted, SequenceId, TokenId};
+
+const PREFILL_TOKENS: usize = 512;
+const DECODE_TOKENS: usize = 128;
+const AGGREGATE_STEPS: usize = 32;
+
+fn main() -> agentos_kernel::Result<()> {
+    init_logging();
+    let args = Args::from_env();
+    let mut config = args.engine_config()?;
+    config.max_batch_tokens = PREFILL_TOKENS;
+    let load_started = Instant::now();
+    let mut engine = Engine::load(&args.model(), config)?;
+    let load_seconds = load_started.elapsed().as_secs_f64();
+    let vocab = engine.model_config().vocab_size as u32;
+
+    // A deterministic 512-token prompt of ordinary text.
+    let text = "The quick brown fox jumps over the lazy dog while the operating system schedules agents. ".repeat(64);
+    let mut prompt = engine.tokenizer().encode(&text)?;
+    prompt.truncate(PREFILL_TOKENS);
+    assert_eq!(prompt.len(), PREFILL_TOKENS, "the bench prompt must tokenize to at least 512 tokens");
+
+    // Warm-up: first-touch allocations and kernel compilation (wgpu) are not what we measure.
+    let warm = engine.create_sequence();
+    engine.forward(&[ForwardItem::new(warm, prompt[..64].to_vec())])?;
+    decode(&mut engine, &[warm], 4)?;
+    engine.release_sequence(warm);
+
+    // Prefill: one 512-token forward.
+    let seq = engine.create_sequence();
+    let t = Instant::now();
+    let out = engine.forward(&[ForwardItem::new(seq, prompt.clone())])?;
+    let prefill_seconds = t.elapsed().as_secs_f64();
+    let first = argmax(&out[0].logits[0]);
+    engine.release_sequence(seq);
+
+    // Decode: one sequence, 128 tokens after a short prompt.
+    let seq = engine.create_sequence();
+    engine.forward(&[ForwardItem::new(seq, prompt[..32].to_vec())])?;
+    let t = Instant::now();
+    decode_from(&mut engine, &[seq], &[first], DECODE_TOKENS)?;
+    let decode_seconds = t.elapsed().as_secs_f64();
+    engine.release_sequence(seq);
+
+    // Aggregate: N sequences decoding together in one batched forward per step.
+    let mut aggregate = serde_json::Map::new();
+    for n in [1usize, 2, 4, 8, 16] {
+        let seqs: Vec<SequenceId> = (0..n).map(|_| engine.create_sequence()).collect();
+        let items: Vec<ForwardItem> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| ForwardItem::new(s, prompt[i..i + 16].to_vec()))
+            .collect();
+        let outs = engine.forward(&items)?;
+        let next: Vec<TokenId> = outs.iter().map(|o| argmax(&o.logits[0]) % vocab).collect();
+        let t = Instant::now();
+        decode_from(&mut engine, &seqs, &next, AGGREGATE_STEPS)?;
+        let tps = (n * AGGREGATE_STEPS) as f64 / t.elapsed().as_secs_f64();
+        aggregate.insert(n.to_string(), serde_json::json!(round(tps)));
+        for s in seqs {
+            engine.release_sequence(s);
+        }
+    }
+
+    let info = engine.info();
+    let report = serde_json::json!({
+        "model": info.name,
+        "device": info.device,
+        "device_description": info.device_description,
+        "dtype": info.dtype.name(),
+        "load_seconds": round(load_seconds),
+        "prefill_tokens": PREFILL_TOKENS,
+        "prefill_seconds": round(prefill_seconds),
+        "prefill_tps": round(PREFILL_TOKENS as f64 / prefill_seconds),
+        "decode_tokens": DECODE_TOKENS,
+        "decode_seconds": round(decode_seconds),
+        "decode_tps": round(DECODE_TOKENS as f64 / decode_seconds),
+        "aggregate_decode_steps": AGGREGATE_STEPS,
+        "aggregate_decode_tps": aggregate,
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    if args.flag("json") {
+        println!("{report}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report).expect("serialisable"));
+    }
+    Ok(())
+}
+
+/// Greedy-decodes `steps` tokens for every sequence, batched, starting from `next`.
+fn decode_from(engine: &mut Engine, seqs: &[SequenceId], next: &[TokenId], steps: usize) -> agentos_kernel::Result<()> {
+    let mut next = next.to_vec();
+    for _ in 0..steps {
+        let items: Vec<ForwardItem> = seqs
+            .iter()
+            .zip(&next)
+            .map(|(&s, &t)| {
+                let mut item = ForwardItem::new(s, vec![t]);
+                item.logits = LogitsWanted::Last;
+                item
+            })
+            .collect();
+        let outs = engine.forward(&items)?;
+        next = outs.iter().map(|o| argmax(&o.logits[0])).collect();
+    }
+    Ok(())
+}
+
+fn decode(engine: &mut Engine, seqs: &[SequenceId], steps: usize) -> agentos_kernel::Result<()> {
+    decode_from(engine, seqs, &vec![0; seqs.len()], steps)
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Peak resident set size (VmHWM) in bytes; 0 where /proc is unavailable.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}

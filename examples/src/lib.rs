@@ -1,0 +1,60 @@
+//! The runnable tour of agentos lives in `examples/`; this library holds the small pieces the
+//! examples share (argument parsing).
+
+use agentos_kernel::{DeviceChoice, EngineConfig, ModelSpec, WeightDtype};
+
+/// `--model PATH`, `--dtype f32|f16`, `--device NAME` and any other `--flag value` pairs.
+pub struct Args {
+    pairs: Vec<(String, Option<String>)>,
+}
+
+impl Args {
+    pub fn from_env() -> Self {
+        let mut pairs = Vec::new();
+        let mut it = std::env::args().skip(1).peekable();
+        while let Some(a) = it.next() {
+            if let Some(name) = a.strip_prefix("--") {
+                let value = match it.peek() {
+                    Some(v) if !v.starts_with("--") => it.next(),
+                    _ => None,
+                };
+                pairs.push((name.to_string(), value));
+            } else {
+                pairs.push((a, None));
+            }
+        }
+        Args { pairs }
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        self.pairs.iter().any(|(n, _)| n == name)
+    }
+
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.pairs.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref())
+    }
+
+    /// `--model PATH`, else `AGENTOS_MODEL`, else the default model.
+    pub fn model(&self) -> ModelSpec {
+        self.value("model").map(ModelSpec::path).unwrap_or_else(ModelSpec::from_env)
+    }
+
+    /// Engine settings from `--dtype` and `--device` over the defaults.
+    pub fn engine_config(&self) -> agentos_kernel::Result<EngineConfig> {
+        let mut config = EngineConfig::default();
+        if let Some(d) = self.value("dtype") {
+            config.dtype = d.parse::<WeightDtype>()?;
+        }
+        if let Some(d) = self.value("device") {
+            config.device = d.parse::<DeviceChoice>()?;
+        }
+        Ok(config)
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: info for agentos crates).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("agentos_kernel=info,warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,228 @@
+//! Batched forwards, the paged KV cache, attention maps, embeddings and generation semantics.
+
+use agentos_kernel::engine::generate::{Batcher, GenerationEvent, prepare};
+use agentos_kernel::engine::sampling::argmax;
+use agentos_kernel::{
+    ChatMessage, Engine, FinishReason, ForwardItem, GenerateRequest, GenerationSummary, LogitsWanted, Prompt,
+    SamplingParams,
+};
+
+use crate::support::engine_f32;
+
+fn tokens(engine: &Engine, text: &str) -> Vec<u32> {
+    engine.tokenizer().encode(text).unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Logits of the last token after feeding `chunks` one forward at a time.
+fn last_logits(engine: &mut Engine, chunks: &[&[u32]]) -> Vec<f32> {
+    let seq = engine.create_sequence();
+    let mut last = Vec::new();
+    for c in chunks {
+        last = engine.forward(&[ForwardItem::new(seq, c.to_vec())]).unwrap().remove(0).logits.remove(0);
+    }
+    engine.release_sequence(seq);
+    last
+}
+
+#[test]
+fn chunked_prefill_equals_one_prefill() {
+    let mut engine = engine_f32();
+    let t = tokens(&engine, "The paged KV cache keeps every sequence in blocks of sixteen tokens, so this prompt spans several blocks.");
+    assert!(t.len() > 17, "prompt must cross a block boundary");
+    let whole = last_logits(&mut engine, &[&t]);
+    let chunked = last_logits(&mut engine, &[&t[..5], &t[5..17], &t[17..]]);
+    assert!(max_abs_diff(&whole, &chunked) < 1e-3, "diff {}", max_abs_diff(&whole, &chunked));
+}
+
+#[test]
+fn batched_forward_equals_separate_forwards() {
+    let mut engine = engine_f32();
+    let a = tokens(&engine, "Agents share one model like processes share a CPU.");
+    let b = tokens(&engine, "Hello");
+    let c = tokens(&engine, "A third sequence with a different length and position entirely, longer than the rest.");
+    let alone_a = last_logits(&mut engine, &[&a[..4], &a[4..]]);
+    let alone_b = last_logits(&mut engine, &[&b]);
+    let alone_c = last_logits(&mut engine, &[&c]);
+
+    // a is mid-sequence (a decode-like chunk at position 4), b and c are fresh prefills.
+    let (sa, sb, sc) = (engine.create_sequence(), engine.create_sequence(), engine.create_sequence());
+    engine.forward(&[ForwardItem::new(sa, a[..4].to_vec())]).unwrap();
+    let outs = engine
+        .forward(&[
+            ForwardItem::new(sa, a[4..].to_vec()),
+            ForwardItem::new(sb, b.clone()),
+            ForwardItem::new(sc, c.clone()),
+        ])
+        .unwrap();
+    for s in [sa, sb, sc] {
+        engine.release_sequence(s);
+    }
+    assert!(max_abs_diff(&outs[0].logits[0], &alone_a) < 1e-3);
+    assert!(max_abs_diff(&outs[1].logits[0], &alone_b) < 1e-3);
+    assert!(max_abs_diff(&outs[2].logits[0], &alone_c) < 1e-3);
+}
+
+#[test]
+fn attention_maps_are_causal_probabilities() {
+    let mut engine = engine_f32();
+    let t = tokens(&engine, "Attention tells the memory system where ideas begin and end.");
+    let seq = engine.create_sequence();
+    engine.forward(&[ForwardItem::new(seq, t[..3].to_vec())]).unwrap();
+    let mut item = ForwardItem::new(seq, t[3..].to_vec());
+    item.attention = true;
+    item.logits = LogitsWanted::None;
+    let out = engine.forward(&[item]).unwrap().remove(0);
+    engine.release_sequence(seq);
+    let maps = out.attention.expect("attention was requested");
+    let cfg = engine.model_config();
+    assert_eq!((maps.n_layers, maps.n_heads, maps.start_pos), (cfg.n_layers, cfg.n_heads, 3));
+    assert_eq!(maps.n_new, t.len() - 3);
+    assert_eq!(maps.context, t.len());
+    for layer in [0, maps.n_layers - 1] {
+        for head in [0, maps.n_heads - 1] {
+            for i in 0..maps.n_new {
+                let row = maps.row(layer, head, i);
+                let sum: f32 = row.iter().sum();
+                assert!((sum - 1.0).abs() < 1e-3, "row sums to {sum}");
+                // New token i sits at position 3 + i and must not see later keys.
+                assert!(row[3 + i + 1..].iter().all(|&p| p == 0.0), "causal mask violated");
+            }
+        }
+    }
+    assert!(out.logits.is_empty(), "no logits were requested");
+}
+
+#[test]
+fn embeddings_are_deterministic_and_distinguish_texts() {
+    let mut engine = engine_f32();
+    let a = engine.embed("The cat sat on the mat.").unwrap();
+    let a2 = engine.embed("The cat sat on the mat.").unwrap();
+    let b = engine.embed("Quarterly revenue grew by twelve percent.").unwrap();
+    assert_eq!(a.len(), engine.model_config().hidden_size);
+    assert!(max_abs_diff(&a, &a2) < 1e-5);
+    assert!(max_abs_diff(&a, &b) > 1e-2);
+    assert!(engine.embed("").is_err());
+}
+
+fn generate(engine: &mut Engine, requests: Vec<GenerateRequest>) -> Vec<(String, GenerationSummary)> {
+    let mut batcher = Batcher::new();
+    let mut receivers = Vec::new();
+    for r in requests {
+        let prepared = prepare(r, engine.tokenizer(), engine.template(), engine.model_config()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        batcher.submit(prepared, Box::new(tx));
+        receivers.push(rx);
+    }
+    while !batcher.is_idle() {
+        batcher.step(engine);
+    }
+    receivers
+        .into_iter()
+        .map(|rx| {
+            let mut streamed = String::new();
+            let mut summary = None;
+            for event in rx.try_iter() {
+                match event {
+                    GenerationEvent::Token { text, .. } => streamed.push_str(&text),
+                    GenerationEvent::Finished { tail, summary: s } => {
+                        streamed.push_str(&tail);
+                        summary = Some(s);
+                    }
+                    GenerationEvent::Failed(e) => panic!("generation failed: {e}"),
+                }
+            }
+            (streamed, summary.expect("finished"))
+        })
+        .collect()
+}
+
+#[test]
+fn continuous_batching_matches_single_greedy_runs() {
+    let mut engine = engine_f32();
+    let prompts = ["Name a color.", "What is 2 + 2?", "Write a haiku about Rust."];
+    let request = |p: &str| GenerateRequest::chat(vec![ChatMessage::user(p)]).max_tokens(12);
+    let alone: Vec<_> = prompts.iter().map(|p| generate(&mut engine, vec![request(p)]).remove(0)).collect();
+    let together = generate(&mut engine, prompts.iter().map(|p| request(p)).collect());
+    for ((sa, a), (st, t)) in alone.iter().zip(&together) {
+        assert_eq!(a.tokens, t.tokens, "batched greedy output differs from the single run");
+        assert_eq!(sa, &a.text, "streamed text must equal the summary text");
+        assert_eq!(st, &t.text);
+    }
+    assert_eq!(engine.stats().sequences, 0, "finished sequences release their KV blocks");
+}
+
+#[test]
+fn greedy_decode_continues_the_teacher_forced_argmax() {
+    let mut engine = engine_f32();
+    let prompt = tokens(&engine, "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\n");
+    let (_, summary) = generate(
+        &mut engine,
+        vec![GenerateRequest { ignore_eos: true, ..GenerateRequest::new(Prompt::Tokens(prompt.clone())).max_tokens(6) }],
+    )
+    .remove(0);
+    // Teacher-force prompt + generated tokens: each generated token is the argmax at its position.
+    let seq = engine.create_sequence();
+    let mut fed = prompt.clone();
+    fed.extend(&summary.tokens[..5]);
+    let mut item = ForwardItem::new(seq, fed);
+    item.logits = LogitsWanted::All;
+    let out = engine.forward(&[item]).unwrap().remove(0);
+    engine.release_sequence(seq);
+    for (k, &t) in summary.tokens.iter().enumerate() {
+        assert_eq!(argmax(&out.logits[prompt.len() - 1 + k]), t, "position {k}");
+    }
+}
+
+#[test]
+fn sampling_is_reproducible_and_limits_are_honoured() {
+    let mut engine = engine_f32();
+    let sampled = |seed| {
+        GenerateRequest::chat(vec![ChatMessage::user("Tell me a story.")])
+            .max_tokens(16)
+            .sampling(SamplingParams { temperature: 1.0, top_k: 40, top_p: 0.95, seed, ..Default::default() })
+    };
+    let a = generate(&mut engine, vec![sampled(1), sampled(1), sampled(2)]);
+    assert_eq!(a[0].1.tokens, a[1].1.tokens, "same seed, same output");
+    assert_ne!(a[0].1.tokens, a[2].1.tokens, "different seeds should differ");
+    assert!(a.iter().all(|(_, s)| s.tokens.len() <= 16));
+    let limited = &a[0].1;
+    if limited.tokens.len() == 16 {
+        assert_eq!(limited.finish_reason, FinishReason::MaxTokens);
+    }
+}
+
+#[test]
+fn stop_strings_end_generation_before_the_string() {
+    let mut engine = engine_f32();
+    let base = GenerateRequest::chat(vec![ChatMessage::user("Count from 1 to 20, separated by commas.")]).max_tokens(40);
+    let (_, free) = generate(&mut engine, vec![base.clone()]).remove(0);
+    // Stop on a piece of text that the unconstrained run produced after its start.
+    let stop = free.text.chars().skip(3).take(2).collect::<String>();
+    assert!(!stop.is_empty(), "the model produced text: {:?}", free.text);
+    let (streamed, s) = generate(&mut engine, vec![GenerateRequest { stop: vec![stop.clone()], ..base }]).remove(0);
+    assert_eq!(s.finish_reason, FinishReason::StopString);
+    assert!(!s.text.contains(&stop), "{:?} contains {stop:?}", s.text);
+    assert!(free.text.starts_with(&s.text));
+    assert_eq!(streamed, s.text);
+}
+
+#[test]
+fn malformed_requests_are_rejected_with_reasons() {
+    let engine = engine_f32();
+    let check = |r: GenerateRequest, needle: &str| {
+        let e = prepare(r, engine.tokenizer(), engine.template(), engine.model_config()).unwrap_err();
+        assert!(e.to_string().contains(needle), "{e} should mention {needle:?}");
+    };
+    let ok = || GenerateRequest::new(Prompt::Text("hi".into()));
+    check(GenerateRequest { max_tokens: 0, ..ok() }, "max_tokens");
+    check(GenerateRequest::new(Prompt::Tokens(vec![10_000_000])), "outside the vocabulary");
+    check(GenerateRequest::new(Prompt::Tokens(vec![])), "empty");
+    check(GenerateRequest::chat(vec![]), "at least one message");
+    check(ok().sampling(SamplingParams { temperature: -0.5, ..Default::default() }), "temperature");
+    check(GenerateRequest { stop: vec![String::new()], ..ok() }, "stop strings");
+    check(GenerateRequest::new(Prompt::Tokens(vec![1; 9000])), "context length");
+}

@@ -1,0 +1,10 @@
+//! agentos integration tests: one binary, one module per area (`<area>_<topic>.rs`).
+//!
+//! Tests that need the default model fetch it on first use (into `AGENTOS_HOME`) and share
+//! one loaded engine per weight dtype.
+
+mod kernel_actor;
+mod kernel_engine;
+mod kernel_files;
+mod kernel_parity;
+mod support;

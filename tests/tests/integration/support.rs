@@ -1,0 +1,47 @@
+//! Shared fixtures: the default model, loaded once per dtype, and the reference file.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use agentos_kernel::{DeviceChoice, Engine, EngineConfig, ModelSpec, WeightDtype};
+
+/// The shared reference outputs of llama.cpp (`AGENTOS_REFERENCE` overrides the path).
+pub fn reference_file() -> PathBuf {
+    if let Some(p) = std::env::var_os("AGENTOS_REFERENCE") {
+        return PathBuf::from(p);
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/reference/smollm2-135m-instruct-q4_1.greedy.jsonl");
+    assert!(
+        path.is_file(),
+        "reference file {} is missing: run the tests from a checkout with shared/ beside it, or set AGENTOS_REFERENCE",
+        path.display()
+    );
+    path
+}
+
+/// The default model's path (fetched on first use).
+pub fn default_model_path() -> PathBuf {
+    ModelSpec::default().resolve().expect("the default model can be fetched")
+}
+
+fn load(dtype: WeightDtype) -> Mutex<Engine> {
+    let config = EngineConfig {
+        dtype,
+        device: DeviceChoice::Flex,
+        ..EngineConfig::default()
+    };
+    Mutex::new(Engine::load(&ModelSpec::Gguf(default_model_path()), config).expect("the default model loads"))
+}
+
+/// The default model on flex with f32 weights, shared by the tests of this binary.
+pub fn engine_f32() -> MutexGuard<'static, Engine> {
+    static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
+    ENGINE.get_or_init(|| load(WeightDtype::F32)).lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The same model with f16 weights.
+pub fn engine_f16() -> MutexGuard<'static, Engine> {
+    static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
+    ENGINE.get_or_init(|| load(WeightDtype::F16)).lock().unwrap_or_else(|e| e.into_inner())
+}

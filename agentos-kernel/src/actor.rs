@@ -47,7 +47,9 @@ pub enum KernelMsg {
     Info(RpcReplyPort<ModelInfo>),
     Stats(RpcReplyPort<Result<EngineStats>>),
     /// Sent by the engine thread when it stops unexpectedly.
-    EngineExited { panicked: bool },
+    EngineExited {
+        panicked: bool,
+    },
 }
 
 /// How to start the kernel.
@@ -69,7 +71,11 @@ impl Actor for KernelActor {
     type State = KernelState;
     type Arguments = KernelArgs;
 
-    async fn pre_start(&self, myself: ActorRef<KernelMsg>, args: KernelArgs) -> Result<KernelState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<KernelMsg>,
+        args: KernelArgs,
+    ) -> Result<KernelState, ActorProcessingErr> {
         let notify = myself.clone();
         let on_exit = Box::new(move |panicked: bool| {
             let _ = notify.cast(KernelMsg::EngineExited { panicked });

@@ -72,7 +72,9 @@ pub struct SelectedDevice {
 pub fn select_device(choice: DeviceChoice) -> Result<SelectedDevice> {
     static CACHE: OnceLock<Mutex<HashMap<DeviceChoice, SelectedDevice>>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    let mut cache = cache.lock().map_err(|_| KernelError::Device("device cache poisoned".into()))?;
+    let mut cache = cache
+        .lock()
+        .map_err(|_| KernelError::Device("device cache poisoned".into()))?;
     if let Some(d) = cache.get(&choice) {
         return Ok(d.clone());
     }
@@ -91,7 +93,10 @@ fn flex(reason: String) -> SelectedDevice {
     SelectedDevice {
         device: Device::flex(),
         name: "flex".into(),
-        description: format!("burn flex on the CPU ({} threads)", std::thread::available_parallelism().map_or(1, |n| n.get())),
+        description: format!(
+            "burn flex on the CPU ({} threads)",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
         reason,
     }
 }
@@ -100,7 +105,12 @@ fn resolve(choice: DeviceChoice) -> Result<SelectedDevice> {
     match choice {
         DeviceChoice::Flex => Ok(flex("AGENTOS_DEVICE/config asked for flex".into())),
         DeviceChoice::Auto => match hardware_adapter() {
-            Some(info) => init_wgpu(DeviceKind::DefaultDevice, "wgpu", info, "a hardware GPU adapter is present".into()),
+            Some(info) => init_wgpu(
+                DeviceKind::DefaultDevice,
+                "wgpu",
+                info,
+                "a hardware GPU adapter is present".into(),
+            ),
             None => Ok(flex("no hardware GPU adapter found (Vulkan/Metal/DX12)".into())),
         },
         DeviceChoice::Wgpu => {
@@ -157,7 +167,12 @@ fn hardware_adapter() -> Option<String> {
     use burn::tensor::wgpu::wgpu::DeviceType;
     adapters()
         .into_iter()
-        .find(|a| matches!(a.device_type, DeviceType::DiscreteGpu | DeviceType::IntegratedGpu | DeviceType::VirtualGpu))
+        .find(|a| {
+            matches!(
+                a.device_type,
+                DeviceType::DiscreteGpu | DeviceType::IntegratedGpu | DeviceType::VirtualGpu
+            )
+        })
         .map(|a| format!("{} ({:?}, {:?})", a.name, a.device_type, a.backend))
 }
 

@@ -20,7 +20,7 @@ use crate::chat::{CHATML_TEMPLATE, ChatTemplate};
 use crate::device::{DeviceChoice, SelectedDevice, select_device};
 use crate::error::{KernelError, Result};
 use crate::gguf::GgufFile;
-use crate::kv_cache::{BlockTable, KvCacheConfig, KvCache};
+use crate::kv_cache::{BlockTable, KvCache, KvCacheConfig};
 use crate::model::transformer::SequenceSlice;
 use crate::model::weights::{GgufWeights, SafetensorsWeights};
 use crate::model::{ModelConfig, Transformer, WeightDtype};
@@ -250,9 +250,9 @@ impl Engine {
 
     /// Whether a sequence could grow by `extra` tokens within the KV budget and context length.
     pub fn can_extend(&self, id: SequenceId, extra: usize) -> bool {
-        self.sequences.get(&id).is_some_and(|t| {
-            t.len + extra <= self.model.config.context_length && self.kv.can_grow(t, t.len + extra)
-        })
+        self.sequences
+            .get(&id)
+            .is_some_and(|t| t.len + extra <= self.model.config.context_length && self.kv.can_grow(t, t.len + extra))
     }
 
     /// Advances every item's sequence by its tokens in one batched forward.
@@ -263,10 +263,16 @@ impl Engine {
         let mut seen = std::collections::HashSet::new();
         for item in items {
             if item.tokens.is_empty() {
-                return Err(KernelError::InvalidRequest(format!("{:?}: no tokens to process", item.sequence)));
+                return Err(KernelError::InvalidRequest(format!(
+                    "{:?}: no tokens to process",
+                    item.sequence
+                )));
             }
             if !seen.insert(item.sequence) {
-                return Err(KernelError::InvalidRequest(format!("{:?} appears twice in one batch", item.sequence)));
+                return Err(KernelError::InvalidRequest(format!(
+                    "{:?} appears twice in one batch",
+                    item.sequence
+                )));
             }
             if let Some(&bad) = item.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
                 return Err(KernelError::InvalidRequest(format!(
@@ -326,7 +332,10 @@ impl Engine {
         let logits: Vec<f32> = if logit_rows.is_empty() {
             Vec::new()
         } else {
-            let idx = Tensor::<1, Int>::from_data(TensorData::new(logit_rows.clone(), [logit_rows.len()]), self.model.device());
+            let idx = Tensor::<1, Int>::from_data(
+                TensorData::new(logit_rows.clone(), [logit_rows.len()]),
+                self.model.device(),
+            );
             let rows = self.model.logits(out.hidden.clone().select(0, idx));
             read_f32(rows)?
         };
@@ -433,10 +442,7 @@ fn load_gguf(path: &Path, config: &EngineConfig, device: &SelectedDevice) -> Res
             model_config.vocab_size
         )));
     }
-    let template = chat_template(
-        gguf.string("tokenizer.chat_template").ok(),
-        &tokenizer,
-    )?;
+    let template = chat_template(gguf.string("tokenizer.chat_template").ok(), &tokenizer)?;
     let weights = GgufWeights {
         gguf: &gguf,
         config: &model_config,
@@ -481,5 +487,9 @@ fn chat_template(source: Option<&str>, tokenizer: &Tokenizer) -> Result<ChatTemp
         tracing::warn!("the model ships no chat template; using ChatML");
         CHATML_TEMPLATE
     });
-    ChatTemplate::new(source, &text(tokenizer.bos_token), &text(tokenizer.eos_tokens.first().copied()))
+    ChatTemplate::new(
+        source,
+        &text(tokenizer.bos_token),
+        &text(tokenizer.eos_tokens.first().copied()),
+    )
 }

@@ -82,14 +82,8 @@ pub enum GgufError {
     #[error("tensor {name}: {dims} dimensions (at most 4 supported)")]
     TooManyDims { name: String, dims: u32 },
     #[error("tensor {name}: {elements} elements is not a multiple of the block size {block}")]
-    PartialBlock {
-        name: String,
-        elements: u64,
-        block: u64,
-    },
-    #[error(
-        "tensor {name}: data [{start}, {end}) lies past the end of the file ({file_len} bytes)"
-    )]
+    PartialBlock { name: String, elements: u64, block: u64 },
+    #[error("tensor {name}: data [{start}, {end}) lies past the end of the file ({file_len} bytes)")]
     TensorOutOfBounds {
         name: String,
         start: u64,
@@ -97,11 +91,7 @@ pub enum GgufError {
         file_len: u64,
     },
     #[error("tensor {name}: offset {offset} is not a multiple of the alignment {alignment}")]
-    Misaligned {
-        name: String,
-        offset: u64,
-        alignment: u64,
-    },
+    Misaligned { name: String, offset: u64, alignment: u64 },
     #[error("alignment {0} is not a power of two")]
     BadAlignment(u64),
     #[error("duplicate tensor name {0}")]

@@ -193,9 +193,7 @@ impl GgufFile {
     /// A required non-negative integer value of any integer type.
     pub fn u64(&self, key: &str) -> Result<u64> {
         match self.get(key) {
-            Some(v) => v
-                .as_u64()
-                .ok_or_else(|| self.wrong_type(key, v, "unsigned integer")),
+            Some(v) => v.as_u64().ok_or_else(|| self.wrong_type(key, v, "unsigned integer")),
             None => Err(self.error(GgufError::MissingKey(key.to_string()))),
         }
     }
@@ -607,9 +605,7 @@ pub(crate) mod tests {
             assert!(
                 matches!(
                     err,
-                    GgufError::Truncated { .. }
-                        | GgufError::TensorOutOfBounds { .. }
-                        | GgufError::AbsurdCount { .. }
+                    GgufError::Truncated { .. } | GgufError::TensorOutOfBounds { .. } | GgufError::AbsurdCount { .. }
                 ),
                 "length {len}: {err:?}"
             );
@@ -640,15 +636,19 @@ pub(crate) mod tests {
 
     #[test]
     fn unknown_types_and_bad_offsets() {
-        let bytes = Builder::new()
-            .tensor("q", &[32], 99, vec![0; 32])
-            .build();
-        assert!(matches!(open_err(&bytes), GgufError::UnknownTensorType { type_id: 99, .. }));
+        let bytes = Builder::new().tensor("q", &[32], 99, vec![0; 32]).build();
+        assert!(matches!(
+            open_err(&bytes),
+            GgufError::UnknownTensorType { type_id: 99, .. }
+        ));
         let mut bytes = Builder::new().kv_u32("k", 1).build();
         // The value type of the only key (after magic, version, counts, key length and key).
         let at = 24 + 8 + 1;
         bytes[at..at + 4].copy_from_slice(&77u32.to_le_bytes());
-        assert!(matches!(open_err(&bytes), GgufError::UnknownValueType { value_type: 77, .. }));
+        assert!(matches!(
+            open_err(&bytes),
+            GgufError::UnknownValueType { value_type: 77, .. }
+        ));
         // A tensor whose data would end past the end of the file.
         let mut bytes = Builder::new().tensor("t", &[8], 0, f32_bytes(&[0.0; 8])).build();
         bytes.truncate(bytes.len() - 4);

@@ -9,7 +9,7 @@
 //! each layer's pool: `[capacity_blocks * block_size, kv_heads * head_dim]`; the token at
 //! position `p` of a sequence lives in row `blocks[p / block_size] * block_size + p % block_size`.
 
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{KernelError, Result};
@@ -178,7 +178,8 @@ impl KvCache {
             let zeros = Tensor::<2>::zeros([extra_rows, self.kv_dim], (&self.device, DType::F32));
             *pool = Tensor::cat(vec![old, zeros], 0);
         }
-        self.free.extend((self.capacity_blocks as u32..new_capacity as u32).rev());
+        self.free
+            .extend((self.capacity_blocks as u32..new_capacity as u32).rev());
         self.refs.resize(new_capacity, 0);
         self.capacity_blocks = new_capacity;
     }
@@ -186,32 +187,26 @@ impl KvCache {
     /// Pool rows of positions `range` of `table`.
     pub fn rows(&self, table: &BlockTable, range: std::ops::Range<usize>) -> Vec<usize> {
         let bs = self.config.block_size;
-        range
-            .map(|p| table.blocks[p / bs] as usize * bs + p % bs)
-            .collect()
+        range.map(|p| table.blocks[p / bs] as usize * bs + p % bs).collect()
     }
 
-    /// The rows of positions `0..len` as an index tensor for [`KvCache::gather`].
-    pub fn row_index(&self, table: &BlockTable, len: usize) -> Tensor<1, Int> {
-        let rows: Vec<i64> = self.rows(table, 0..len).into_iter().map(|r| r as i64).collect();
-        Tensor::from_data(TensorData::new(rows, [len]), &self.device)
-    }
-
-    /// Writes keys and values of new tokens into their rows. `runs` are
-    /// `(first_pool_row, first_source_row, len)` stretches of consecutive rows.
+    /// Writes keys and values of new tokens into the given pool rows (one scatter per pool).
     ///
     /// # Shapes
-    /// k, v: `[new_tokens, kv_dim]`
-    pub fn write(&mut self, layer: usize, k: Tensor<2>, v: Tensor<2>, runs: &[(usize, usize, usize)]) {
+    /// rows: `[new_tokens]`; k, v: `[new_tokens, kv_dim]`
+    pub fn write(&mut self, layer: usize, rows: Tensor<1, Int>, k: Tensor<2>, v: Tensor<2>) {
         for (pool, src) in [(&mut self.keys[layer], k), (&mut self.values[layer], v)] {
             // Take the pool out so it is uniquely owned and the backend can write in place.
-            let mut t = std::mem::replace(pool, Tensor::empty([0, self.kv_dim], (&self.device, DType::F32)));
-            for &(row, from, len) in runs {
-                let part = src.clone().slice([from..from + len, 0..self.kv_dim]);
-                t = t.slice_assign([row..row + len, 0..self.kv_dim], part);
-            }
-            *pool = t;
+            let t = std::mem::replace(pool, Tensor::empty([0, self.kv_dim], (&self.device, DType::F32)));
+            *pool = t.select_assign(0, rows.clone(), src, IndexingUpdateOp::Assign);
         }
+    }
+
+    /// An index tensor over pool rows.
+    pub fn index(&self, rows: &[usize]) -> Tensor<1, Int> {
+        let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let n = rows.len();
+        Tensor::from_data(TensorData::new(rows, [n]), &self.device)
     }
 
     /// Keys and values of the given rows, in order.
@@ -223,28 +218,5 @@ impl KvCache {
             self.keys[layer].clone().select(0, rows.clone()),
             self.values[layer].clone().select(0, rows),
         )
-    }
-}
-
-/// Groups consecutive pool rows into `(first_pool_row, first_source_row, len)` runs.
-pub(crate) fn runs(rows: &[usize], source_offset: usize) -> Vec<(usize, usize, usize)> {
-    let mut out: Vec<(usize, usize, usize)> = Vec::new();
-    for (i, &row) in rows.iter().enumerate() {
-        match out.last_mut() {
-            Some((start, _, len)) if *start + *len == row => *len += 1,
-            _ => out.push((row, source_offset + i, 1)),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runs_group_consecutive_rows() {
-        assert_eq!(runs(&[4, 5, 6, 32, 33], 10), vec![(4, 10, 3), (32, 13, 2)]);
-        assert!(runs(&[], 0).is_empty());
     }
 }

@@ -51,7 +51,9 @@ pub use chat::{ChatMessage, ChatTemplate};
 pub use device::{DeviceChoice, SelectedDevice, select_device};
 pub use engine::generate::{FinishReason, GenerateRequest, GenerationEvent, GenerationSummary, Prompt, RequestId};
 pub use engine::sampling::SamplingParams;
-pub use engine::{AttentionMaps, Engine, EngineConfig, EngineStats, ForwardItem, ForwardOutput, LogitsWanted, ModelInfo, SequenceId};
+pub use engine::{
+    AttentionMaps, Engine, EngineConfig, EngineStats, ForwardItem, ForwardOutput, LogitsWanted, ModelInfo, SequenceId,
+};
 pub use error::{GgufError, KernelError, Result};
 pub use kv_cache::KvCacheConfig;
 pub use model::{ModelConfig, WeightDtype};

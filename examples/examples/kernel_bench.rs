@@ -31,7 +31,11 @@ fn main() -> agentos_kernel::Result<()> {
     let text = "The quick brown fox jumps over the lazy dog while the operating system schedules agents. ".repeat(64);
     let mut prompt = engine.tokenizer().encode(&text)?;
     prompt.truncate(PREFILL_TOKENS);
-    assert_eq!(prompt.len(), PREFILL_TOKENS, "the bench prompt must tokenize to at least 512 tokens");
+    assert_eq!(
+        prompt.len(),
+        PREFILL_TOKENS,
+        "the bench prompt must tokenize to at least 512 tokens"
+    );
 
     // Warm-up: first-touch allocations and kernel compilation (wgpu) are not what we measure.
     let warm = engine.create_sequence();

@@ -28,13 +28,21 @@ fn main() -> ExitCode {
 fn run() -> agentos_kernel::Result<bool> {
     let args = Args::from_env();
     let reference = args.value("reference").map(PathBuf::from).ok_or_else(|| {
-        agentos_kernel::KernelError::InvalidRequest("usage: parity --reference FILE.jsonl [--model PATH] [--dtype f32|f16]".into())
+        agentos_kernel::KernelError::InvalidRequest(
+            "usage: parity --reference FILE.jsonl [--model PATH] [--dtype f32|f16]".into(),
+        )
     })?;
     let cases = read_reference(&reference)?;
     let config = args.engine_config()?;
     let mut engine = Engine::load(&args.model(), config)?;
     let info = engine.info().clone();
-    println!("model {} | dtype {} | device {} ({})", info.name, info.dtype.name(), info.device, info.device_description);
+    println!(
+        "model {} | dtype {} | device {} ({})",
+        info.name,
+        info.dtype.name(),
+        info.device,
+        info.device_description
+    );
     let mut results = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let r = check_case(&mut engine, case)?;
@@ -45,7 +53,11 @@ fn run() -> agentos_kernel::Result<bool> {
             case.prompt_ids.len(),
             r.agreed,
             r.compared,
-            if r.disagreements.is_empty() { String::new() } else { format!(" (differs at {:?})", r.disagreements) }
+            if r.disagreements.is_empty() {
+                String::new()
+            } else {
+                format!(" (differs at {:?})", r.disagreements)
+            }
         );
         results.push(r);
     }

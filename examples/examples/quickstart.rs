@@ -17,7 +17,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::from_env();
     let question = std::env::args()
         .skip(1)
-        .find(|a| !a.starts_with("--") && args.value("model") != Some(a) && args.value("dtype") != Some(a) && args.value("device") != Some(a))
+        .find(|a| {
+            !a.starts_with("--")
+                && args.value("model") != Some(a)
+                && args.value("dtype") != Some(a)
+                && args.value("device") != Some(a)
+        })
         .unwrap_or_else(|| "What is an operating system? Answer in two sentences.".to_string());
 
     let kernel_args = KernelArgs {
@@ -26,7 +31,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (kernel, handle) = Actor::spawn(Some("kernel".into()), KernelActor, kernel_args).await?;
     let info = ractor::call!(kernel, agentos_kernel::KernelMsg::Info)?;
-    eprintln!("model {} on {} ({}), weights {}", info.name, info.device, info.device_reason, info.dtype.name());
+    eprintln!(
+        "model {} on {} ({}), weights {}",
+        info.name,
+        info.device,
+        info.device_reason,
+        info.dtype.name()
+    );
 
     println!("> {question}");
     let request = GenerateRequest::chat(vec![
@@ -34,7 +45,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ChatMessage::user(question),
     ])
     .max_tokens(200)
-    .sampling(SamplingParams { temperature: 0.2, top_p: 0.9, repetition_penalty: 1.1, seed: 7, ..Default::default() });
+    .sampling(SamplingParams {
+        temperature: 0.2,
+        top_p: 0.9,
+        repetition_penalty: 1.1,
+        seed: 7,
+        ..Default::default()
+    });
     let (_, mut events) = agentos_kernel::actor::generate(&kernel, request).await?;
     while let Some(event) = events.recv().await {
         match event {

@@ -31,12 +31,17 @@ impl Args {
     }
 
     pub fn value(&self, name: &str) -> Option<&str> {
-        self.pairs.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.as_deref())
+        self.pairs
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
     }
 
     /// `--model PATH`, else `AGENTOS_MODEL`, else the default model.
     pub fn model(&self) -> ModelSpec {
-        self.value("model").map(ModelSpec::path).unwrap_or_else(ModelSpec::from_env)
+        self.value("model")
+            .map(ModelSpec::path)
+            .unwrap_or_else(ModelSpec::from_env)
     }
 
     /// Engine settings from `--dtype` and `--device` over the defaults.
@@ -56,5 +61,8 @@ impl Args {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("agentos_kernel=info,warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

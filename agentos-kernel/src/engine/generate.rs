@@ -156,7 +156,9 @@ pub fn prepare(
         Prompt::Text(t) => tokenizer.encode(&t)?,
         Prompt::Chat(messages) => {
             if messages.is_empty() {
-                return Err(KernelError::InvalidRequest("a chat prompt needs at least one message".into()));
+                return Err(KernelError::InvalidRequest(
+                    "a chat prompt needs at least one message".into(),
+                ));
             }
             tokenizer.encode(&template.render(&messages, true)?)?
         }
@@ -263,7 +265,8 @@ impl Batcher {
     pub fn cancel(&mut self, engine: &mut Engine, id: RequestId) {
         if let Some(pos) = self.waiting.iter().position(|w| w.id == id) {
             let mut w = self.waiting.remove(pos).expect("position is valid");
-            w.sink.send(GenerationEvent::Failed(KernelError::InvalidRequest("cancelled".into())));
+            w.sink
+                .send(GenerationEvent::Failed(KernelError::InvalidRequest("cancelled".into())));
         }
         if let Some(pos) = self.running.iter().position(|r| r.id == id) {
             let r = self.running.swap_remove(pos);
@@ -297,8 +300,13 @@ impl Batcher {
                     continue;
                 }
                 let completes = r.prefilled + chunk == r.request.prompt.len();
-                let mut item = ForwardItem::new(r.sequence, r.request.prompt[r.prefilled..r.prefilled + chunk].to_vec());
-                item.logits = if completes { LogitsWanted::Last } else { LogitsWanted::None };
+                let mut item =
+                    ForwardItem::new(r.sequence, r.request.prompt[r.prefilled..r.prefilled + chunk].to_vec());
+                item.logits = if completes {
+                    LogitsWanted::Last
+                } else {
+                    LogitsWanted::None
+                };
                 items.push(item);
                 plan.push((i, chunk, completes));
                 budget -= chunk;
@@ -325,7 +333,8 @@ impl Batcher {
                 failed.sort_unstable_by(|a, b| b.cmp(a));
                 for i in failed {
                     let mut r = self.running.swap_remove(i);
-                    r.sink.send(GenerationEvent::Failed(KernelError::Compute(message.clone())));
+                    r.sink
+                        .send(GenerationEvent::Failed(KernelError::Compute(message.clone())));
                     engine.release_sequence(r.sequence);
                 }
                 return 0;
@@ -410,7 +419,13 @@ impl Batcher {
             return Some(FinishReason::StopString);
         }
         // Hold back a tail that could still become the start of a stop string.
-        let hold = r.request.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+        let hold = r
+            .request
+            .stop
+            .iter()
+            .map(|s| s.len().saturating_sub(1))
+            .max()
+            .unwrap_or(0);
         let mut safe = r.text.len().saturating_sub(hold).max(r.emitted);
         while !r.text.is_char_boundary(safe) {
             safe -= 1;

@@ -40,13 +40,19 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(KernelError::InvalidRequest(m));
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return bad(format!("temperature must be a finite number ≥ 0, got {}", self.temperature));
+            return bad(format!(
+                "temperature must be a finite number ≥ 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
         if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
-            return bad(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
+            return bad(format!(
+                "repetition_penalty must be > 0, got {}",
+                self.repetition_penalty
+            ));
         }
         Ok(())
     }
@@ -84,15 +90,22 @@ impl Sampler {
             seen.dedup();
             for t in seen {
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
                 }
             }
         }
         if p.temperature == 0.0 {
             return argmax(logits);
         }
-        let mut candidates: Vec<(TokenId, f32)> =
-            logits.iter().enumerate().map(|(i, &l)| (i as TokenId, l / p.temperature)).collect();
+        let mut candidates: Vec<(TokenId, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as TokenId, l / p.temperature))
+            .collect();
         candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 {
             candidates.truncate(p.top_k);
@@ -174,7 +187,10 @@ mod tests {
         let a = run(params.clone());
         assert_eq!(a, run(params.clone()));
         assert!(a.iter().all(|&t| t == 3 || t == 4), "{a:?}");
-        assert!(a.contains(&3) && a.contains(&4), "both top-2 tokens should appear: {a:?}");
+        assert!(
+            a.contains(&3) && a.contains(&4),
+            "both top-2 tokens should appear: {a:?}"
+        );
         assert_ne!(a, run(SamplingParams { seed: 7, ..params }));
     }
 
@@ -195,9 +211,18 @@ mod tests {
     #[test]
     fn invalid_params_are_rejected() {
         for p in [
-            SamplingParams { temperature: -1.0, ..Default::default() },
-            SamplingParams { top_p: 0.0, ..Default::default() },
-            SamplingParams { repetition_penalty: f32::NAN, ..Default::default() },
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                repetition_penalty: f32::NAN,
+                ..Default::default()
+            },
         ] {
             assert!(p.validate().is_err(), "{p:?}");
         }

@@ -80,7 +80,9 @@ impl EngineThread {
             }
             Err(_) => {
                 let _ = handle.join();
-                Err(KernelError::EngineStopped("the engine thread died while loading the model".into()))
+                Err(KernelError::EngineStopped(
+                    "the engine thread died while loading the model".into(),
+                ))
             }
         }
     }

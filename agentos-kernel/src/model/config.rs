@@ -101,8 +101,7 @@ impl ModelConfig {
             tie_word_embeddings: Option<bool>,
             attention_bias: Option<bool>,
         }
-        let hf: Hf = serde_json::from_str(text)
-            .map_err(|e| KernelError::ModelFormat(format!("config.json: {e}")))?;
+        let hf: Hf = serde_json::from_str(text).map_err(|e| KernelError::ModelFormat(format!("config.json: {e}")))?;
         let model_type = hf.model_type.as_deref().unwrap_or("llama");
         let architecture = match model_type {
             "llama" | "mistral" => Architecture::Llama,
@@ -119,9 +118,7 @@ impl ModelConfig {
             n_layers: hf.num_hidden_layers,
             n_heads: hf.num_attention_heads,
             n_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-            head_dim: hf
-                .head_dim
-                .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
+            head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
             intermediate_size: hf.intermediate_size,
             vocab_size: hf.vocab_size,
             rope_theta: hf.rope_theta.unwrap_or(10_000.0),

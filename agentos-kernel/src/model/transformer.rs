@@ -6,7 +6,7 @@
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
-use super::attention::attend;
+use super::attention::{attend, attend_decode_batch};
 use super::config::ModelConfig;
 use super::mlp::Mlp;
 use super::rms_norm::RmsNorm;
@@ -14,7 +14,7 @@ use super::rope::Rope;
 use super::weights::{Weight, WeightSource};
 use super::{WeightDtype, linear, upload};
 use crate::error::{KernelError, Result};
-use crate::kv_cache::{BlockTable, KvCache, runs};
+use crate::kv_cache::{BlockTable, KvCache};
 
 struct DecoderLayer {
     attn_norm: RmsNorm,
@@ -51,8 +51,8 @@ pub struct Transformer {
     device: Device,
     /// `[vocab, hidden]`
     embedding: Tensor<2>,
-    /// `[hidden, vocab]`; `None` when tied to the embedding.
-    output: Option<Tensor<2>>,
+    /// `[hidden, vocab]` (a copy of the embedding when tied).
+    output: Tensor<2>,
     final_norm: RmsNorm,
     layers: Vec<DecoderLayer>,
     rope: Rope,
@@ -62,7 +62,12 @@ impl Transformer {
     /// Builds the model from any weight source, uploading weights to `device` in `dtype`.
     pub fn load(config: ModelConfig, source: &dyn WeightSource, dtype: WeightDtype, device: &Device) -> Result<Self> {
         let wd = dtype.burn_dtype();
-        let (h, q, kv, inter) = (config.hidden_size, config.q_dim(), config.kv_dim(), config.intermediate_size);
+        let (h, q, kv, inter) = (
+            config.hidden_size,
+            config.q_dim(),
+            config.kv_dim(),
+            config.intermediate_size,
+        );
         let vector = |w: Weight, len: usize| -> Result<Vec<f32>> {
             let t = source.require(w)?;
             check_shape(w, &t.shape, &[len])?;
@@ -77,18 +82,24 @@ impl Transformer {
 
         let emb = source.require(Weight::Embedding)?;
         check_shape(Weight::Embedding, &emb.shape, &[config.vocab_size, h])?;
-        let embedding = upload(emb.values, [config.vocab_size, h], wd, device);
-        let output = if config.tie_embeddings {
-            None
-        } else {
-            match source.get(Weight::Output)? {
-                Some(t) => {
-                    check_shape(Weight::Output, &t.shape, &[config.vocab_size, h])?;
-                    Some(upload(transpose(&t.values, config.vocab_size, h), [h, config.vocab_size], wd, device))
-                }
-                None => None,
+        // The output head is kept as its own contiguous [hidden, vocab] matrix even when tied:
+        // gemm over a transposed (strided) view of the embedding is several times slower for
+        // small batches, and this is the largest matmul of a decode step.
+        let head = match source.get(Weight::Output)? {
+            Some(t) if !config.tie_embeddings => {
+                check_shape(Weight::Output, &t.shape, &[config.vocab_size, h])?;
+                t.values
             }
+            _ => emb.values.clone(),
         };
+        let output = upload(
+            transpose(&head, config.vocab_size, h),
+            [h, config.vocab_size],
+            wd,
+            device,
+        );
+        drop(head);
+        let embedding = upload(emb.values, [config.vocab_size, h], wd, device);
 
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
@@ -108,7 +119,10 @@ impl Transformer {
                 None
             };
             let gate_up = concat_columns(
-                &[(&matrix_t(Weight::Gate(i), inter, h)?, inter), (&matrix_t(Weight::Up(i), inter, h)?, inter)],
+                &[
+                    (&matrix_t(Weight::Gate(i), inter, h)?, inter),
+                    (&matrix_t(Weight::Up(i), inter, h)?, inter),
+                ],
                 h,
             );
             layers.push(DecoderLayer {
@@ -161,15 +175,7 @@ impl Transformer {
         let positions = Tensor::<1, Int>::from_data(TensorData::new(positions, [total]), &self.device);
         let (cos, sin) = self.rope.tables(positions);
 
-        // Per sequence: where its new rows go in the pools, and which rows form its context.
-        let mut offset = 0;
-        let mut plans = Vec::with_capacity(slices.len());
-        for s in slices {
-            let rows = kv.rows(s.table, s.start_pos..s.start_pos + s.n_new);
-            let context = s.start_pos + s.n_new;
-            plans.push((offset, runs(&rows, offset), kv.row_index(s.table, context)));
-            offset += s.n_new;
-        }
+        let plan = BatchPlan::new(slices, kv, &self.device);
 
         // [total, hidden]
         let mut x = self.embedding.clone().select(0, ids).cast(DType::F32);
@@ -186,7 +192,10 @@ impl Transformer {
                 qkv = qkv.add(b.clone());
             }
             // [total, heads, d] and [total, kv_heads, d], rotated.
-            let q = qkv.clone().slice([0..total, 0..q_dim]).reshape([total, cfg.n_heads, cfg.head_dim]);
+            let q = qkv
+                .clone()
+                .slice([0..total, 0..q_dim])
+                .reshape([total, cfg.n_heads, cfg.head_dim]);
             let k = qkv
                 .clone()
                 .slice([0..total, q_dim..q_dim + kv_dim])
@@ -194,23 +203,57 @@ impl Transformer {
             let v = qkv.slice([0..total, q_dim + kv_dim..q_dim + 2 * kv_dim]);
             let q = self.rope.apply(q, &cos, &sin);
             let k = self.rope.apply(k, &cos, &sin).reshape([total, kv_dim]);
+            kv.write(li, plan.new_rows.clone(), k, v);
 
-            let write_runs: Vec<(usize, usize, usize)> = plans.iter().flat_map(|p| p.1.iter().copied()).collect();
-            kv.write(li, k, v, &write_runs);
-
-            let mut outs = Vec::with_capacity(slices.len());
-            for (si, (s, (start, _, rows))) in slices.iter().zip(&plans).enumerate() {
-                let (keys, values) = kv.gather(li, rows.clone());
-                let q_s = q.clone().slice([*start..start + s.n_new, 0..cfg.n_heads, 0..cfg.head_dim]);
-                let (out, probs) =
-                    attend(q_s, keys, values, s.start_pos, cfg.n_kv_heads, s.want_attention, &self.device);
+            // Attention outputs in plan order (the decode group first), `[n, q_dim]` each.
+            let mut outs = Vec::with_capacity(plan.others.len() + 1);
+            if let Some(group) = &plan.decode {
+                let (keys, values) = kv.gather(li, group.context_rows.clone());
+                let q_g = q.clone().select(0, group.token_rows.clone());
+                let want = group.members.iter().any(|&m| slices[m].want_attention);
+                let (out, probs) = attend_decode_batch(q_g, keys, values, group.mask.clone(), cfg.n_kv_heads, want);
                 outs.push(out);
-                if let (Some(p), Some(maps)) = (probs, attention[si].as_mut()) {
+                if let Some(probs) = probs {
+                    for (b, &m) in group.members.iter().enumerate() {
+                        if let Some(maps) = attention[m].as_mut() {
+                            let context = slices[m].start_pos + 1;
+                            // [1, heads, L] → [heads, 1, context]
+                            let p = probs.clone().slice([b..b + 1, 0..cfg.n_heads, 0..context]);
+                            maps.push(p.reshape([cfg.n_heads, 1, context]));
+                        }
+                    }
+                }
+            }
+            for (m, context_rows) in &plan.others {
+                let s = &slices[*m];
+                let (keys, values) = kv.gather(li, context_rows.clone());
+                let start = plan.offsets[*m];
+                let q_s = q
+                    .clone()
+                    .slice([start..start + s.n_new, 0..cfg.n_heads, 0..cfg.head_dim]);
+                let (out, probs) = attend(
+                    q_s,
+                    keys,
+                    values,
+                    s.start_pos,
+                    cfg.n_kv_heads,
+                    s.want_attention,
+                    &self.device,
+                );
+                outs.push(out);
+                if let (Some(p), Some(maps)) = (probs, attention[*m].as_mut()) {
                     maps.push(p);
                 }
             }
-            // [total, q_dim]
-            let attn = if outs.len() == 1 { outs.pop().expect("one") } else { Tensor::cat(outs, 0) };
+            // [total, q_dim] in plan order, then back to token order if they differ.
+            let mut attn = if outs.len() == 1 {
+                outs.pop().expect("one")
+            } else {
+                Tensor::cat(outs, 0)
+            };
+            if let Some(order) = &plan.to_token_order {
+                attn = attn.select(0, order.clone());
+            }
             x = x.add(linear(attn, &layer.out));
             let h = layer.ffn_norm.forward(x.clone());
             x = x.add(layer.mlp.forward(h));
@@ -227,9 +270,99 @@ impl Transformer {
     /// # Shapes
     /// hidden: `[rows, hidden]` → `[rows, vocab]`
     pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
-        match &self.output {
-            Some(w) => linear(hidden, w),
-            None => linear(hidden, &self.embedding.clone().transpose()),
+        linear(hidden, &self.output)
+    }
+}
+
+/// Index tensors for one batched forward, built once and reused by every layer.
+struct BatchPlan {
+    /// Pool rows of every new token, in token order: `[total]`.
+    new_rows: Tensor<1, Int>,
+    /// First token row of each slice.
+    offsets: Vec<usize>,
+    /// Single-token slices attended together (only when there are at least two).
+    decode: Option<DecodeGroup>,
+    /// The remaining slices with the pool rows of their context.
+    others: Vec<(usize, Tensor<1, Int>)>,
+    /// Maps token order to plan order when the decode group is not already first.
+    to_token_order: Option<Tensor<1, Int>>,
+}
+
+struct DecodeGroup {
+    members: Vec<usize>,
+    /// Token rows of the members in the flat batch: `[batch]`.
+    token_rows: Tensor<1, Int>,
+    /// Context rows of each member padded to the longest context: `[batch * max_context]`.
+    context_rows: Tensor<1, Int>,
+    /// `[batch, 1, 1, max_context]`: 0 for real rows, -inf for padding; `None` without padding.
+    mask: Option<Tensor<4>>,
+}
+
+impl BatchPlan {
+    fn new(slices: &[SequenceSlice<'_>], kv: &KvCache, device: &Device) -> Self {
+        let mut offsets = Vec::with_capacity(slices.len());
+        let mut new_rows = Vec::new();
+        let mut offset = 0;
+        for s in slices {
+            offsets.push(offset);
+            new_rows.extend(kv.rows(s.table, s.start_pos..s.start_pos + s.n_new));
+            offset += s.n_new;
+        }
+        let decode_members: Vec<usize> = (0..slices.len()).filter(|&i| slices[i].n_new == 1).collect();
+        let (decode, other_members): (Option<DecodeGroup>, Vec<usize>) = if decode_members.len() >= 2 {
+            let contexts: Vec<usize> = decode_members.iter().map(|&m| slices[m].start_pos + 1).collect();
+            let max_context = *contexts.iter().max().expect("at least two");
+            let mut rows = Vec::with_capacity(decode_members.len() * max_context);
+            let mut mask = vec![0f32; decode_members.len() * max_context];
+            for (b, (&m, &context)) in decode_members.iter().zip(&contexts).enumerate() {
+                let own = kv.rows(slices[m].table, 0..context);
+                rows.extend(&own);
+                rows.extend(std::iter::repeat_n(own[0], max_context - context));
+                mask[b * max_context + context..(b + 1) * max_context].fill(f32::NEG_INFINITY);
+            }
+            let padded = contexts.iter().any(|&c| c != max_context);
+            let batch = decode_members.len();
+            let group = DecodeGroup {
+                token_rows: kv.index(&decode_members.iter().map(|&m| offsets[m]).collect::<Vec<_>>()),
+                context_rows: kv.index(&rows),
+                mask: padded.then(|| upload(mask, [batch, 1, 1, max_context], DType::F32, device)),
+                members: decode_members.clone(),
+            };
+            let others = (0..slices.len()).filter(|i| !decode_members.contains(i)).collect();
+            (Some(group), others)
+        } else {
+            (None, (0..slices.len()).collect())
+        };
+        let others = other_members
+            .iter()
+            .map(|&m| {
+                (
+                    m,
+                    kv.index(&kv.rows(slices[m].table, 0..slices[m].start_pos + slices[m].n_new)),
+                )
+            })
+            .collect();
+        // Plan order: decode members, then the others; each slice contributes its token rows.
+        let plan_order: Vec<usize> = decode
+            .iter()
+            .flat_map(|g| g.members.iter().copied())
+            .chain(other_members.iter().copied())
+            .collect();
+        let mut plan_row_of_token = vec![0usize; offset];
+        let mut plan_row = 0;
+        for &m in &plan_order {
+            for t in 0..slices[m].n_new {
+                plan_row_of_token[offsets[m] + t] = plan_row;
+                plan_row += 1;
+            }
+        }
+        let identity = plan_row_of_token.iter().enumerate().all(|(i, &r)| i == r);
+        BatchPlan {
+            new_rows: kv.index(&new_rows),
+            offsets,
+            decode,
+            others,
+            to_token_order: (!identity).then(|| kv.index(&plan_row_of_token)),
         }
     }
 }

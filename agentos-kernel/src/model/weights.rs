@@ -133,7 +133,10 @@ impl SafetensorsFile {
             source: e,
         })?;
         if map.len() < 8 {
-            return Err(err(format!("{} bytes is too short for a safetensors header", map.len())));
+            return Err(err(format!(
+                "{} bytes is too short for a safetensors header",
+                map.len()
+            )));
         }
         let header_len = u64::from_le_bytes(map[..8].try_into().expect("8 bytes")) as usize;
         if header_len > map.len() - 8 || header_len > 100 << 20 {
@@ -227,10 +230,7 @@ impl SafetensorsWeights {
                 dir.display()
             )));
         }
-        let files = paths
-            .iter()
-            .map(|p| SafetensorsFile::open(p))
-            .collect::<Result<_>>()?;
+        let files = paths.iter().map(|p| SafetensorsFile::open(p)).collect::<Result<_>>()?;
         Ok(SafetensorsWeights { files })
     }
 

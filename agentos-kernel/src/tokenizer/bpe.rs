@@ -51,10 +51,7 @@ impl BpeTokenizer {
         let merges = gguf.strings("tokenizer.ggml.merges")?;
         let pre = gguf.string("tokenizer.ggml.pre").unwrap_or("default");
         let types: Vec<i64> = match gguf.get("tokenizer.ggml.token_type") {
-            Some(MetaValue::Array(v)) => v
-                .iter()
-                .map(|t| t.as_f64().map(|f| f as i64).unwrap_or(1))
-                .collect(),
+            Some(MetaValue::Array(v)) => v.iter().map(|t| t.as_f64().map(|f| f as i64).unwrap_or(1)).collect(),
             _ => vec![1; tokens.len()],
         };
         if types.len() != tokens.len() {
@@ -68,9 +65,7 @@ impl BpeTokenizer {
             .iter()
             .zip(&types)
             .enumerate()
-            .filter(|(_, (_, t))| {
-                matches!(**t, TOKEN_TYPE_UNKNOWN | TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED)
-            })
+            .filter(|(_, (_, t))| matches!(**t, TOKEN_TYPE_UNKNOWN | TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED))
             .map(|(i, (s, _))| (s.clone(), i as TokenId))
             .collect();
         let merges = merges
@@ -199,11 +194,7 @@ impl BpeTokenizer {
             let best = symbols
                 .windows(2)
                 .enumerate()
-                .filter_map(|(i, w)| {
-                    self.ranks
-                        .get(&(w[0].clone(), w[1].clone()))
-                        .map(|&r| (r, i))
-                })
+                .filter_map(|(i, w)| self.ranks.get(&(w[0].clone(), w[1].clone())).map(|&r| (r, i)))
                 .min();
             let Some((_, i)) = best else { break };
             let merged = format!("{}{}", symbols[i], symbols[i + 1]);

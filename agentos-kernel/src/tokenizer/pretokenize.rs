@@ -24,9 +24,7 @@ impl PreTokenizer {
         let patterns: &[&str] = match pre {
             "default" | "gpt2" | "gpt-2" | "mpt" | "olmo" | "jais" => &[GPT2],
             // llama.cpp groups these: every digit is a piece, then GPT-2's rules.
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => {
-                &[r"\p{N}", GPT2]
-            }
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva" => &[r"\p{N}", GPT2],
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => &[LLAMA3],
             "qwen2" | "stablelm2" | "deepseek-r1-qwen" => &[QWEN2],
             other => {

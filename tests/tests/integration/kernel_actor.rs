@@ -12,24 +12,42 @@ use crate::support::default_model_path;
 async fn kernel_actor_streams_and_survives_bad_requests() {
     let args = KernelArgs {
         model: ModelSpec::Gguf(default_model_path()),
-        config: EngineConfig { dtype: WeightDtype::F16, device: DeviceChoice::Flex, ..EngineConfig::default() },
+        config: EngineConfig {
+            dtype: WeightDtype::F16,
+            device: DeviceChoice::Flex,
+            ..EngineConfig::default()
+        },
     };
     let (kernel, handle) = Actor::spawn(None, KernelActor, args).await.unwrap();
 
     // Malformed requests get error replies...
-    let bad = GenerateRequest { max_tokens: 0, ..GenerateRequest::new(Prompt::Text("hi".into())) };
+    let bad = GenerateRequest {
+        max_tokens: 0,
+        ..GenerateRequest::new(Prompt::Text("hi".into()))
+    };
     assert!(agentos_kernel::actor::generate(&kernel, bad).await.is_err());
     let bad = GenerateRequest::new(Prompt::Tokens(vec![u32::MAX]));
     let err = agentos_kernel::actor::generate(&kernel, bad).await.unwrap_err();
     assert!(err.to_string().contains("vocabulary"), "{err}");
-    let err = ractor::call!(kernel, |reply| KernelMsg::Embed { texts: vec![String::new()], reply }).unwrap();
+    let err = ractor::call!(kernel, |reply| KernelMsg::Embed {
+        texts: vec![String::new()],
+        reply
+    })
+    .unwrap();
     assert!(err.is_err());
     // ...and the actor keeps running.
     assert_eq!(kernel.get_status(), ActorStatus::Running);
 
-    let ids = ractor::call!(kernel, |reply| KernelMsg::Tokenize { text: "<|im_start|>user".into(), reply }).unwrap().unwrap();
+    let ids = ractor::call!(kernel, |reply| KernelMsg::Tokenize {
+        text: "<|im_start|>user".into(),
+        reply
+    })
+    .unwrap()
+    .unwrap();
     assert_eq!(ids[0], 1, "<|im_start|> is one special token");
-    let text = ractor::call!(kernel, |reply| KernelMsg::Detokenize { tokens: ids, reply }).unwrap().unwrap();
+    let text = ractor::call!(kernel, |reply| KernelMsg::Detokenize { tokens: ids, reply })
+        .unwrap()
+        .unwrap();
     assert_eq!(text, "<|im_start|>user");
 
     let request = GenerateRequest::chat(vec![ChatMessage::user("Say hi.")]).max_tokens(8);
@@ -53,9 +71,12 @@ async fn kernel_actor_streams_and_survives_bad_requests() {
     assert!(tokens >= 1 && tokens <= 8);
     assert_eq!(streamed, summary.text);
 
-    let embeddings = ractor::call!(kernel, |reply| KernelMsg::Embed { texts: vec!["a".into(), "b".into()], reply })
-        .unwrap()
-        .unwrap();
+    let embeddings = ractor::call!(kernel, |reply| KernelMsg::Embed {
+        texts: vec!["a".into(), "b".into()],
+        reply
+    })
+    .unwrap()
+    .unwrap();
     assert_eq!(embeddings.len(), 2);
     let stats = ractor::call!(kernel, KernelMsg::Stats).unwrap().unwrap();
     assert!(stats.forwards > 0);

@@ -22,7 +22,12 @@ fn last_logits(engine: &mut Engine, chunks: &[&[u32]]) -> Vec<f32> {
     let seq = engine.create_sequence();
     let mut last = Vec::new();
     for c in chunks {
-        last = engine.forward(&[ForwardItem::new(seq, c.to_vec())]).unwrap().remove(0).logits.remove(0);
+        last = engine
+            .forward(&[ForwardItem::new(seq, c.to_vec())])
+            .unwrap()
+            .remove(0)
+            .logits
+            .remove(0);
     }
     engine.release_sequence(seq);
     last
@@ -31,11 +36,18 @@ fn last_logits(engine: &mut Engine, chunks: &[&[u32]]) -> Vec<f32> {
 #[test]
 fn chunked_prefill_equals_one_prefill() {
     let mut engine = engine_f32();
-    let t = tokens(&engine, "The paged KV cache keeps every sequence in blocks of sixteen tokens, so this prompt spans several blocks.");
+    let t = tokens(
+        &engine,
+        "The paged KV cache keeps every sequence in blocks of sixteen tokens, so this prompt spans several blocks.",
+    );
     assert!(t.len() > 17, "prompt must cross a block boundary");
     let whole = last_logits(&mut engine, &[&t]);
     let chunked = last_logits(&mut engine, &[&t[..5], &t[5..17], &t[17..]]);
-    assert!(max_abs_diff(&whole, &chunked) < 1e-3, "diff {}", max_abs_diff(&whole, &chunked));
+    assert!(
+        max_abs_diff(&whole, &chunked) < 1e-3,
+        "diff {}",
+        max_abs_diff(&whole, &chunked)
+    );
 }
 
 #[test]
@@ -43,13 +55,20 @@ fn batched_forward_equals_separate_forwards() {
     let mut engine = engine_f32();
     let a = tokens(&engine, "Agents share one model like processes share a CPU.");
     let b = tokens(&engine, "Hello");
-    let c = tokens(&engine, "A third sequence with a different length and position entirely, longer than the rest.");
+    let c = tokens(
+        &engine,
+        "A third sequence with a different length and position entirely, longer than the rest.",
+    );
     let alone_a = last_logits(&mut engine, &[&a[..4], &a[4..]]);
     let alone_b = last_logits(&mut engine, &[&b]);
     let alone_c = last_logits(&mut engine, &[&c]);
 
     // a is mid-sequence (a decode-like chunk at position 4), b and c are fresh prefills.
-    let (sa, sb, sc) = (engine.create_sequence(), engine.create_sequence(), engine.create_sequence());
+    let (sa, sb, sc) = (
+        engine.create_sequence(),
+        engine.create_sequence(),
+        engine.create_sequence(),
+    );
     engine.forward(&[ForwardItem::new(sa, a[..4].to_vec())]).unwrap();
     let outs = engine
         .forward(&[
@@ -67,6 +86,53 @@ fn batched_forward_equals_separate_forwards() {
 }
 
 #[test]
+fn batched_decode_steps_equal_separate_steps() {
+    let mut engine = engine_f32();
+    let prompts = [
+        tokens(&engine, "Short one."),
+        tokens(
+            &engine,
+            "A much longer prompt, so that decode contexts differ and padding is needed.",
+        ),
+        tokens(&engine, "Medium length prompt here."),
+    ];
+    let next = [42u32, 7, 1000];
+    let fresh = tokens(&engine, "A prefill that comes first in the batch.");
+    // Reference: every sequence on its own.
+    let alone: Vec<Vec<f32>> = prompts
+        .iter()
+        .zip(next)
+        .map(|(p, t)| last_logits(&mut engine, &[p, &[t]]))
+        .collect();
+    let alone_fresh = last_logits(&mut engine, &[&fresh]);
+
+    let seqs: Vec<_> = prompts.iter().map(|_| engine.create_sequence()).collect();
+    for (s, p) in seqs.iter().zip(&prompts) {
+        engine.forward(&[ForwardItem::new(*s, p.clone())]).unwrap();
+    }
+    let f = engine.create_sequence();
+    let mut items = vec![ForwardItem::new(f, fresh.clone())];
+    items.extend(seqs.iter().zip(next).map(|(&s, t)| {
+        let mut item = ForwardItem::new(s, vec![t]);
+        item.attention = true;
+        item
+    }));
+    let outs = engine.forward(&items).unwrap();
+    for s in seqs.iter().chain([&f]) {
+        engine.release_sequence(*s);
+    }
+    assert!(max_abs_diff(&outs[0].logits[0], &alone_fresh) < 1e-3);
+    for (i, reference) in alone.iter().enumerate() {
+        let out = &outs[i + 1];
+        assert!(max_abs_diff(&out.logits[0], reference) < 1e-3, "decode {i}");
+        let maps = out.attention.as_ref().unwrap();
+        assert_eq!((maps.n_new, maps.context), (1, prompts[i].len() + 1));
+        let sum: f32 = maps.row(0, 0, 0).iter().sum();
+        assert!((sum - 1.0).abs() < 1e-3, "padding must get no attention (sum {sum})");
+    }
+}
+
+#[test]
 fn attention_maps_are_causal_probabilities() {
     let mut engine = engine_f32();
     let t = tokens(&engine, "Attention tells the memory system where ideas begin and end.");
@@ -79,7 +145,10 @@ fn attention_maps_are_causal_probabilities() {
     engine.release_sequence(seq);
     let maps = out.attention.expect("attention was requested");
     let cfg = engine.model_config();
-    assert_eq!((maps.n_layers, maps.n_heads, maps.start_pos), (cfg.n_layers, cfg.n_heads, 3));
+    assert_eq!(
+        (maps.n_layers, maps.n_heads, maps.start_pos),
+        (cfg.n_layers, cfg.n_heads, 3)
+    );
     assert_eq!(maps.n_new, t.len() - 3);
     assert_eq!(maps.context, t.len());
     for layer in [0, maps.n_layers - 1] {
@@ -145,23 +214,36 @@ fn continuous_batching_matches_single_greedy_runs() {
     let mut engine = engine_f32();
     let prompts = ["Name a color.", "What is 2 + 2?", "Write a haiku about Rust."];
     let request = |p: &str| GenerateRequest::chat(vec![ChatMessage::user(p)]).max_tokens(12);
-    let alone: Vec<_> = prompts.iter().map(|p| generate(&mut engine, vec![request(p)]).remove(0)).collect();
+    let alone: Vec<_> = prompts
+        .iter()
+        .map(|p| generate(&mut engine, vec![request(p)]).remove(0))
+        .collect();
     let together = generate(&mut engine, prompts.iter().map(|p| request(p)).collect());
     for ((sa, a), (st, t)) in alone.iter().zip(&together) {
         assert_eq!(a.tokens, t.tokens, "batched greedy output differs from the single run");
         assert_eq!(sa, &a.text, "streamed text must equal the summary text");
         assert_eq!(st, &t.text);
     }
-    assert_eq!(engine.stats().sequences, 0, "finished sequences release their KV blocks");
+    assert_eq!(
+        engine.stats().sequences,
+        0,
+        "finished sequences release their KV blocks"
+    );
 }
 
 #[test]
 fn greedy_decode_continues_the_teacher_forced_argmax() {
     let mut engine = engine_f32();
-    let prompt = tokens(&engine, "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\n");
+    let prompt = tokens(
+        &engine,
+        "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\n",
+    );
     let (_, summary) = generate(
         &mut engine,
-        vec![GenerateRequest { ignore_eos: true, ..GenerateRequest::new(Prompt::Tokens(prompt.clone())).max_tokens(6) }],
+        vec![GenerateRequest {
+            ignore_eos: true,
+            ..GenerateRequest::new(Prompt::Tokens(prompt.clone())).max_tokens(6)
+        }],
     )
     .remove(0);
     // Teacher-force prompt + generated tokens: each generated token is the argmax at its position.
@@ -183,7 +265,13 @@ fn sampling_is_reproducible_and_limits_are_honoured() {
     let sampled = |seed| {
         GenerateRequest::chat(vec![ChatMessage::user("Tell me a story.")])
             .max_tokens(16)
-            .sampling(SamplingParams { temperature: 1.0, top_k: 40, top_p: 0.95, seed, ..Default::default() })
+            .sampling(SamplingParams {
+                temperature: 1.0,
+                top_k: 40,
+                top_p: 0.95,
+                seed,
+                ..Default::default()
+            })
     };
     let a = generate(&mut engine, vec![sampled(1), sampled(1), sampled(2)]);
     assert_eq!(a[0].1.tokens, a[1].1.tokens, "same seed, same output");
@@ -198,12 +286,20 @@ fn sampling_is_reproducible_and_limits_are_honoured() {
 #[test]
 fn stop_strings_end_generation_before_the_string() {
     let mut engine = engine_f32();
-    let base = GenerateRequest::chat(vec![ChatMessage::user("Count from 1 to 20, separated by commas.")]).max_tokens(40);
+    let base =
+        GenerateRequest::chat(vec![ChatMessage::user("Count from 1 to 20, separated by commas.")]).max_tokens(40);
     let (_, free) = generate(&mut engine, vec![base.clone()]).remove(0);
     // Stop on a piece of text that the unconstrained run produced after its start.
     let stop = free.text.chars().skip(3).take(2).collect::<String>();
     assert!(!stop.is_empty(), "the model produced text: {:?}", free.text);
-    let (streamed, s) = generate(&mut engine, vec![GenerateRequest { stop: vec![stop.clone()], ..base }]).remove(0);
+    let (streamed, s) = generate(
+        &mut engine,
+        vec![GenerateRequest {
+            stop: vec![stop.clone()],
+            ..base
+        }],
+    )
+    .remove(0);
     assert_eq!(s.finish_reason, FinishReason::StopString);
     assert!(!s.text.contains(&stop), "{:?} contains {stop:?}", s.text);
     assert!(free.text.starts_with(&s.text));
@@ -219,10 +315,25 @@ fn malformed_requests_are_rejected_with_reasons() {
     };
     let ok = || GenerateRequest::new(Prompt::Text("hi".into()));
     check(GenerateRequest { max_tokens: 0, ..ok() }, "max_tokens");
-    check(GenerateRequest::new(Prompt::Tokens(vec![10_000_000])), "outside the vocabulary");
+    check(
+        GenerateRequest::new(Prompt::Tokens(vec![10_000_000])),
+        "outside the vocabulary",
+    );
     check(GenerateRequest::new(Prompt::Tokens(vec![])), "empty");
     check(GenerateRequest::chat(vec![]), "at least one message");
-    check(ok().sampling(SamplingParams { temperature: -0.5, ..Default::default() }), "temperature");
-    check(GenerateRequest { stop: vec![String::new()], ..ok() }, "stop strings");
+    check(
+        ok().sampling(SamplingParams {
+            temperature: -0.5,
+            ..Default::default()
+        }),
+        "temperature",
+    );
+    check(
+        GenerateRequest {
+            stop: vec![String::new()],
+            ..ok()
+        },
+        "stop strings",
+    );
     check(GenerateRequest::new(Prompt::Tokens(vec![1; 9000])), "context length");
 }

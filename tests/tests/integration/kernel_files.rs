@@ -31,7 +31,10 @@ fn truncated_model_files_name_what_is_missing() {
     for len in [3, 20, 1_000, 500_000, 1_785_000, 1_800_000, bytes.len() - 1] {
         let err = gguf_error(&bytes[..len]);
         assert!(
-            matches!(err, GgufError::Truncated { .. } | GgufError::AbsurdCount { .. } | GgufError::TensorOutOfBounds { .. }),
+            matches!(
+                err,
+                GgufError::Truncated { .. } | GgufError::AbsurdCount { .. } | GgufError::TensorOutOfBounds { .. }
+            ),
             "length {len}: {err:?}"
         );
         assert!(!err.to_string().is_empty());
@@ -41,10 +44,15 @@ fn truncated_model_files_name_what_is_missing() {
 #[test]
 fn garbage_and_missing_files_are_errors() {
     assert!(matches!(gguf_error(b"not a model at all"), GgufError::BadMagic { .. }));
-    let missing = Engine::load(&ModelSpec::Gguf("/nonexistent/model.gguf".into()), EngineConfig::default());
+    let missing = Engine::load(
+        &ModelSpec::Gguf("/nonexistent/model.gguf".into()),
+        EngineConfig::default(),
+    );
     assert!(missing.err().unwrap().to_string().contains("no such file"));
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"llama\"}").unwrap();
-    let err = Engine::load(&ModelSpec::HfDir(dir.path().into()), EngineConfig::default()).err().unwrap();
+    let err = Engine::load(&ModelSpec::HfDir(dir.path().into()), EngineConfig::default())
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("config.json"), "{err}");
 }

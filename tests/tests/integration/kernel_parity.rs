@@ -8,7 +8,10 @@ use crate::support::{engine_f16, engine_f32, reference_file};
 fn run(engine: &mut agentos_kernel::Engine) -> ParitySummary {
     let cases = read_reference(&reference_file()).expect("reference parses");
     assert!(!cases.is_empty());
-    let cases = cases.iter().map(|c| check_case(engine, c).expect("case runs")).collect();
+    let cases = cases
+        .iter()
+        .map(|c| check_case(engine, c).expect("case runs"))
+        .collect();
     ParitySummary { cases }
 }
 

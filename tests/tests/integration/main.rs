@@ -7,4 +7,5 @@ mod kernel_actor;
 mod kernel_engine;
 mod kernel_files;
 mod kernel_parity;
+mod kernel_wgpu;
 mod support;

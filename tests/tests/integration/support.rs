@@ -22,7 +22,9 @@ pub fn reference_file() -> PathBuf {
 
 /// The default model's path (fetched on first use).
 pub fn default_model_path() -> PathBuf {
-    ModelSpec::default().resolve().expect("the default model can be fetched")
+    ModelSpec::default()
+        .resolve()
+        .expect("the default model can be fetched")
 }
 
 fn load(dtype: WeightDtype) -> Mutex<Engine> {
@@ -37,11 +39,17 @@ fn load(dtype: WeightDtype) -> Mutex<Engine> {
 /// The default model on flex with f32 weights, shared by the tests of this binary.
 pub fn engine_f32() -> MutexGuard<'static, Engine> {
     static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
-    ENGINE.get_or_init(|| load(WeightDtype::F32)).lock().unwrap_or_else(|e| e.into_inner())
+    ENGINE
+        .get_or_init(|| load(WeightDtype::F32))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 /// The same model with f16 weights.
 pub fn engine_f16() -> MutexGuard<'static, Engine> {
     static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
-    ENGINE.get_or_init(|| load(WeightDtype::F16)).lock().unwrap_or_else(|e| e.into_inner())
+    ENGINE
+        .get_or_init(|| load(WeightDtype::F16))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }

@@ -26,7 +26,7 @@ pub struct Tokenizer {
 }
 
 enum Backend {
-    Bpe(BpeTokenizer),
+    Bpe(Box<BpeTokenizer>),
     HuggingFace(Box<tokenizers::Tokenizer>),
 }
 
@@ -62,7 +62,7 @@ impl Tokenizer {
         );
         Ok(Tokenizer {
             bos_token: id("tokenizer.ggml.bos_token_id"),
-            backend: Backend::Bpe(bpe),
+            backend: Backend::Bpe(Box::new(bpe)),
             eos_tokens,
             add_bos,
         })

@@ -330,7 +330,7 @@ impl Batcher {
                 let message = e.to_string();
                 tracing::error!(error = %message, "batched forward failed; failing its requests");
                 let mut failed: Vec<usize> = plan.iter().map(|p| p.0).collect();
-                failed.sort_unstable_by(|a, b| b.cmp(a));
+                failed.sort_unstable_by_key(|&i| std::cmp::Reverse(i));
                 for i in failed {
                     let mut r = self.running.swap_remove(i);
                     r.sink
@@ -357,7 +357,7 @@ impl Batcher {
                 finished.push((i, reason));
             }
         }
-        finished.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         for (i, reason) in finished {
             let r = self.running.swap_remove(i);
             self.finish(engine, r, reason);

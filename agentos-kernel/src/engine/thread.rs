@@ -13,6 +13,9 @@ use crate::error::{KernelError, Result};
 use crate::model_spec::ModelSpec;
 use crate::tokenizer::Tokenizer;
 
+/// Receives the embeddings of an `Embed` command.
+pub type EmbedReply = Box<dyn FnOnce(Result<Vec<Vec<f32>>>) + Send>;
+
 /// A request to the engine thread.
 pub enum EngineCommand {
     Generate {
@@ -23,7 +26,7 @@ pub enum EngineCommand {
     Cancel(RequestId),
     Embed {
         texts: Vec<String>,
-        reply: Box<dyn FnOnce(Result<Vec<Vec<f32>>>) + Send>,
+        reply: EmbedReply,
     },
     Stats {
         reply: Box<dyn FnOnce(EngineStats) + Send>,

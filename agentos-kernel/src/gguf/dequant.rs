@@ -255,7 +255,7 @@ mod tests {
         b[208..210].copy_from_slice(&f16b(0.5));
         let out = run(GgmlType::Q6K, &b);
         assert_eq!(out[0], 0.5 * 2.0 * ((1 | (3 << 4)) - 32) as f32); // 0.5*2*17
-        assert_eq!(out[32], 0.5 * -1.0 * -32.0);
+        assert_eq!(out[32], -0.5 * -32.0);
         assert_eq!(out[64], 0.5 * 4.0 * (2 - 32) as f32);
         assert_eq!(out[96], 0.5 * 1.0 * ((2 << 4) - 32) as f32);
     }

@@ -68,7 +68,7 @@ async fn kernel_actor_streams_and_survives_bad_requests() {
         }
     };
     assert_eq!(tokens, summary.tokens.len());
-    assert!(tokens >= 1 && tokens <= 8);
+    assert!((1..=8).contains(&tokens));
     assert_eq!(streamed, summary.text);
 
     let embeddings = ractor::call!(kernel, |reply| KernelMsg::Embed {

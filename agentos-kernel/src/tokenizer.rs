@@ -48,14 +48,7 @@ impl Tokenizer {
             .iter()
             .filter_map(|k| id(k))
             .collect();
-        // ChatML models end a turn with <|im_end|> even when the file names another EOS.
-        for name in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
-            if let Some(t) = bpe.token_id(name) {
-                eos_tokens.push(t);
-            }
-        }
-        eos_tokens.sort_unstable();
-        eos_tokens.dedup();
+        add_turn_end_tokens(&mut eos_tokens, |name| bpe.token_id(name));
         let add_bos = matches!(
             gguf.get("tokenizer.ggml.add_bos_token"),
             Some(crate::gguf::MetaValue::Bool(true))
@@ -73,13 +66,7 @@ impl Tokenizer {
         let tok = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| KernelError::Tokenizer(format!("{}: {e}", path.display())))?;
         let mut eos_tokens = eos_tokens;
-        for name in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
-            if let Some(t) = tok.token_to_id(name) {
-                eos_tokens.push(t);
-            }
-        }
-        eos_tokens.sort_unstable();
-        eos_tokens.dedup();
+        add_turn_end_tokens(&mut eos_tokens, |name| tok.token_to_id(name));
         Ok(Tokenizer {
             backend: Backend::HuggingFace(Box::new(tok)),
             eos_tokens,
@@ -154,6 +141,18 @@ impl Tokenizer {
             Backend::HuggingFace(tok) => tok.id_to_token(id),
         }
     }
+}
+
+/// Adds the turn-ending tokens a vocabulary has, then sorts and dedups: chat models end a turn
+/// with these (`<|im_end|>` for ChatML) even when the file names another EOS.
+fn add_turn_end_tokens(eos_tokens: &mut Vec<TokenId>, lookup: impl Fn(&str) -> Option<TokenId>) {
+    eos_tokens.extend(
+        ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"]
+            .into_iter()
+            .filter_map(lookup),
+    );
+    eos_tokens.sort_unstable();
+    eos_tokens.dedup();
 }
 
 /// Turns a stream of tokens into text pieces without splitting UTF-8 characters.

@@ -85,20 +85,19 @@ impl Transformer {
         // The output head is kept as its own contiguous [hidden, vocab] matrix even when tied:
         // gemm over a transposed (strided) view of the embedding is several times slower for
         // small batches, and this is the largest matmul of a decode step.
-        let head = match source.get(Weight::Output)? {
-            Some(t) if !config.tie_embeddings => {
-                check_shape(Weight::Output, &t.shape, &[config.vocab_size, h])?;
-                t.values
-            }
-            _ => emb.values.clone(),
+        let separate_head = if config.tie_embeddings {
+            None
+        } else {
+            source.get(Weight::Output)?
         };
-        let output = upload(
-            transpose(&head, config.vocab_size, h),
-            [h, config.vocab_size],
-            wd,
-            device,
-        );
-        drop(head);
+        let head_t = match separate_head {
+            Some(t) => {
+                check_shape(Weight::Output, &t.shape, &[config.vocab_size, h])?;
+                transpose(&t.values, config.vocab_size, h)
+            }
+            None => transpose(&emb.values, config.vocab_size, h),
+        };
+        let output = upload(head_t, [h, config.vocab_size], wd, device);
         let embedding = upload(emb.values, [config.vocab_size, h], wd, device);
 
         let mut layers = Vec::with_capacity(config.n_layers);

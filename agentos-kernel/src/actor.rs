@@ -59,6 +59,7 @@ pub struct KernelArgs {
     pub config: EngineConfig,
 }
 
+#[derive(Debug, Clone, Copy)]
 pub struct KernelActor;
 
 pub struct KernelState {

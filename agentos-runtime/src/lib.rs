@@ -1,2 +1,61 @@
-//! agentos-runtime: the system users add (supervision tree, scheduler, agents). Built by the
-//! runtime and scheduler issues; it holds no code yet.
+//! # agentos-runtime: LLM agents as supervised processes
+//!
+//! Declare a role with `#[agent]`, start an [`AgentOS`], spawn agents and talk to them through
+//! [`AgentHandle`]s. Every agent is an actor in one supervision tree (see [`os`]): a panicking
+//! agent is restarted from its last checkpoint and the task it was running is redelivered once.
+//!
+//! ```no_run
+//! use agentos_runtime::prelude::*;
+//!
+//! /// You are a concise assistant.
+//! #[agent(name = "Assistant", max_tokens = 64)]
+//! #[derive(Default, Serialize, Deserialize)]
+//! struct Assistant;
+//!
+//! # async fn demo() -> Result<(), RuntimeError> {
+//! let os = AgentOS::builder().start().await?; // loads the default model
+//! let assistant = os.spawn(Assistant).await?;
+//! let reply = assistant.ask("What is an operating system?").await?;
+//! println!("{} ({} tokens)", reply.text, reply.completion_tokens);
+//! os.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod agent;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod os;
+pub mod scheduler;
+pub mod supervisor;
+
+pub use agent::actor::{AgentActor, AgentMsg};
+pub use agent::handle::{AgentHandle, StreamEvent, TokenStream};
+pub use agent::record::{AgentInfo, AgentState, Pid};
+pub use agent::{Agent, AgentHooks, AgentSpec, Delivered, Response, Turn, TurnPrompt};
+pub use agentos_kernel as kernel;
+pub use agentos_macros::agent;
+pub use checkpoint::CheckpointStore;
+pub use config::RuntimeConfig;
+pub use error::{Result, RuntimeError};
+pub use os::{AgentOS, AgentOsBuilder};
+pub use scheduler::{Priority, SchedulerStats};
+pub use supervisor::{RestartIntensity, Strategy, SupervisorEvent};
+
+/// Everything a typical program needs: `use agentos_runtime::prelude::*;`.
+pub mod prelude {
+    pub use crate::agent;
+    pub use crate::{
+        Agent, AgentHandle, AgentHooks, AgentInfo, AgentOS, AgentSpec, AgentState, Priority, Response,
+        RestartIntensity, RuntimeConfig, RuntimeError, Strategy, StreamEvent, SupervisorEvent, Turn, TurnPrompt,
+    };
+    pub use agentos_kernel::{ChatMessage, KernelArgs, ModelSpec, SamplingParams};
+    pub use futures::StreamExt;
+    pub use serde::{Deserialize, Serialize};
+}
+
+/// Not public API: paths the `#[agent]` expansion refers to.
+#[doc(hidden)]
+pub mod __private {
+    pub use agentos_kernel::SamplingParams;
+}

@@ -1,5 +1,5 @@
-//! Quickstart: start the Reasoning Kernel as an actor on the default model (fetched on first
-//! use) and stream an answer to a question to the terminal.
+//! Quickstart: one agent, declared with `#[agent]`, answers a question with the default model
+//! (fetched on first use), streaming its reply to the terminal.
 //!
 //! ```text
 //! cargo run --release --example quickstart -- ["your question"] [--model PATH] [--dtype f32|f16] [--device NAME]
@@ -8,74 +8,62 @@
 use std::io::Write;
 
 use agentos_examples::{Args, init_logging};
-use agentos_kernel::{ChatMessage, GenerateRequest, GenerationEvent, KernelActor, KernelArgs, SamplingParams};
-use ractor::Actor;
+use agentos_runtime::prelude::*;
+
+/// You are a helpful assistant. Answer clearly and briefly.
+#[agent(
+    name = "Assistant",
+    temperature = 0.2,
+    top_p = 0.9,
+    repetition_penalty = 1.1,
+    seed = 7,
+    max_tokens = 200
+)]
+#[derive(Default, Serialize, Deserialize)]
+struct Assistant;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     init_logging();
     let args = Args::from_env();
-    let question = std::env::args()
-        .skip(1)
-        .find(|a| {
-            !a.starts_with("--")
-                && args.value("model") != Some(a)
-                && args.value("dtype") != Some(a)
-                && args.value("device") != Some(a)
-        })
+    let question = args
+        .positional()
         .unwrap_or_else(|| "What is an operating system? Answer in two sentences.".to_string());
 
-    let kernel_args = KernelArgs {
-        model: args.model(),
-        config: args.engine_config()?,
-    };
-    let (kernel, handle) = Actor::spawn(Some("kernel".into()), KernelActor, kernel_args).await?;
-    let info = ractor::call!(kernel, agentos_kernel::KernelMsg::Info)?;
-    eprintln!(
-        "model {} on {} ({}), weights {}",
-        info.name,
-        info.device,
-        info.device_reason,
-        info.dtype.name()
-    );
+    let os = AgentOS::builder().kernel(args.kernel_args()?).start().await?;
+    let assistant = os.spawn(Assistant).await?;
 
     println!("> {question}");
-    let request = GenerateRequest::chat(vec![
-        ChatMessage::system("You are a helpful assistant. Be concise."),
-        ChatMessage::user(question),
-    ])
-    .max_tokens(200)
-    .sampling(SamplingParams {
-        temperature: 0.2,
-        top_p: 0.9,
-        repetition_penalty: 1.1,
-        seed: 7,
-        ..Default::default()
-    });
-    let (_, mut events) = agentos_kernel::actor::generate(&kernel, request).await?;
-    while let Some(event) = events.recv().await {
+    let mut reply = assistant.stream(question)?;
+    while let Some(event) = reply.next().await {
         match event {
-            GenerationEvent::Token { text, .. } => {
+            StreamEvent::Token(text) => {
                 print!("{text}");
                 std::io::stdout().flush()?;
             }
-            GenerationEvent::Finished { tail, summary } => {
-                println!("{tail}");
-                let secs = summary.total_time.as_secs_f64();
+            StreamEvent::Restarted => println!("\n[the agent restarted; its answer starts over]"),
+            StreamEvent::Done(outcome) => {
+                let response = (*outcome)?;
+                let secs = response.total_time.as_secs_f64();
+                println!();
                 eprintln!(
-                    "\n[{} prompt tokens, {} generated in {:.2}s ({:.1} tokens/s), first token after {:.0} ms, finished: {:?}]",
-                    summary.prompt_tokens,
-                    summary.tokens.len(),
+                    "[{} prompt tokens, {} generated in {:.2}s ({:.1} tokens/s), first token after {:.0} ms, finished: {:?}]",
+                    response.prompt_tokens,
+                    response.completion_tokens,
                     secs,
-                    summary.tokens.len() as f64 / secs,
-                    summary.time_to_first_token.as_secs_f64() * 1000.0,
-                    summary.finish_reason
+                    response.completion_tokens as f64 / secs,
+                    response.time_to_first_token.as_secs_f64() * 1000.0,
+                    response.finish_reason
                 );
             }
-            GenerationEvent::Failed(e) => return Err(e.into()),
         }
     }
-    kernel.stop(None);
-    handle.await?;
+    for agent in os.agents() {
+        eprintln!(
+            "[{} {} ({}): {:?}, {} turn(s), {} tokens]",
+            agent.pid, agent.name, agent.role, agent.state, agent.turns, agent.tokens_used
+        );
+    }
+    os.shutdown().await?;
     Ok(())
 }

@@ -57,10 +57,28 @@ impl Args {
     }
 }
 
+impl Args {
+    /// The first argument that is neither a flag nor a flag's value.
+    pub fn positional(&self) -> Option<String> {
+        self.pairs
+            .iter()
+            .find(|(n, v)| v.is_none() && !std::env::args().any(|a| a == format!("--{n}")))
+            .map(|(n, _)| n.clone())
+    }
+
+    /// The kernel to run: model and engine settings from the flags.
+    pub fn kernel_args(&self) -> agentos_kernel::Result<agentos_kernel::KernelArgs> {
+        Ok(agentos_kernel::KernelArgs {
+            model: self.model(),
+            config: self.engine_config()?,
+        })
+    }
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default: info for agentos crates).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("agentos_kernel=info,warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("agentos_kernel=info,agentos_runtime=info,warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -8,4 +8,8 @@ mod kernel_engine;
 mod kernel_files;
 mod kernel_parity;
 mod kernel_wgpu;
+mod runtime_agents;
+mod runtime_macro;
+mod runtime_model;
+mod runtime_supervisor;
 mod support;

@@ -53,3 +53,14 @@ pub fn engine_f16() -> MutexGuard<'static, Engine> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
 }
+
+/// Kernel settings for runtime tests: the default model on flex.
+pub fn kernel_args() -> agentos_kernel::KernelArgs {
+    agentos_kernel::KernelArgs {
+        model: ModelSpec::Gguf(default_model_path()),
+        config: EngineConfig {
+            device: DeviceChoice::Flex,
+            ..EngineConfig::default()
+        },
+    }
+}

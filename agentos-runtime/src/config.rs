@@ -1,0 +1,46 @@
+//! `RuntimeConfig`: every knob of the runtime, with its default, in one place.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agentos_kernel::KernelArgs;
+
+use crate::supervisor::{RestartIntensity, Strategy};
+
+/// How to start an [`AgentOS`](crate::AgentOS). Build it with [`AgentOS::builder`](crate::AgentOS::builder).
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The model and engine settings. Default: the default model (fetched on first use) with the
+    /// default engine settings. `None` runs agents without a kernel: they can exchange messages,
+    /// but their tasks fail with [`RuntimeError::NoKernel`](crate::RuntimeError::NoKernel).
+    pub kernel: Option<KernelArgs>,
+    /// Where agent checkpoints live. Default `None`: a fresh directory under the system's
+    /// temporary directory, deleted by a graceful shutdown. With a directory of your own,
+    /// checkpoints survive the process and an agent spawned under a name that has a checkpoint
+    /// resumes from it (state, history and queued tasks).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// How the agent supervisor restarts agents. Default one-for-one.
+    pub agent_strategy: Strategy,
+    /// Restart limit of the agent supervisor. Default 3 within 5 s; past it the agent supervisor
+    /// escalates to the root, which restarts it with every agent from its checkpoint.
+    pub agent_intensity: RestartIntensity,
+    /// Restart limit of the root supervisor (kernel, scheduler, memory and agent supervisors).
+    /// Default 3 within 5 s; past it the system shuts down and [`AgentOS::wait`](crate::AgentOS::wait)
+    /// returns the reason.
+    pub system_intensity: RestartIntensity,
+    /// How long a graceful shutdown lets queued and running tasks finish. Default 30 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            kernel: Some(KernelArgs::default()),
+            checkpoint_dir: None,
+            agent_strategy: Strategy::OneForOne,
+            agent_intensity: RestartIntensity::default(),
+            system_intensity: RestartIntensity::default(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}

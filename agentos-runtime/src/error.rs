@@ -1,0 +1,52 @@
+//! Errors of the runtime. Each says what went wrong and, where there is one, what to do.
+
+use std::path::PathBuf;
+
+use agentos_kernel::KernelError;
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("this AgentOS has no kernel (built with `without_kernel()`), so agents cannot run tasks")]
+    NoKernel,
+
+    #[error("kernel: {0}")]
+    Kernel(#[from] KernelError),
+
+    #[error("the kernel went away during the turn (it is being restarted); ask again")]
+    KernelLost,
+
+    #[error("AgentOS is shutting down and accepts no new work")]
+    ShuttingDown,
+
+    #[error("AgentOS is down: {reason}")]
+    SystemDown { reason: String },
+
+    #[error("agent `{agent}` is stopped")]
+    AgentStopped { agent: String },
+
+    #[error("an agent named `{0}` already runs in this AgentOS; give the new one another name")]
+    NameTaken(String),
+
+    #[error("agent `{agent}` failed this task twice (it was redelivered once after a restart): {reason}")]
+    TaskFailed { agent: String, reason: String },
+
+    #[error("agent `{agent}`: its after_turn hook rejected the reply: {reason}")]
+    Hook { agent: String, reason: String },
+
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+
+    #[error("could not start {what}: {reason}")]
+    Start { what: String, reason: String },
+
+    #[error("actor messaging failed: {0}")]
+    Messaging(String),
+}
+
+impl RuntimeError {
+    pub(crate) fn messaging(e: impl std::fmt::Display) -> Self {
+        RuntimeError::Messaging(e.to_string())
+    }
+}

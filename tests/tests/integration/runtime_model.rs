@@ -1,0 +1,212 @@
+//! Agents on the real default model: the prompt an agent sends, streaming, checkpoint restore
+//! with exactly-once redelivery, and graceful shutdown with work in flight.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use agentos_kernel::{ChatMessage, GenerateRequest, GenerationEvent};
+use agentos_runtime::prelude::*;
+
+use crate::support::kernel_args;
+
+/// You are a helpful assistant.
+#[agent(name = "Plain", max_tokens = 12)]
+#[derive(Default, Serialize, Deserialize)]
+struct Plain;
+
+async fn model_os() -> AgentOS {
+    AgentOS::builder()
+        .kernel(kernel_args())
+        .start()
+        .await
+        .expect("the tree starts with the model")
+}
+
+#[tokio::test]
+async fn an_agent_asks_the_model_what_the_kernel_would_answer_and_streams_it() {
+    let os = model_os().await;
+    let agent = os.spawn(Plain).await.unwrap();
+
+    // The same question straight to the kernel, with the prompt the agent must assemble.
+    let request = GenerateRequest::chat(vec![
+        ChatMessage::system("You are a helpful assistant."),
+        ChatMessage::user("What is the capital of France?"),
+    ])
+    .max_tokens(12);
+    let (_, mut events) = agentos_kernel::actor::generate(&os.kernel().unwrap(), request)
+        .await
+        .unwrap();
+    let expected = loop {
+        match events.recv().await.unwrap() {
+            GenerationEvent::Finished { summary, .. } => break summary.text,
+            GenerationEvent::Failed(e) => panic!("{e}"),
+            GenerationEvent::Token { .. } => {}
+        }
+    };
+
+    let mut stream = agent.stream("What is the capital of France?").unwrap();
+    let mut streamed = String::new();
+    let response = loop {
+        match stream.next().await.expect("the stream ends with Done") {
+            StreamEvent::Token(text) => streamed.push_str(&text),
+            StreamEvent::Restarted => panic!("no restart expected"),
+            StreamEvent::Done(outcome) => break (*outcome).unwrap(),
+        }
+    };
+    assert_eq!(response.text, expected);
+    assert_eq!(streamed, response.text);
+    assert_eq!((response.turn, response.attempts), (1, 1));
+    assert!(response.completion_tokens > 0 && response.prompt_tokens > 10);
+
+    let info = &os.agents()[0];
+    assert_eq!((info.turns, info.state), (1, AgentState::Sleeping));
+    assert_eq!(
+        info.tokens_used as usize,
+        response.prompt_tokens + response.completion_tokens
+    );
+    let stats = os.scheduler_stats().await.unwrap();
+    assert_eq!(stats.submitted, 1);
+    assert_eq!(stats.by_agent.get(&agent.pid()), Some(&1));
+
+    // The second turn carries the first in its prompt.
+    let second = agent.ask("And of Italy?").await.unwrap();
+    assert_eq!(second.turn, 2);
+    assert!(second.prompt_tokens > response.prompt_tokens + response.completion_tokens);
+    os.shutdown().await.unwrap();
+}
+
+static RECORDER_FAULTS: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
+static RECORDER_SEEN: Mutex<Vec<Vec<String>>> = Mutex::new(Vec::new());
+
+/// You are a helpful assistant. Answer in a few words.
+#[agent(name = "Recorder", max_tokens = 6, custom_hooks)]
+#[derive(Default, Serialize, Deserialize)]
+struct Recorder {
+    tasks: Vec<String>,
+}
+
+impl AgentHooks for Recorder {
+    fn after_turn(&mut self, turn: &Turn) -> Result<(), String> {
+        let first = RECORDER_FAULTS
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashSet::new)
+            .insert(turn.number);
+        if turn.number == 2 && first {
+            panic!("injected fault after the model answered turn 2");
+        }
+        self.tasks.push(turn.task.clone());
+        RECORDER_SEEN.lock().unwrap().push(self.tasks.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_agent_resumes_from_its_checkpoint_and_runs_the_task_once_more() {
+    let os = model_os().await;
+    let agent = os.spawn(Recorder::default()).await.unwrap();
+    let first = agent.ask("Name a colour.").await.unwrap();
+    assert_eq!(first.attempts, 1);
+
+    let mut stream = agent.stream("Name an animal.").unwrap();
+    let mut restarted = 0;
+    let second = loop {
+        match stream.next().await.unwrap() {
+            StreamEvent::Restarted => restarted += 1,
+            StreamEvent::Token(_) => {}
+            StreamEvent::Done(outcome) => break (*outcome).unwrap(),
+        }
+    };
+    assert_eq!(restarted, 1);
+    assert_eq!((second.turn, second.attempts), (2, 2));
+    assert_eq!(agent.info().restarts, 1);
+
+    let third = agent.ask("Name a fruit.").await.unwrap();
+    assert_eq!((third.turn, third.attempts), (3, 1));
+    // The state after the restart was the checkpoint of turn 1 (not empty, not turn 2 twice):
+    // each task was recorded exactly once, in order.
+    let seen = RECORDER_SEEN.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            vec!["Name a colour.".to_string()],
+            vec!["Name a colour.".to_string(), "Name an animal.".to_string()],
+            vec![
+                "Name a colour.".to_string(),
+                "Name an animal.".to_string(),
+                "Name a fruit.".to_string()
+            ],
+        ]
+    );
+    assert_eq!(agent.status().await.unwrap().turns, 3);
+    os.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_work_in_flight() {
+    let os = model_os().await;
+    let a = os.spawn_named("a", Plain).await.unwrap();
+    let b = os.spawn_named("b", Plain).await.unwrap();
+    let in_flight = vec![
+        a.stream("Say hello.").unwrap(),
+        b.stream("Say goodbye.").unwrap(),
+        a.stream("Count to three.").unwrap(),
+    ];
+    let late = a.clone();
+    os.shutdown().await.unwrap();
+    for stream in in_flight {
+        let response = stream.response().await.expect("in-flight work finishes");
+        assert!(response.completion_tokens > 0);
+    }
+    assert!(matches!(
+        late.ask("too late").await,
+        Err(RuntimeError::SystemDown { .. } | RuntimeError::ShuttingDown)
+    ));
+}
+
+#[tokio::test]
+async fn work_left_at_the_end_of_the_grace_period_is_kept_and_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let os = AgentOS::builder()
+        .kernel(kernel_args())
+        .checkpoint_dir(dir.path())
+        .shutdown_grace(Duration::ZERO)
+        .start()
+        .await
+        .unwrap();
+    let agent = os.spawn(Plain).await.unwrap();
+    let streams: Vec<_> = ["One.", "Two.", "Three."]
+        .iter()
+        .map(|q| agent.stream(*q).unwrap())
+        .collect();
+    // Let the first task start, then shut down at once.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    os.shutdown().await.unwrap();
+    let mut done = 0;
+    for stream in streams {
+        match stream.response().await {
+            Ok(_) => done += 1,
+            Err(RuntimeError::ShuttingDown) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert!(done < 3, "a zero grace period cannot finish three turns");
+
+    // A new AgentOS over the same directory resumes the agent and runs what was left.
+    let os = AgentOS::builder()
+        .kernel(kernel_args())
+        .checkpoint_dir(dir.path())
+        .start()
+        .await
+        .unwrap();
+    let agent = os.spawn(Plain).await.unwrap();
+    for _ in 0..600 {
+        if agent.info().turns == 3 && agent.info().queued_tasks == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(agent.info().turns, 3, "every task ran exactly once across the two runs");
+    os.shutdown().await.unwrap();
+}

@@ -22,6 +22,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::agent::handle::StreamEvent;
 use crate::agent::record::{AgentInfo, AgentState, SharedRecord, TaskId, TaskInput, TaskReply};
@@ -220,7 +221,10 @@ impl<R: Agent> Actor for AgentActor<R> {
         state: &mut AgentActorState<R>,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            AgentMsg::Run(id) => state.run_task(id).await,
+            AgentMsg::Run(id) => {
+                let span = tracing::info_span!("task", agent = %state.record.name, pid = %state.record.pid, task = id);
+                state.run_task(id).instrument(span).await
+            }
             AgentMsg::Info(reply) => {
                 let _ = reply.send(state.record.info());
             }

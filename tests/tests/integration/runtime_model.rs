@@ -210,3 +210,28 @@ async fn work_left_at_the_end_of_the_grace_period_is_kept_and_resumed() {
     assert_eq!(agent.info().turns, 3, "every task ran exactly once across the two runs");
     os.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_killed_kernel_is_restarted_and_agents_keep_working() {
+    let os = model_os().await;
+    let mut events = os.events();
+    let agent = os.spawn(Plain).await.unwrap();
+    let before = agent.ask("Say yes.").await.unwrap();
+    let first_kernel = os.kernel().unwrap();
+    first_kernel.kill();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if matches!(event, SupervisorEvent::Restarted { ref supervisor, ref child, .. } if supervisor == "kernel" && child == "kernel-actor")
+        {
+            break;
+        }
+    }
+    assert_ne!(os.kernel().unwrap().get_id(), first_kernel.get_id());
+    let after = agent.ask("Say yes.").await.unwrap();
+    assert_eq!(after.turn, before.turn + 1);
+    assert_eq!(agent.info().restarts, 0, "the agent itself never failed");
+    os.shutdown().await.unwrap();
+}

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::Response;
 use crate::agent::actor::AgentMsg;
-use crate::agent::record::{AgentInfo, Pid, SharedRecord, TaskInput, TaskReply};
+use crate::agent::record::{AgentInfo, AgentState, Pid, SharedRecord, TaskInput, TaskReply};
 use crate::error::{Result, RuntimeError};
 use crate::os::System;
 use crate::scheduler::Priority;
@@ -102,9 +102,20 @@ impl AgentHandle {
 
     /// The agent's status, answered by the agent actor itself (a round trip through its mailbox:
     /// it waits until the agent finishes its current task).
+    /// While the agent is being restarted this waits for the new instance (up to 10 s).
     pub async fn status(&self) -> Result<AgentInfo> {
-        let actor = self.record.queue().actor.clone().ok_or_else(|| self.stopped())?;
-        ractor::call!(actor, AgentMsg::Info).map_err(|_| self.stopped())
+        for _ in 0..1000 {
+            let actor = self.record.queue().actor.clone().ok_or_else(|| self.stopped())?;
+            if let Ok(info) = ractor::call!(actor, AgentMsg::Info) {
+                return Ok(info);
+            }
+            if self.record.state() == AgentState::Stopped {
+                break;
+            }
+            // The instance died under us; its supervisor is starting the next one.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Err(self.stopped())
     }
 
     /// Asks the agent to answer `prompt` and waits for the whole reply.
@@ -112,7 +123,9 @@ impl AgentHandle {
         self.stream(prompt)?.response().await
     }
 
-    /// Asks the agent to answer `prompt`, streaming the reply token by token.
+    /// Asks the agent to answer `prompt`, streaming the reply token by token. Dropping the
+    /// stream does not cancel the task: the turn still completes and is recorded in the agent's
+    /// history (it is the agent's work, not only the caller's).
     pub fn stream(&self, prompt: impl Into<String>) -> Result<TokenStream> {
         self.system.check_accepting()?;
         let (tx, rx) = mpsc::unbounded_channel();

@@ -255,3 +255,39 @@ async fn a_thousand_agents_spawn_and_stop_without_leaks() {
     drop(handles);
     os.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_corrupt_checkpoint_is_reported_at_spawn_and_left_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let os = AgentOS::builder()
+        .without_kernel()
+        .checkpoint_dir(dir.path())
+        .start()
+        .await
+        .unwrap();
+    let notes = os.spawn(Notes::default()).await.unwrap();
+    notes.send(&notes, "keep me").await.unwrap();
+    notes.stop().await.unwrap();
+    let path = agentos_runtime::CheckpointStore::open(dir.path())
+        .unwrap()
+        .path_of("Notes");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+
+    let err = os.spawn(Notes::default()).await.unwrap_err().to_string();
+    assert!(
+        err.contains("could not start agent `Notes`") && err.contains("truncated"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap().len(),
+        bytes.len() - 3,
+        "the file is kept for inspection"
+    );
+    assert!(os.agents().is_empty());
+    // The intact checkpoint restores: put it back and the same name resumes.
+    std::fs::write(&path, &bytes).unwrap();
+    let resumed = os.spawn(Notes::default()).await.unwrap();
+    assert_eq!(resumed.info().state, AgentState::Sleeping);
+    os.shutdown().await.unwrap();
+}

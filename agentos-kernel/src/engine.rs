@@ -40,6 +40,15 @@ pub struct EngineConfig {
     pub max_batch_tokens: usize,
     /// Most sequences generating at once; further requests wait (default 32).
     pub max_running: usize,
+    /// When every running slot is taken and a request of the same priority waits, a sequence
+    /// that has generated this many tokens since it was (re)admitted is paused, keeping its KV
+    /// blocks, to let the other in: round-robin within a class. 0 turns rotation off (default 32).
+    #[serde(default = "default_time_slice")]
+    pub time_slice_tokens: usize,
+}
+
+fn default_time_slice() -> usize {
+    32
 }
 
 impl Default for EngineConfig {
@@ -50,6 +59,7 @@ impl Default for EngineConfig {
             kv_cache: KvCacheConfig::default(),
             max_batch_tokens: 256,
             max_running: 32,
+            time_slice_tokens: default_time_slice(),
         }
     }
 }

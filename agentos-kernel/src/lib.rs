@@ -49,7 +49,9 @@ pub mod tokenizer;
 pub use actor::{KernelActor, KernelArgs, KernelMsg};
 pub use chat::{ChatMessage, ChatTemplate};
 pub use device::{DeviceChoice, SelectedDevice, select_device};
-pub use engine::generate::{FinishReason, GenerateRequest, GenerationEvent, GenerationSummary, Prompt, RequestId};
+pub use engine::generate::{
+    BatcherStats, FinishReason, GenerateRequest, GenerationEvent, GenerationSummary, Prompt, RequestId,
+};
 pub use engine::sampling::SamplingParams;
 pub use engine::{
     AttentionMaps, Engine, EngineConfig, EngineStats, ForwardItem, ForwardOutput, LogitsWanted, ModelInfo, SequenceId,

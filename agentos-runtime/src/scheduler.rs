@@ -125,6 +125,9 @@ impl Actor for SchedulerActor {
                     let _ = reply.send(Err(RuntimeError::KernelLost));
                     return Ok(());
                 };
+                // The kernel's batcher orders and preempts by this class (0 most urgent).
+                let mut request = request;
+                request.priority = priority as u8;
                 state.stats.submitted += 1;
                 *state.stats.by_priority.entry(priority).or_default() += 1;
                 *state.stats.by_agent.entry(agent).or_default() += 1;

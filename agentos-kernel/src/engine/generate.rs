@@ -38,9 +38,20 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep going past the model's end-of-generation tokens.
     pub ignore_eos: bool,
+    /// Scheduling class: 0 is the most urgent. A waiting request preempts a running one of a
+    /// larger class when every slot is taken (default [`GenerateRequest::DEFAULT_PRIORITY`]).
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+}
+
+fn default_priority() -> u8 {
+    GenerateRequest::DEFAULT_PRIORITY
 }
 
 impl GenerateRequest {
+    /// The class of requests that do not say (the runtime's `Priority::Normal`).
+    pub const DEFAULT_PRIORITY: u8 = 2;
+
     pub fn new(prompt: Prompt) -> Self {
         GenerateRequest {
             prompt,
@@ -48,6 +59,7 @@ impl GenerateRequest {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             ignore_eos: false,
+            priority: Self::DEFAULT_PRIORITY,
         }
     }
 
@@ -62,6 +74,11 @@ impl GenerateRequest {
 
     pub fn sampling(mut self, s: SamplingParams) -> Self {
         self.sampling = s;
+        self
+    }
+
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
         self
     }
 }
@@ -136,6 +153,7 @@ pub struct PreparedRequest {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    pub priority: u8,
 }
 
 /// Validates and tokenizes a request. Every problem is an `InvalidRequest` saying what is wrong.
@@ -186,6 +204,7 @@ pub fn prepare(
         sampling: request.sampling,
         stop: request.stop,
         ignore_eos: request.ignore_eos,
+        priority: request.priority,
     })
 }
 
@@ -204,20 +223,53 @@ struct Running {
     sink: Box<dyn EventSink>,
     submitted: Instant,
     first_token: Option<Instant>,
+    /// Tokens generated since it was last (re)admitted, for round-robin within a class.
+    slice_used: usize,
+    /// Its place in line while paused (see `Batcher::next_ticket`).
+    ticket: u64,
 }
 
 struct Waiting {
     id: RequestId,
+    ticket: u64,
     request: PreparedRequest,
     sink: Box<dyn EventSink>,
     submitted: Instant,
 }
 
+/// What the batcher did so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatcherStats {
+    /// Running sequences paused (KV kept) for a more urgent request or a same-class turn.
+    pub preemptions: u64,
+    /// Paused sequences that continued, without recomputing their context.
+    pub resumptions: u64,
+    /// Prompt tokens run through the model (a resumed sequence adds none).
+    pub prefill_tokens: u64,
+    /// Tokens generated.
+    pub generated_tokens: u64,
+}
+
 /// The continuous-batching loop over one [`Engine`].
+///
+/// Scheduling, between steps: free slots (up to `max_running`) go to the most urgent candidate
+/// (lowest `priority`), first in line among equals (a preempted sequence rejoins the back of its
+/// class); paused and waiting requests compete alike. When all slots are taken, a candidate of a more urgent class preempts the least urgent
+/// running sequence, and a candidate of the same class takes the slot of one that has used its
+/// time slice. A preempted sequence keeps its KV blocks, so resuming it costs nothing but the
+/// slot: its generation continues exactly as if it had never stopped.
 pub struct Batcher {
     waiting: VecDeque<Waiting>,
     running: Vec<Running>,
+    /// Preempted sequences, KV kept.
+    paused: Vec<Running>,
     next_id: u64,
+    /// Candidates of one class are served in ticket order: a request gets one when it arrives,
+    /// a preempted sequence a new one when it is paused (so it goes to the back of its class).
+    next_ticket: u64,
+    max_running: Option<usize>,
+    time_slice: Option<usize>,
+    stats: BatcherStats,
 }
 
 impl Default for Batcher {
@@ -231,16 +283,44 @@ impl Batcher {
         Batcher {
             waiting: VecDeque::new(),
             running: Vec::new(),
+            paused: Vec::new(),
             next_id: 0,
+            next_ticket: 0,
+            max_running: None,
+            time_slice: None,
+            stats: BatcherStats::default(),
         }
+    }
+
+    /// Overrides the engine's `max_running` for this batcher.
+    pub fn with_max_running(mut self, n: usize) -> Self {
+        self.max_running = Some(n.max(1));
+        self
+    }
+
+    /// Overrides the engine's `time_slice_tokens` for this batcher (0: no rotation).
+    pub fn with_time_slice(mut self, tokens: usize) -> Self {
+        self.time_slice = Some(tokens);
+        self
+    }
+
+    pub fn stats(&self) -> BatcherStats {
+        self.stats
+    }
+
+    pub fn paused(&self) -> usize {
+        self.paused.len()
     }
 
     /// Queues a prepared request; its events go to `sink`.
     pub fn submit(&mut self, request: PreparedRequest, sink: Box<dyn EventSink>) -> RequestId {
         let id = RequestId(self.next_id);
         self.next_id += 1;
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
         self.waiting.push_back(Waiting {
             id,
+            ticket,
             request,
             sink,
             submitted: Instant::now(),
@@ -250,7 +330,7 @@ impl Batcher {
 
     /// Whether nothing is queued or running.
     pub fn is_idle(&self) -> bool {
-        self.waiting.is_empty() && self.running.is_empty()
+        self.waiting.is_empty() && self.running.is_empty() && self.paused.is_empty()
     }
 
     pub fn running(&self) -> usize {
@@ -270,6 +350,10 @@ impl Batcher {
         }
         if let Some(pos) = self.running.iter().position(|r| r.id == id) {
             let r = self.running.swap_remove(pos);
+            self.finish(engine, r, FinishReason::Cancelled);
+        }
+        if let Some(pos) = self.paused.iter().position(|r| r.id == id) {
+            let r = self.paused.swap_remove(pos);
             self.finish(engine, r, FinishReason::Cancelled);
         }
     }
@@ -346,10 +430,13 @@ impl Batcher {
             let r = &mut self.running[i];
             if r.next.is_none() {
                 r.prefilled += fed;
+                self.stats.prefill_tokens += fed as u64;
             }
             if !samples {
                 continue;
             }
+            r.slice_used += 1;
+            self.stats.generated_tokens += 1;
             let mut logits = out.logits.pop().expect("logits were requested");
             let history: Vec<TokenId> = r.request.prompt.iter().chain(&r.generated).copied().collect();
             let token = r.sampler.sample(&mut logits, &history);
@@ -366,22 +453,60 @@ impl Batcher {
     }
 
     fn admit(&mut self, engine: &mut Engine) {
-        while self.running.len() < engine.config().max_running.max(1) {
-            let Some(w) = self.waiting.pop_front() else { break };
+        let max_running = self.max_running.unwrap_or(engine.config().max_running).max(1);
+        let slice = self.time_slice.unwrap_or(engine.config().time_slice_tokens);
+        // Each pass admits one candidate or preempts one sequence; a preemption strictly lowers
+        // the running set's (class, used slices), so this ends; the cap is a guard.
+        for _ in 0..4 * (max_running + self.waiting.len() + self.paused.len()) {
+            let Some((from_paused, index, priority, id)) = self.best_candidate() else {
+                break;
+            };
+            if self.running.len() >= max_running {
+                let Some(victim) = self.preemption_victim(priority, slice) else {
+                    break;
+                };
+                let mut r = self.running.swap_remove(victim);
+                tracing::debug!(request = r.id.0, by = id.0, "preempted (KV kept)");
+                r.slice_used = 0;
+                r.ticket = self.next_ticket;
+                self.next_ticket += 1;
+                self.stats.preemptions += 1;
+                self.paused.push(r);
+                continue;
+            }
+            if from_paused {
+                let r = self.paused.swap_remove(index);
+                self.stats.resumptions += 1;
+                self.running.push(r);
+                continue;
+            }
+            let w = self.waiting.remove(index).expect("index is valid");
             let sequence = engine.create_sequence();
             // A prompt that could never fit, even in an empty cache, fails now rather than wait.
             if !engine.can_extend(sequence, w.request.prompt.len() + 1) {
-                if self.running.is_empty() {
+                engine.release_sequence(sequence);
+                if self.running.is_empty() && self.paused.is_empty() {
                     let mut w = w;
                     w.sink.send(GenerationEvent::Failed(KernelError::CacheFull(format!(
                         "a {}-token prompt does not fit in the KV cache budget",
                         w.request.prompt.len()
                     ))));
-                    engine.release_sequence(sequence);
                     continue;
                 }
-                engine.release_sequence(sequence);
-                self.waiting.push_front(w);
+                self.waiting.insert(index, w);
+                // Only paused sequences hold the cache: let the most urgent of them finish.
+                if self.running.is_empty() {
+                    let best = self
+                        .paused
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, r)| (r.request.priority, r.ticket));
+                    if let Some((i, _)) = best {
+                        let r = self.paused.swap_remove(i);
+                        self.stats.resumptions += 1;
+                        self.running.push(r);
+                    }
+                }
                 break;
             }
             self.running.push(Running {
@@ -398,8 +523,43 @@ impl Batcher {
                 sink: w.sink,
                 submitted: w.submitted,
                 first_token: None,
+                slice_used: 0,
+                ticket: w.ticket,
             });
         }
+    }
+
+    /// The most urgent paused or waiting request, first in line among equals:
+    /// (is paused, index in its list, priority, id).
+    fn best_candidate(&self) -> Option<(bool, usize, u8, RequestId)> {
+        let paused = self
+            .paused
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (true, i, r.request.priority, r.id, r.ticket));
+        let waiting = self
+            .waiting
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (false, i, w.request.priority, w.id, w.ticket));
+        paused
+            .chain(waiting)
+            .min_by_key(|c| (c.2, c.4))
+            .map(|(paused, i, priority, id, _)| (paused, i, priority, id))
+    }
+
+    /// The running sequence a candidate of class `priority` may displace: the least urgent one
+    /// of a less urgent class, else (rotation) the one of the same class that used its slice
+    /// longest ago admitted; None if none may be displaced.
+    fn preemption_victim(&self, priority: u8, slice: usize) -> Option<usize> {
+        let (index, victim) = self
+            .running
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, r)| (r.request.priority, r.slice_used, std::cmp::Reverse(r.id.0)))?;
+        let less_urgent = victim.request.priority > priority;
+        let slice_used_up = slice > 0 && victim.request.priority == priority && victim.slice_used >= slice;
+        (less_urgent || slice_used_up).then_some(index)
     }
 
     /// Records a sampled token, streams the text that became final, and says whether to stop.

@@ -341,6 +341,7 @@ impl<R: Agent> AgentActorState<R> {
             sampling: prompt.sampling,
             stop: prompt.stop,
             ignore_eos: false,
+            priority: self.record.priority() as u8,
         };
         let scheduler = self.system.scheduler.get().ok_or_else(|| self.system.down_error())?;
         let (tx, mut rx) = mpsc::unbounded_channel();

@@ -337,3 +337,125 @@ fn malformed_requests_are_rejected_with_reasons() {
     );
     check(GenerateRequest::new(Prompt::Tokens(vec![1; 9000])), "context length");
 }
+
+/// Submits `request` to `batcher` and returns a receiver of its events.
+fn submit(
+    engine: &Engine,
+    batcher: &mut Batcher,
+    request: GenerateRequest,
+) -> std::sync::mpsc::Receiver<GenerationEvent> {
+    let prepared = prepare(request, engine.tokenizer(), engine.template(), engine.model_config()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    batcher.submit(prepared, Box::new(tx));
+    rx
+}
+
+fn finished(rx: &std::sync::mpsc::Receiver<GenerationEvent>) -> Option<GenerationSummary> {
+    rx.try_iter().find_map(|e| match e {
+        GenerationEvent::Finished { summary, .. } => Some(summary),
+        GenerationEvent::Failed(e) => panic!("generation failed: {e}"),
+        GenerationEvent::Token { .. } => None,
+    })
+}
+
+#[test]
+fn a_more_urgent_request_preempts_and_the_resumed_generation_is_unchanged() {
+    let mut engine = engine_f32();
+    let low = GenerateRequest::chat(vec![ChatMessage::user("Tell me about cats.")])
+        .max_tokens(24)
+        .priority(3);
+    let urgent = GenerateRequest::chat(vec![ChatMessage::user("What is 2 + 2?")])
+        .max_tokens(8)
+        .priority(1);
+    let (_, alone) = generate(
+        &mut engine,
+        vec![GenerateRequest {
+            ignore_eos: true,
+            ..low.clone()
+        }],
+    )
+    .remove(0);
+
+    let mut batcher = Batcher::new().with_max_running(1);
+    let low_rx = submit(
+        &engine,
+        &mut batcher,
+        GenerateRequest {
+            ignore_eos: true,
+            ..low
+        },
+    );
+    for _ in 0..6 {
+        batcher.step(&mut engine);
+    }
+    let urgent_rx = submit(&engine, &mut batcher, urgent);
+    let mut order = Vec::new();
+    let (mut low_summary, mut urgent_summary) = (None, None);
+    while !batcher.is_idle() {
+        batcher.step(&mut engine);
+        if let Some(s) = finished(&urgent_rx) {
+            urgent_summary = Some(s);
+            order.push("urgent");
+        }
+        if let Some(s) = finished(&low_rx) {
+            low_summary = Some(s);
+            order.push("low");
+        }
+    }
+    assert_eq!(
+        order,
+        vec!["urgent", "low"],
+        "the urgent request ran while the other waited"
+    );
+    let low_summary = low_summary.unwrap();
+    assert_eq!(
+        low_summary.tokens, alone.tokens,
+        "preempted and resumed greedy equals uninterrupted"
+    );
+    let stats = batcher.stats();
+    assert_eq!((stats.preemptions, stats.resumptions), (1, 1));
+    // Resuming recomputed nothing: every prompt token went through the model once.
+    let prompts = low_summary.prompt_tokens + urgent_summary.unwrap().prompt_tokens;
+    assert_eq!(stats.prefill_tokens, prompts as u64);
+}
+
+#[test]
+fn requests_of_one_class_take_turns_by_time_slice() {
+    let mut engine = engine_f32();
+    let request = |p: &str| GenerateRequest {
+        ignore_eos: true,
+        ..GenerateRequest::chat(vec![ChatMessage::user(p)]).max_tokens(16)
+    };
+    let alone: Vec<_> = ["Name a colour.", "Name a city."]
+        .iter()
+        .map(|p| generate(&mut engine, vec![request(p)]).remove(0).1)
+        .collect();
+
+    let mut batcher = Batcher::new().with_max_running(1).with_time_slice(4);
+    let first = submit(&engine, &mut batcher, request("Name a colour."));
+    let second = submit(&engine, &mut batcher, request("Name a city."));
+    let mut tokens_by_step = Vec::new();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    while !batcher.is_idle() {
+        batcher.step(&mut engine);
+        for (rx, out, tag) in [(&first, &mut a, 'a'), (&second, &mut b, 'b')] {
+            for e in rx.try_iter() {
+                match e {
+                    GenerationEvent::Token { id, .. } => {
+                        out.push(id);
+                        tokens_by_step.push(tag);
+                    }
+                    GenerationEvent::Finished { .. } => {}
+                    GenerationEvent::Failed(e) => panic!("{e}"),
+                }
+            }
+        }
+    }
+    assert_eq!(a, alone[0].tokens);
+    assert_eq!(b, alone[1].tokens);
+    // Neither waited for the other to finish: the second started before the first was done.
+    let first_b = tokens_by_step.iter().position(|t| *t == 'b').unwrap();
+    let last_a = tokens_by_step.iter().rposition(|t| *t == 'a').unwrap();
+    assert!(first_b < last_a, "turns interleave: {tokens_by_step:?}");
+    assert!(batcher.stats().preemptions >= 3);
+}

@@ -143,6 +143,30 @@ pub struct EngineStats {
     pub kv_used_blocks: usize,
     pub kv_max_blocks: usize,
     pub kv_allocated_bytes: usize,
+    /// Blocks kept only by the prefix cache.
+    pub kv_cached_blocks: usize,
+    /// Prompt tokens served from the prefix cache instead of computed.
+    pub prefix_cached_tokens: u64,
+}
+
+/// Where a sequence's prefix hash chain stands.
+#[derive(Debug, Clone)]
+struct PrefixChain {
+    /// Hash of the prefix up to its last full block.
+    parent: u64,
+    full_blocks: usize,
+    /// Tokens of its partly filled last block.
+    pending: Vec<TokenId>,
+}
+
+impl Default for PrefixChain {
+    fn default() -> Self {
+        PrefixChain {
+            parent: crate::kv_cache::PREFIX_ROOT,
+            full_blocks: 0,
+            pending: Vec::new(),
+        }
+    }
 }
 
 /// Facts about the loaded model and device.
@@ -162,6 +186,8 @@ pub struct Engine {
     template: Arc<ChatTemplate>,
     kv: KvCache,
     sequences: HashMap<SequenceId, BlockTable>,
+    /// Per sequence: where its prefix hash chain stands, for registering its full blocks.
+    chains: HashMap<SequenceId, PrefixChain>,
     next_sequence: u64,
     config: EngineConfig,
     info: ModelInfo,
@@ -201,6 +227,7 @@ impl Engine {
             template: Arc::new(template),
             kv,
             sequences: HashMap::new(),
+            chains: HashMap::new(),
             next_sequence: 0,
             config,
             info,
@@ -234,6 +261,7 @@ impl Engine {
             kv_used_blocks: self.kv.used_blocks(),
             kv_max_blocks: self.kv.max_blocks(),
             kv_allocated_bytes: self.kv.allocated_bytes(),
+            kv_cached_blocks: self.kv.cached_blocks(),
             ..self.stats.clone()
         }
     }
@@ -243,11 +271,35 @@ impl Engine {
         let id = SequenceId(self.next_sequence);
         self.next_sequence += 1;
         self.sequences.insert(id, BlockTable::default());
+        self.chains.insert(id, PrefixChain::default());
         id
     }
 
-    /// Frees a sequence's KV blocks.
+    /// Starts a sequence for `prompt`, reusing the KV blocks of the longest cached prefix of it
+    /// (whole blocks, always leaving at least the last prompt token to compute so its logits
+    /// exist). Returns the sequence and how many prompt tokens are already in its cache: feed
+    /// the rest.
+    pub fn create_sequence_with_prefix(&mut self, prompt: &[TokenId]) -> (SequenceId, usize) {
+        let id = SequenceId(self.next_sequence);
+        self.next_sequence += 1;
+        let (table, parent) = self.kv.lookup_prefix(&prompt[..prompt.len().saturating_sub(1)]);
+        let cached = table.len;
+        self.chains.insert(
+            id,
+            PrefixChain {
+                parent,
+                full_blocks: table.blocks.len(),
+                pending: Vec::new(),
+            },
+        );
+        self.sequences.insert(id, table);
+        self.stats.prefix_cached_tokens += cached as u64;
+        (id, cached)
+    }
+
+    /// Frees a sequence's KV blocks (registered full blocks stay in the prefix cache).
     pub fn release_sequence(&mut self, id: SequenceId) {
+        self.chains.remove(&id);
         if let Some(mut table) = self.sequences.remove(&id) {
             self.kv.release(&mut table);
         }
@@ -395,9 +447,18 @@ impl Engine {
             });
             offset += n;
         }
+        let block_size = self.kv.block_size();
         for item in items {
             let table = self.sequences.get_mut(&item.sequence).expect("checked above");
             table.len += item.tokens.len();
+            // Register every block this item completed in the prefix cache.
+            let chain = self.chains.entry(item.sequence).or_default();
+            chain.pending.extend_from_slice(&item.tokens);
+            while chain.pending.len() >= block_size {
+                let block: Vec<TokenId> = chain.pending.drain(..block_size).collect();
+                chain.parent = self.kv.register(table, chain.full_blocks, chain.parent, &block);
+                chain.full_blocks += 1;
+            }
         }
         self.stats.forwards += 1;
         self.stats.tokens_processed += tokens.len() as u64;

@@ -5,15 +5,26 @@
 //! resumed without recomputation, and share whole blocks of a common prefix (blocks are
 //! reference counted; [`KvCache::share`]).
 //!
+//! **Prefix cache.** Every full block a sequence has written is registered under a hash of its
+//! tokens chained with the hash of the block before it, so the key names the whole prefix up to
+//! and including that block. A new sequence whose prompt starts with registered blocks takes
+//! references to them instead of recomputing them ([`KvCache::lookup_prefix`]); the tokens are
+//! compared too, so a hash collision can never hand out the wrong keys and values. When the last
+//! sequence lets go of a registered block it stays cached, and cached blocks are evicted least
+//! recently used first, only when the budget leaves no free block.
+//!
 //! # Shapes
 //! each layer's pool: `[capacity_blocks * block_size, kv_heads * head_dim]`; the token at
 //! position `p` of a sequence lives in row `blocks[p / block_size] * block_size + p % block_size`.
+
+use std::collections::{BTreeMap, HashMap};
 
 use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{KernelError, Result};
 use crate::model::ModelConfig;
+use crate::tokenizer::TokenId;
 
 /// Sizing of the KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +35,13 @@ pub struct KvCacheConfig {
     pub max_bytes: usize,
     /// Blocks allocated up front (the pools grow by doubling up to `max_bytes`).
     pub initial_blocks: usize,
+    /// Keep finished prefixes' blocks for reuse by later sequences (default true).
+    #[serde(default = "default_prefix_cache")]
+    pub prefix_cache: bool,
+}
+
+fn default_prefix_cache() -> bool {
+    true
 }
 
 impl Default for KvCacheConfig {
@@ -32,6 +50,7 @@ impl Default for KvCacheConfig {
             block_size: 16,
             max_bytes: 1 << 30,
             initial_blocks: 64,
+            prefix_cache: true,
         }
     }
 }
@@ -53,6 +72,40 @@ pub struct KvCache {
     max_blocks: usize,
     free: Vec<u32>,
     refs: Vec<u32>,
+    /// Prefix hash → the block registered under it.
+    cached: HashMap<u64, u32>,
+    /// Per block: what it is registered as, if it is.
+    keys_of: Vec<Option<BlockKey>>,
+    /// Registered blocks no sequence uses, by the tick they were released (oldest first).
+    evictable: BTreeMap<u64, u32>,
+    released_at: Vec<u64>,
+    tick: u64,
+}
+
+/// What a registered block holds: its prefix hash, its parent's, and its tokens.
+#[derive(Debug, Clone)]
+struct BlockKey {
+    hash: u64,
+    parent: u64,
+    tokens: Vec<TokenId>,
+}
+
+/// The chain hash that starts every prefix.
+pub const PREFIX_ROOT: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The hash of a block of `tokens` following the prefix hashed as `parent`.
+pub fn prefix_hash(parent: u64, tokens: &[TokenId]) -> u64 {
+    // FNV-1a over the parent and the token ids: deterministic across runs and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in parent
+        .to_le_bytes()
+        .into_iter()
+        .chain(tokens.iter().flat_map(|t| t.to_le_bytes()))
+    {
+        h ^= byte as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 impl KvCache {
@@ -81,6 +134,11 @@ impl KvCache {
             max_blocks,
             free: (0..capacity_blocks as u32).rev().collect(),
             refs: vec![0; capacity_blocks],
+            cached: HashMap::new(),
+            keys_of: vec![None; capacity_blocks],
+            evictable: BTreeMap::new(),
+            released_at: vec![0; capacity_blocks],
+            tick: 0,
         })
     }
 
@@ -95,7 +153,12 @@ impl KvCache {
 
     /// Blocks in use by at least one sequence.
     pub fn used_blocks(&self) -> usize {
-        self.capacity_blocks - self.free.len()
+        self.capacity_blocks - self.free.len() - self.evictable.len()
+    }
+
+    /// Blocks kept only for the prefix cache (evictable).
+    pub fn cached_blocks(&self) -> usize {
+        self.evictable.len()
     }
 
     /// The most blocks the cache may ever hold.
@@ -115,7 +178,7 @@ impl KvCache {
     /// Whether `table` could grow to `new_len` positions without exceeding the budget.
     pub fn can_grow(&self, table: &BlockTable, new_len: usize) -> bool {
         let needed = self.blocks_for(new_len).saturating_sub(table.blocks.len());
-        needed <= self.free.len() + (self.max_blocks - self.capacity_blocks)
+        needed <= self.free.len() + self.evictable.len() + (self.max_blocks - self.capacity_blocks)
     }
 
     /// Makes sure `table` has blocks for `new_len` positions, growing the pools if needed.
@@ -132,15 +195,77 @@ impl KvCache {
                 self.config.max_bytes
             )));
         }
-        if needed > self.free.len() {
+        // Grow (within the budget) before evicting cached prefixes.
+        if needed > self.free.len() && self.capacity_blocks < self.max_blocks {
             self.grow(self.capacity_blocks + needed - self.free.len());
         }
         for _ in 0..needed {
-            let block = self.free.pop().expect("grow made room");
+            let block = match self.free.pop() {
+                Some(block) => block,
+                None => self.evict_oldest().expect("can_grow counted the evictable blocks"),
+            };
             self.refs[block as usize] = 1;
             table.blocks.push(block);
         }
         Ok(())
+    }
+
+    /// Takes the least recently released cached block out of the prefix cache.
+    fn evict_oldest(&mut self) -> Option<u32> {
+        let (_, block) = self.evictable.pop_first()?;
+        if let Some(key) = self.keys_of[block as usize].take() {
+            self.cached.remove(&key.hash);
+        }
+        Some(block)
+    }
+
+    /// Registers `table`'s block number `index` (full, written) as holding `tokens` after the
+    /// prefix hashed as `parent`; returns the block's prefix hash. A prefix already registered
+    /// under another block keeps that block.
+    pub fn register(&mut self, table: &BlockTable, index: usize, parent: u64, tokens: &[TokenId]) -> u64 {
+        let hash = prefix_hash(parent, tokens);
+        if !self.config.prefix_cache || index >= table.blocks.len() {
+            return hash;
+        }
+        let block = table.blocks[index];
+        if self.cached.contains_key(&hash) || self.keys_of[block as usize].is_some() {
+            return hash;
+        }
+        self.cached.insert(hash, block);
+        self.keys_of[block as usize] = Some(BlockKey {
+            hash,
+            parent,
+            tokens: tokens.to_vec(),
+        });
+        hash
+    }
+
+    /// The longest run of cached whole blocks that `tokens` starts with, referenced into a new
+    /// table, and the hash of the last one (for registering what follows).
+    pub fn lookup_prefix(&mut self, tokens: &[TokenId]) -> (BlockTable, u64) {
+        let mut table = BlockTable::default();
+        let mut parent = PREFIX_ROOT;
+        if !self.config.prefix_cache {
+            return (table, parent);
+        }
+        for chunk in tokens.chunks_exact(self.config.block_size) {
+            let hash = prefix_hash(parent, chunk);
+            let Some(&block) = self.cached.get(&hash) else { break };
+            let matches = self.keys_of[block as usize]
+                .as_ref()
+                .is_some_and(|k| k.parent == parent && k.tokens == chunk);
+            if !matches {
+                break;
+            }
+            if self.refs[block as usize] == 0 {
+                self.evictable.remove(&self.released_at[block as usize]);
+            }
+            self.refs[block as usize] += 1;
+            table.blocks.push(block);
+            table.len += chunk.len();
+            parent = hash;
+        }
+        (table, parent)
     }
 
     /// Returns a sequence's blocks to the pool (shared blocks stay until their last user lets go).
@@ -149,7 +274,13 @@ impl KvCache {
             let r = &mut self.refs[block as usize];
             *r = r.saturating_sub(1);
             if *r == 0 {
-                self.free.push(block);
+                if self.keys_of[block as usize].is_some() {
+                    self.tick += 1;
+                    self.released_at[block as usize] = self.tick;
+                    self.evictable.insert(self.tick, block);
+                } else {
+                    self.free.push(block);
+                }
             }
         }
         table.len = 0;
@@ -181,6 +312,8 @@ impl KvCache {
         self.free
             .extend((self.capacity_blocks as u32..new_capacity as u32).rev());
         self.refs.resize(new_capacity, 0);
+        self.keys_of.resize(new_capacity, None);
+        self.released_at.resize(new_capacity, 0);
         self.capacity_blocks = new_capacity;
     }
 
@@ -218,5 +351,105 @@ impl KvCache {
             self.keys[layer].clone().select(0, rows.clone()),
             self.values[layer].clone().select(0, rows),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::Architecture;
+
+    /// A cache of `max_blocks` blocks of 4 tokens for a one-layer model with kv_dim 2.
+    fn cache(max_blocks: usize) -> KvCache {
+        let model = ModelConfig {
+            architecture: Architecture::Llama,
+            hidden_size: 2,
+            n_layers: 1,
+            n_heads: 1,
+            n_kv_heads: 1,
+            head_dim: 2,
+            intermediate_size: 2,
+            vocab_size: 100,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-5,
+            context_length: 1024,
+            tie_embeddings: true,
+            qkv_bias: false,
+        };
+        let bytes_per_block = 4 * 2 * 4 * 2;
+        let config = KvCacheConfig {
+            block_size: 4,
+            max_bytes: max_blocks * bytes_per_block,
+            initial_blocks: max_blocks,
+            prefix_cache: true,
+        };
+        KvCache::new(config, &model, &Device::flex()).unwrap()
+    }
+
+    /// Fills `table` to `tokens.len()` and registers its full blocks, as the engine does.
+    fn write(kv: &mut KvCache, table: &mut BlockTable, tokens: &[TokenId]) {
+        kv.reserve(table, tokens.len()).unwrap();
+        table.len = tokens.len();
+        let mut parent = PREFIX_ROOT;
+        for (i, block) in tokens.chunks_exact(4).enumerate() {
+            parent = kv.register(table, i, parent, block);
+        }
+    }
+
+    #[test]
+    fn a_released_prefix_is_found_again_whole_blocks_only() {
+        let mut kv = cache(8);
+        let prompt: Vec<TokenId> = (1..=10).collect();
+        let mut first = BlockTable::default();
+        write(&mut kv, &mut first, &prompt);
+        let blocks = first.blocks.clone();
+        kv.release(&mut first);
+        assert_eq!((kv.used_blocks(), kv.cached_blocks()), (0, 2));
+
+        let (hit, _) = kv.lookup_prefix(&prompt);
+        assert_eq!(hit.len, 8, "two whole blocks; the partial third is not cached");
+        assert_eq!(hit.blocks, blocks[..2]);
+        assert_eq!((kv.used_blocks(), kv.cached_blocks()), (2, 0));
+
+        // A prompt that differs inside the second block shares only the first.
+        let mut other = prompt.clone();
+        other[5] = 99;
+        let (partial, _) = kv.lookup_prefix(&other);
+        assert_eq!(partial.blocks, blocks[..1]);
+        assert_eq!(kv.refs[blocks[0] as usize], 2);
+    }
+
+    #[test]
+    fn the_same_block_after_a_different_prefix_is_not_a_hit() {
+        let mut kv = cache(8);
+        let mut a = BlockTable::default();
+        write(&mut kv, &mut a, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        // Second block equal, first block different: the chain makes it another prefix.
+        let (hit, _) = kv.lookup_prefix(&[9, 9, 9, 9, 5, 6, 7, 8]);
+        assert_eq!(hit.len, 0);
+    }
+
+    #[test]
+    fn cached_blocks_are_evicted_oldest_first_only_when_needed() {
+        let mut kv = cache(4);
+        let (mut a, mut b) = (BlockTable::default(), BlockTable::default());
+        write(&mut kv, &mut a, &[1, 1, 1, 1, 2, 2, 2, 2]);
+        write(&mut kv, &mut b, &[3, 3, 3, 3, 4, 4, 4, 4]);
+        kv.release(&mut a);
+        kv.release(&mut b);
+        assert_eq!(kv.cached_blocks(), 4);
+        // Two new blocks: the budget is spent, so the two oldest cached blocks (a's) go.
+        let mut c = BlockTable::default();
+        assert!(kv.can_grow(&c, 8));
+        kv.reserve(&mut c, 8).unwrap();
+        assert_eq!(kv.cached_blocks(), 2);
+        assert_eq!(kv.lookup_prefix(&[1, 1, 1, 1]).0.len, 0, "a's prefix was evicted");
+        assert_eq!(
+            kv.lookup_prefix(&[3, 3, 3, 3, 4, 4, 4, 4]).0.len,
+            8,
+            "b's is still there"
+        );
+        // Everything is in use now: no room for more.
+        assert!(!kv.can_grow(&BlockTable::default(), 1));
     }
 }

@@ -246,6 +246,8 @@ pub struct BatcherStats {
     pub resumptions: u64,
     /// Prompt tokens run through the model (a resumed sequence adds none).
     pub prefill_tokens: u64,
+    /// Prompt tokens whose KV blocks came from the prefix cache instead.
+    pub prefix_cached_tokens: u64,
     /// Tokens generated.
     pub generated_tokens: u64,
 }
@@ -481,9 +483,9 @@ impl Batcher {
                 continue;
             }
             let w = self.waiting.remove(index).expect("index is valid");
-            let sequence = engine.create_sequence();
+            let (sequence, cached) = engine.create_sequence_with_prefix(&w.request.prompt);
             // A prompt that could never fit, even in an empty cache, fails now rather than wait.
-            if !engine.can_extend(sequence, w.request.prompt.len() + 1) {
+            if !engine.can_extend(sequence, w.request.prompt.len() - cached + 1) {
                 engine.release_sequence(sequence);
                 if self.running.is_empty() && self.paused.is_empty() {
                     let mut w = w;
@@ -514,7 +516,7 @@ impl Batcher {
                 sequence,
                 sampler: Sampler::new(w.request.sampling.clone()),
                 request: w.request,
-                prefilled: 0,
+                prefilled: cached,
                 generated: Vec::new(),
                 next: None,
                 decoder: StreamDecoder::default(),
@@ -526,6 +528,7 @@ impl Batcher {
                 slice_used: 0,
                 ticket: w.ticket,
             });
+            self.stats.prefix_cached_tokens += cached as u64;
         }
     }
 

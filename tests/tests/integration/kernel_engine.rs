@@ -414,9 +414,10 @@ fn a_more_urgent_request_preempts_and_the_resumed_generation_is_unchanged() {
     );
     let stats = batcher.stats();
     assert_eq!((stats.preemptions, stats.resumptions), (1, 1));
-    // Resuming recomputed nothing: every prompt token went through the model once.
+    // Resuming recomputed nothing: every prompt token went through the model once (or came
+    // from the prefix cache, which earlier tests on this shared engine may have filled).
     let prompts = low_summary.prompt_tokens + urgent_summary.unwrap().prompt_tokens;
-    assert_eq!(stats.prefill_tokens, prompts as u64);
+    assert_eq!(stats.prefill_tokens + stats.prefix_cached_tokens, prompts as u64);
 }
 
 #[test]
@@ -458,4 +459,52 @@ fn requests_of_one_class_take_turns_by_time_slice() {
     let last_a = tokens_by_step.iter().rposition(|t| *t == 'a').unwrap();
     assert!(first_b < last_a, "turns interleave: {tokens_by_step:?}");
     assert!(batcher.stats().preemptions >= 3);
+}
+
+#[test]
+fn a_shared_system_prompt_is_computed_once_and_changes_nothing() {
+    let mut engine = engine_f32();
+    // A system prompt no other test uses, so the first run below finds it uncached.
+    let system = format!(
+        "You are agent {} of a research team. Answer briefly, cite your sources, and never invent \
+         facts you cannot support. Prefer plain words over jargon.",
+        std::process::id()
+    );
+    let request = |question: &str| GenerateRequest {
+        ignore_eos: true,
+        ..GenerateRequest::chat(vec![ChatMessage::system(system.clone()), ChatMessage::user(question)]).max_tokens(8)
+    };
+    let mut cold = Batcher::new();
+    let rx = submit(&engine, &mut cold, request("Name a colour."));
+    while !cold.is_idle() {
+        cold.step(&mut engine);
+    }
+    let cold_summary = finished(&rx).unwrap();
+    assert_eq!(cold.stats().prefix_cached_tokens, 0);
+
+    // Another question under the same system prompt, then the first one again.
+    let mut warm = Batcher::new();
+    let other = submit(&engine, &mut warm, request("Name a city."));
+    while !warm.is_idle() {
+        warm.step(&mut engine);
+    }
+    assert!(finished(&other).is_some());
+    let again = submit(&engine, &mut warm, request("Name a colour."));
+    while !warm.is_idle() {
+        warm.step(&mut engine);
+    }
+    let warm_summary = finished(&again).unwrap();
+    assert_eq!(
+        warm_summary.tokens, cold_summary.tokens,
+        "cached KV gives the same greedy tokens"
+    );
+    let stats = warm.stats();
+    // The system prompt spans several 16-token blocks; both warm requests reused them, and the
+    // repeated request reused its whole prompt but the last block.
+    assert!(stats.prefix_cached_tokens >= 48 + 32, "{stats:?}");
+    assert!(
+        stats.prefix_cached_tokens as usize >= warm_summary.prompt_tokens - 16,
+        "{stats:?}"
+    );
+    assert!(engine.stats().kv_cached_blocks > 0);
 }

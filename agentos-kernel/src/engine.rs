@@ -297,6 +297,28 @@ impl Engine {
         (id, cached)
     }
 
+    /// Takes cached blocks that continue `id`'s cache with more of `prompt` (blocks another
+    /// sequence finished since `id` was created). Only a sequence that stands on a block boundary
+    /// of its prompt can adopt; never the prompt's last token. Returns its cached length.
+    pub fn adopt_cached_prefix(&mut self, id: SequenceId, prompt: &[TokenId]) -> usize {
+        let block_size = self.kv.block_size();
+        let (Some(table), Some(chain)) = (self.sequences.get_mut(&id), self.chains.get_mut(&id)) else {
+            return 0;
+        };
+        let limit = prompt.len().saturating_sub(1);
+        let on_boundary = chain.pending.is_empty()
+            && table.blocks.len() == chain.full_blocks
+            && table.len == chain.full_blocks * block_size;
+        if !on_boundary || table.len >= limit {
+            return table.len;
+        }
+        let before = table.len;
+        chain.parent = self.kv.extend_prefix(table, chain.parent, &prompt[table.len..limit]);
+        chain.full_blocks = table.blocks.len();
+        self.stats.prefix_cached_tokens += (table.len - before) as u64;
+        table.len
+    }
+
     /// Frees a sequence's KV blocks (registered full blocks stay in the prefix cache).
     pub fn release_sequence(&mut self, id: SequenceId) {
         self.chains.remove(&id);

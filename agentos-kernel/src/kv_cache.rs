@@ -244,9 +244,15 @@ impl KvCache {
     /// table, and the hash of the last one (for registering what follows).
     pub fn lookup_prefix(&mut self, tokens: &[TokenId]) -> (BlockTable, u64) {
         let mut table = BlockTable::default();
-        let mut parent = PREFIX_ROOT;
+        let parent = self.extend_prefix(&mut table, PREFIX_ROOT, tokens);
+        (table, parent)
+    }
+
+    /// Appends to `table` (which must end on a block boundary, its last block hashed as
+    /// `parent`) the cached blocks that continue it with `tokens`; returns the new last hash.
+    pub fn extend_prefix(&mut self, table: &mut BlockTable, mut parent: u64, tokens: &[TokenId]) -> u64 {
         if !self.config.prefix_cache {
-            return (table, parent);
+            return parent;
         }
         for chunk in tokens.chunks_exact(self.config.block_size) {
             let hash = prefix_hash(parent, chunk);
@@ -265,7 +271,7 @@ impl KvCache {
             table.len += chunk.len();
             parent = hash;
         }
-        (table, parent)
+        parent
     }
 
     /// Returns a sequence's blocks to the pool (shared blocks stay until their last user lets go).

@@ -112,6 +112,12 @@ pub struct GenerationSummary {
     /// From submission to the first generated token.
     pub time_to_first_token: Duration,
     pub total_time: Duration,
+    /// Prompt tokens whose KV came from the prefix cache (not computed).
+    #[serde(default)]
+    pub cached_prompt_tokens: usize,
+    /// Times it was paused for another request (its KV kept).
+    #[serde(default)]
+    pub preemptions: u32,
 }
 
 /// What a generation streams back.
@@ -227,6 +233,9 @@ struct Running {
     slice_used: usize,
     /// Its place in line while paused (see `Batcher::next_ticket`).
     ticket: u64,
+    /// Prompt tokens taken from the prefix cache.
+    cached: usize,
+    preemptions: u32,
 }
 
 struct Waiting {
@@ -271,6 +280,8 @@ pub struct Batcher {
     next_ticket: u64,
     max_running: Option<usize>,
     time_slice: Option<usize>,
+    /// Waiting requests gain one priority class per this much waiting (None: no aging).
+    aging: Option<Duration>,
     stats: BatcherStats,
 }
 
@@ -290,8 +301,18 @@ impl Batcher {
             next_ticket: 0,
             max_running: None,
             time_slice: None,
+            aging: Some(Self::DEFAULT_AGING),
             stats: BatcherStats::default(),
         }
+    }
+
+    /// How long a waiting request waits per priority class it gains (aging).
+    pub const DEFAULT_AGING: Duration = Duration::from_secs(2);
+
+    /// Sets the aging step (None turns aging off: strict priorities, starvation possible).
+    pub fn with_aging(mut self, step: Option<Duration>) -> Self {
+        self.aging = step;
+        self
     }
 
     /// Overrides the engine's `max_running` for this batcher.
@@ -379,8 +400,17 @@ impl Batcher {
                 budget -= 1;
             }
         }
-        for (i, r) in self.running.iter().enumerate() {
+        for (i, r) in self.running.iter_mut().enumerate() {
             if r.next.is_none() && r.prefilled < r.request.prompt.len() && budget > 0 {
+                // Blocks another sequence finished computing since this one was admitted (the
+                // same system prompt arriving in one burst) are taken now instead of recomputed.
+                let adopted = engine.adopt_cached_prefix(r.sequence, &r.request.prompt);
+                if adopted > r.prefilled {
+                    let gained = adopted - r.prefilled;
+                    r.cached += gained;
+                    self.stats.prefix_cached_tokens += gained as u64;
+                    r.prefilled = adopted;
+                }
                 let chunk = (r.request.prompt.len() - r.prefilled).min(budget);
                 if !engine.can_extend(r.sequence, chunk) {
                     continue;
@@ -470,6 +500,7 @@ impl Batcher {
                 let mut r = self.running.swap_remove(victim);
                 tracing::debug!(request = r.id.0, by = id.0, "preempted (KV kept)");
                 r.slice_used = 0;
+                r.preemptions += 1;
                 r.ticket = self.next_ticket;
                 self.next_ticket += 1;
                 self.stats.preemptions += 1;
@@ -527,6 +558,8 @@ impl Batcher {
                 first_token: None,
                 slice_used: 0,
                 ticket: w.ticket,
+                cached,
+                preemptions: 0,
             });
             self.stats.prefix_cached_tokens += cached as u64;
         }
@@ -621,6 +654,8 @@ impl Batcher {
             finish_reason: reason,
             time_to_first_token: r.first_token.unwrap_or(now) - r.submitted,
             total_time: now - r.submitted,
+            cached_prompt_tokens: r.cached,
+            preemptions: r.preemptions,
         };
         r.sink.send(GenerationEvent::Finished { tail, summary });
     }

@@ -508,3 +508,38 @@ fn a_shared_system_prompt_is_computed_once_and_changes_nothing() {
     );
     assert!(engine.stats().kv_cached_blocks > 0);
 }
+
+#[test]
+fn a_burst_of_requests_with_one_system_prompt_computes_it_about_once() {
+    let mut engine = engine_f32();
+    let system = format!(
+        "Burst {}. {}",
+        std::process::id(),
+        "You are one of many agents that share this long system prompt. Read each question \
+         carefully, answer in one short sentence, and say when you do not know. "
+            .repeat(7)
+    );
+    let questions = ["Name a colour.", "Name a city.", "Name a fruit.", "Name a planet."];
+    let request =
+        |q: &str| GenerateRequest::chat(vec![ChatMessage::system(system.clone()), ChatMessage::user(q)]).max_tokens(4);
+    let mut batcher = Batcher::new();
+    let receivers: Vec<_> = questions
+        .iter()
+        .map(|q| submit(&engine, &mut batcher, request(q)))
+        .collect();
+    while !batcher.is_idle() {
+        batcher.step(&mut engine);
+    }
+    let summaries: Vec<GenerationSummary> = receivers.iter().map(|rx| finished(rx).unwrap()).collect();
+    let prompt = summaries[0].prompt_tokens;
+    assert!(prompt > 200, "the shared prompt is long: {prompt}");
+    let stats = batcher.stats();
+    let total: usize = summaries.iter().map(|s| s.prompt_tokens).sum();
+    assert_eq!(stats.prefill_tokens + stats.prefix_cached_tokens, total as u64);
+    // At least the last two requests adopted the system prompt computed by the first.
+    assert!(
+        stats.prefix_cached_tokens as usize >= 2 * (prompt - 32),
+        "{stats:?}, prompt {prompt}"
+    );
+    assert!(summaries[3].cached_prompt_tokens > 0);
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use agentos_kernel::KernelArgs;
 
+use crate::scheduler::SchedulerConfig;
 use crate::supervisor::{RestartIntensity, Strategy};
 
 /// How to start an [`AgentOS`](crate::AgentOS). Build it with [`AgentOS::builder`](crate::AgentOS::builder).
@@ -30,6 +31,8 @@ pub struct RuntimeConfig {
     pub system_intensity: RestartIntensity,
     /// How long a graceful shutdown lets queued and running tasks finish. Default 30 s.
     pub shutdown_grace: Duration,
+    /// Fair-share budgets of the scheduler (see [`SchedulerConfig`]).
+    pub scheduler: SchedulerConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -41,6 +44,7 @@ impl Default for RuntimeConfig {
             agent_intensity: RestartIntensity::default(),
             system_intensity: RestartIntensity::default(),
             shutdown_grace: Duration::from_secs(30),
+            scheduler: SchedulerConfig::default(),
         }
     }
 }

@@ -39,7 +39,7 @@ pub use checkpoint::CheckpointStore;
 pub use config::RuntimeConfig;
 pub use error::{Result, RuntimeError};
 pub use os::{AgentOS, AgentOsBuilder};
-pub use scheduler::{Priority, SchedulerStats};
+pub use scheduler::{AgentSchedStats, Priority, SchedulerConfig, SchedulerStats};
 pub use supervisor::{RestartIntensity, Strategy, SupervisorEvent};
 
 /// Everything a typical program needs: `use agentos_runtime::prelude::*;`.
@@ -47,7 +47,8 @@ pub mod prelude {
     pub use crate::agent;
     pub use crate::{
         Agent, AgentHandle, AgentHooks, AgentInfo, AgentOS, AgentSpec, AgentState, Priority, Response,
-        RestartIntensity, RuntimeConfig, RuntimeError, Strategy, StreamEvent, SupervisorEvent, Turn, TurnPrompt,
+        RestartIntensity, RuntimeConfig, RuntimeError, SchedulerConfig, Strategy, StreamEvent, SupervisorEvent, Turn,
+        TurnPrompt,
     };
     pub use agentos_kernel::{ChatMessage, KernelArgs, ModelSpec, SamplingParams};
     pub use futures::StreamExt;

@@ -29,7 +29,7 @@ use crate::agent::{Agent, AgentSpec};
 use crate::checkpoint::CheckpointStore;
 use crate::config::RuntimeConfig;
 use crate::error::{Result, RuntimeError};
-use crate::scheduler::{SchedulerActor, SchedulerArgs, SchedulerMsg, SchedulerStats};
+use crate::scheduler::{SchedulerActor, SchedulerArgs, SchedulerConfig, SchedulerMsg, SchedulerStats};
 use crate::supervisor::{
     ActorSlot, ChildSpec, Restart, RestartIntensity, Strategy, Supervisor, SupervisorArgs, SupervisorEvent,
     SupervisorMsg,
@@ -81,6 +81,11 @@ impl AgentOsBuilder {
 
     pub fn system_intensity(mut self, intensity: RestartIntensity) -> Self {
         self.config.system_intensity = intensity;
+        self
+    }
+
+    pub fn scheduler(mut self, scheduler: SchedulerConfig) -> Self {
+        self.config.scheduler = scheduler;
         self
     }
 
@@ -156,6 +161,7 @@ impl AgentOS {
             SchedulerActor,
             SchedulerArgs {
                 kernel: system.kernel.clone(),
+                config: config.scheduler,
             },
             system.scheduler.clone(),
         ));

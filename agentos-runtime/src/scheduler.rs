@@ -1,20 +1,33 @@
-//! `SchedulerActor`: the one door from agents to the kernel.
+//! `SchedulerActor`: the one door from agents to the kernel, and the cognitive scheduler.
 //!
-//! Every generation an agent starts goes through here, tagged with the agent's pid and priority,
-//! so the scheduler sees all demand on the model in one place. Today it admits every request in
-//! arrival order (the kernel batches all running requests together) and keeps per-agent counts;
-//! priority classes, fair token budgets and preemption are the cognitive-scheduler issue's work and
-//! plug in here without changing the agents' side of the protocol.
+//! Two levels share the work:
 //!
+//! - **Here, between agents: fair share.** Each agent has a token budget per window (default
+//!   10 s), weighted by its priority class (Realtime 16, High 8, Normal 4, Low 2, Background 1
+//!   units of `tokens_per_weight`). An agent over its budget is *throttled, not killed*: its next
+//!   request waits here until its window rolls over, unless nobody else wants the model (the
+//!   scheduler is work-conserving). Priorities can change at run time
+//!   ([`AgentHandle::set_priority`](crate::AgentHandle::set_priority)); each request carries the
+//!   agent's class of the moment.
+//! - **In the kernel's batcher, between sequences: priorities and preemption.** Every running
+//!   sequence advances in each batched forward; when all slots are taken a more urgent request
+//!   preempts the least urgent sequence, which keeps its KV blocks and later resumes without
+//!   re-prefilling; equals take turns by time slice; waiting requests age so none starves; KV
+//!   memory admission makes requests wait rather than fail; shared prompt prefixes are computed
+//!   once (prefix cache). See `agentos_kernel::engine::generate::Batcher`.
+//!
+//! The scheduler watches every generation's events on their way to the agent, so its statistics
+//! (queue time, time to first token, tokens/s, preemptions, budget use) are per agent and global.
 //! The kernel may be restarted by its supervisor; the scheduler reads the current `KernelActor`
 //! from an [`ActorSlot`] at every request, so it never talks to a dead one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use agentos_kernel::{GenerateRequest, GenerationEvent, KernelMsg, RequestId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{self, UnboundedSender};
 
 use crate::agent::record::Pid;
 use crate::error::RuntimeError;
@@ -43,11 +56,42 @@ impl Priority {
             _ => Priority::Background,
         }
     }
+
+    /// Fair-share weight: how many budget units an agent of this class gets per window.
+    pub fn weight(self) -> u64 {
+        match self {
+            Priority::Realtime => 16,
+            Priority::High => 8,
+            Priority::Normal => 4,
+            Priority::Low => 2,
+            Priority::Background => 1,
+        }
+    }
+}
+
+/// Fair-share settings (part of [`RuntimeConfig`](crate::RuntimeConfig)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerConfig {
+    /// Length of a budget window (default 10 s).
+    pub window: Duration,
+    /// Tokens (prompt tokens computed plus tokens generated) per weight unit per window
+    /// (default 1024: a Normal agent may use 4096 tokens per 10 s while others wait).
+    pub tokens_per_weight: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            window: Duration::from_secs(10),
+            tokens_per_weight: 1024,
+        }
+    }
 }
 
 /// Messages the scheduler understands.
 pub enum SchedulerMsg {
-    /// Start a generation for `agent`; tokens stream to `events`.
+    /// Start a generation for `agent`; tokens stream to `events`. The reply comes once the kernel
+    /// has queued it (a throttled agent's reply waits for its budget).
     Submit {
         agent: Pid,
         priority: Priority,
@@ -58,14 +102,101 @@ pub enum SchedulerMsg {
     /// Stop a generation early.
     Cancel(RequestId),
     Stats(RpcReplyPort<SchedulerStats>),
+    /// A generation ended (sent by the scheduler's own event relays).
+    Finished {
+        agent: Pid,
+        usage: Usage,
+    },
+    /// Re-examine throttled requests (sent to itself while any wait).
+    Tick,
 }
 
-/// What the scheduler has admitted so far.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What one finished generation cost and how it went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub cached_prompt_tokens: u64,
+    pub generated_tokens: u64,
+    pub time_to_first_token: Duration,
+    pub generation_time: Duration,
+    pub preemptions: u32,
+    pub failed: bool,
+}
+
+/// Per-agent scheduling statistics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentSchedStats {
+    pub priority: Option<Priority>,
+    pub submitted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub prompt_tokens: u64,
+    /// Prompt tokens served from the kernel's prefix cache.
+    pub cached_prompt_tokens: u64,
+    pub generated_tokens: u64,
+    /// Total time requests waited here (throttled) before reaching the kernel.
+    pub queue_seconds: f64,
+    /// Sum of times to first token (kernel queueing and prefill included).
+    pub ttft_seconds: f64,
+    /// Sum of generation wall times.
+    pub generation_seconds: f64,
+    pub preemptions: u64,
+    /// Requests held back because the agent was over its budget.
+    pub throttled: u64,
+    /// Budget of the current window and how much of it is used.
+    pub budget_tokens: u64,
+    pub budget_used: u64,
+}
+
+impl AgentSchedStats {
+    /// Mean time to first token of completed requests.
+    pub fn mean_ttft(&self) -> Option<Duration> {
+        (self.completed > 0).then(|| Duration::from_secs_f64(self.ttft_seconds / self.completed as f64))
+    }
+
+    /// Generated tokens per second of generation time.
+    pub fn tokens_per_second(&self) -> f64 {
+        if self.generation_seconds > 0.0 {
+            self.generated_tokens as f64 / self.generation_seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// What the scheduler has seen, per agent and in total.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SchedulerStats {
     pub submitted: u64,
     pub by_priority: BTreeMap<Priority, u64>,
-    pub by_agent: BTreeMap<Pid, u64>,
+    pub by_agent: BTreeMap<Pid, AgentSchedStats>,
+    /// Generations the kernel is working on now.
+    pub in_flight: usize,
+    /// Requests held back (throttled) now.
+    pub throttled_now: usize,
+}
+
+impl SchedulerStats {
+    /// The per-agent figures summed.
+    pub fn total(&self) -> AgentSchedStats {
+        let mut t = AgentSchedStats::default();
+        for a in self.by_agent.values() {
+            t.submitted += a.submitted;
+            t.completed += a.completed;
+            t.failed += a.failed;
+            t.prompt_tokens += a.prompt_tokens;
+            t.cached_prompt_tokens += a.cached_prompt_tokens;
+            t.generated_tokens += a.generated_tokens;
+            t.queue_seconds += a.queue_seconds;
+            t.ttft_seconds += a.ttft_seconds;
+            t.generation_seconds += a.generation_seconds;
+            t.preemptions += a.preemptions;
+            t.throttled += a.throttled;
+            t.budget_tokens += a.budget_tokens;
+            t.budget_used += a.budget_used;
+        }
+        t
+    }
 }
 
 /// How to start the scheduler.
@@ -73,13 +204,33 @@ pub struct SchedulerStats {
 pub struct SchedulerArgs {
     /// Where the current kernel lives; `None` for an AgentOS built without a kernel.
     pub kernel: Option<ActorSlot<KernelMsg>>,
+    pub config: SchedulerConfig,
 }
 
 #[derive(Clone)]
 pub struct SchedulerActor;
 
+struct Held {
+    agent: Pid,
+    priority: Priority,
+    request: GenerateRequest,
+    events: UnboundedSender<GenerationEvent>,
+    reply: RpcReplyPort<Result<RequestId, RuntimeError>>,
+    since: Instant,
+}
+
+struct Account {
+    window_start: Instant,
+    used: u64,
+    in_flight: usize,
+}
+
 pub struct SchedulerState {
     kernel: Option<ActorSlot<KernelMsg>>,
+    config: SchedulerConfig,
+    accounts: BTreeMap<Pid, Account>,
+    held: VecDeque<Held>,
+    ticking: bool,
     stats: SchedulerStats,
 }
 
@@ -96,13 +247,28 @@ impl Actor for SchedulerActor {
     ) -> Result<SchedulerState, ActorProcessingErr> {
         Ok(SchedulerState {
             kernel: args.kernel,
+            config: args.config,
+            accounts: BTreeMap::new(),
+            held: VecDeque::new(),
+            ticking: false,
             stats: SchedulerStats::default(),
         })
     }
 
-    async fn handle(
+    async fn post_stop(
         &self,
         _myself: ActorRef<SchedulerMsg>,
+        state: &mut SchedulerState,
+    ) -> Result<(), ActorProcessingErr> {
+        for held in state.held.drain(..) {
+            let _ = held.reply.send(Err(RuntimeError::KernelLost));
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SchedulerMsg>,
         message: SchedulerMsg,
         state: &mut SchedulerState,
     ) -> Result<(), ActorProcessingErr> {
@@ -114,35 +280,57 @@ impl Actor for SchedulerActor {
                 events,
                 reply,
             } => {
-                let kernel = match &state.kernel {
-                    None => {
-                        let _ = reply.send(Err(RuntimeError::NoKernel));
-                        return Ok(());
-                    }
-                    Some(slot) => slot.get(),
-                };
-                let Some(kernel) = kernel else {
-                    let _ = reply.send(Err(RuntimeError::KernelLost));
+                if state.kernel.is_none() {
+                    let _ = reply.send(Err(RuntimeError::NoKernel));
                     return Ok(());
-                };
-                // The kernel's batcher orders and preempts by this class (0 most urgent).
-                let mut request = request;
-                request.priority = priority as u8;
+                }
                 state.stats.submitted += 1;
                 *state.stats.by_priority.entry(priority).or_default() += 1;
-                *state.stats.by_agent.entry(agent).or_default() += 1;
-                tracing::debug!(%agent, ?priority, "admitted");
-                // The kernel replies once the request is queued on its engine thread, which may be
-                // mid-step: wait for that off the scheduler's mailbox.
-                tokio::spawn(async move {
-                    let result = ractor::call!(kernel, |reply| KernelMsg::Generate { request, events, reply });
-                    let result = match result {
-                        Ok(Ok(id)) => Ok(id),
-                        Ok(Err(e)) => Err(RuntimeError::Kernel(e)),
-                        Err(_) => Err(RuntimeError::KernelLost),
-                    };
-                    let _ = reply.send(result);
-                });
+                let stats = state.stats.by_agent.entry(agent).or_default();
+                stats.submitted += 1;
+                stats.priority = Some(priority);
+                let held = Held {
+                    agent,
+                    priority,
+                    request,
+                    events,
+                    reply,
+                    since: Instant::now(),
+                };
+                if state.may_run(agent, priority) {
+                    state.forward(&myself, held);
+                } else {
+                    tracing::debug!(%agent, ?priority, "throttled: over its fair share");
+                    state.stats.by_agent.entry(agent).or_default().throttled += 1;
+                    state.held.push_back(held);
+                    state.ensure_ticking(&myself);
+                }
+            }
+            SchedulerMsg::Finished { agent, usage } => {
+                let account = state.account(agent);
+                account.in_flight = account.in_flight.saturating_sub(1);
+                account.used += usage.prompt_tokens - usage.cached_prompt_tokens + usage.generated_tokens;
+                state.stats.in_flight = state.stats.in_flight.saturating_sub(1);
+                let s = state.stats.by_agent.entry(agent).or_default();
+                if usage.failed {
+                    s.failed += 1;
+                } else {
+                    s.completed += 1;
+                    s.ttft_seconds += usage.time_to_first_token.as_secs_f64();
+                }
+                s.prompt_tokens += usage.prompt_tokens;
+                s.cached_prompt_tokens += usage.cached_prompt_tokens;
+                s.generated_tokens += usage.generated_tokens;
+                s.generation_seconds += usage.generation_time.as_secs_f64();
+                s.preemptions += usage.preemptions as u64;
+                state.release_held(&myself);
+            }
+            SchedulerMsg::Tick => {
+                state.ticking = false;
+                state.release_held(&myself);
+                if !state.held.is_empty() {
+                    state.ensure_ticking(&myself);
+                }
             }
             SchedulerMsg::Cancel(id) => {
                 if let Some(kernel) = state.kernel.as_ref().and_then(|s| s.get()) {
@@ -150,9 +338,144 @@ impl Actor for SchedulerActor {
                 }
             }
             SchedulerMsg::Stats(reply) => {
-                let _ = reply.send(state.stats.clone());
+                let mut stats = state.stats.clone();
+                stats.throttled_now = state.held.len();
+                let now = Instant::now();
+                let config = state.config;
+                for (pid, s) in stats.by_agent.iter_mut() {
+                    let priority = s.priority.unwrap_or_default();
+                    s.budget_tokens = config.tokens_per_weight * priority.weight();
+                    s.budget_used = state
+                        .accounts
+                        .get(pid)
+                        .filter(|a| now.duration_since(a.window_start) < config.window)
+                        .map_or(0, |a| a.used);
+                }
+                let _ = reply.send(stats);
             }
         }
         Ok(())
+    }
+}
+
+impl SchedulerState {
+    fn account(&mut self, agent: Pid) -> &mut Account {
+        let window = self.config.window;
+        let account = self.accounts.entry(agent).or_insert_with(|| Account {
+            window_start: Instant::now(),
+            used: 0,
+            in_flight: 0,
+        });
+        if account.window_start.elapsed() >= window {
+            account.window_start = Instant::now();
+            account.used = 0;
+        }
+        account
+    }
+
+    /// Within budget, or nobody else is waiting for or using the model (work-conserving).
+    fn may_run(&mut self, agent: Pid, priority: Priority) -> bool {
+        let budget = self.config.tokens_per_weight * priority.weight();
+        if self.account(agent).used < budget {
+            return true;
+        }
+        let others_busy = self.accounts.iter().any(|(pid, a)| *pid != agent && a.in_flight > 0)
+            || self.held.iter().any(|h| h.agent != agent);
+        !others_busy
+    }
+
+    /// Releases throttled requests that may run now, most urgent and oldest first.
+    fn release_held(&mut self, myself: &ActorRef<SchedulerMsg>) {
+        let mut order: Vec<usize> = (0..self.held.len()).collect();
+        order.sort_by_key(|&i| (self.held[i].priority, self.held[i].since));
+        let mut released = Vec::new();
+        for i in order {
+            let (agent, priority) = (self.held[i].agent, self.held[i].priority);
+            if self.may_run(agent, priority) {
+                released.push(i);
+                // Count it at once so the next check sees this agent busy.
+                self.account(agent).in_flight += 1;
+            }
+        }
+        released.sort_unstable_by(|a, b| b.cmp(a));
+        let mut to_forward: Vec<Held> = released.into_iter().filter_map(|i| self.held.remove(i)).collect();
+        to_forward.sort_by_key(|h| (h.priority, h.since));
+        for held in to_forward {
+            self.account(held.agent).in_flight -= 1;
+            self.forward(myself, held);
+        }
+    }
+
+    fn ensure_ticking(&mut self, myself: &ActorRef<SchedulerMsg>) {
+        if !self.ticking {
+            self.ticking = true;
+            let period = (self.config.window / 20).max(Duration::from_millis(10));
+            myself.send_after(period, || SchedulerMsg::Tick);
+        }
+    }
+
+    /// Sends a request to the current kernel, relaying its events to the agent and reporting its
+    /// usage back here when it ends.
+    fn forward(&mut self, myself: &ActorRef<SchedulerMsg>, held: Held) {
+        let Held {
+            agent,
+            priority,
+            mut request,
+            events,
+            reply,
+            since,
+        } = held;
+        let Some(kernel) = self.kernel.as_ref().and_then(|slot| slot.get()) else {
+            let _ = reply.send(Err(RuntimeError::KernelLost));
+            return;
+        };
+        self.stats.by_agent.entry(agent).or_default().queue_seconds += since.elapsed().as_secs_f64();
+        self.account(agent).in_flight += 1;
+        self.stats.in_flight += 1;
+        // The kernel's batcher orders and preempts by this class (0 most urgent).
+        request.priority = priority as u8;
+        let (relay_tx, mut relay_rx) = mpsc::unbounded_channel();
+        let scheduler = myself.clone();
+        tokio::spawn(async move {
+            let result = ractor::call!(kernel, |reply| KernelMsg::Generate {
+                request,
+                events: relay_tx,
+                reply
+            });
+            let result = match result {
+                Ok(Ok(id)) => Ok(id),
+                Ok(Err(e)) => Err(RuntimeError::Kernel(e)),
+                Err(_) => Err(RuntimeError::KernelLost),
+            };
+            let accepted = result.is_ok();
+            let _ = reply.send(result);
+            let mut usage = Usage {
+                failed: true,
+                ..Usage::default()
+            };
+            if accepted {
+                while let Some(event) = relay_rx.recv().await {
+                    match &event {
+                        GenerationEvent::Finished { summary, .. } => {
+                            usage = Usage {
+                                prompt_tokens: summary.prompt_tokens as u64,
+                                cached_prompt_tokens: summary.cached_prompt_tokens as u64,
+                                generated_tokens: summary.tokens.len() as u64,
+                                time_to_first_token: summary.time_to_first_token,
+                                generation_time: summary.total_time,
+                                preemptions: summary.preemptions,
+                                failed: false,
+                            };
+                        }
+                        GenerationEvent::Failed(_) | GenerationEvent::Token { .. } => {}
+                    }
+                    if events.send(event).is_err() {
+                        // The agent is gone; dropping the relay cancels the generation.
+                        break;
+                    }
+                }
+            }
+            let _ = scheduler.cast(SchedulerMsg::Finished { agent, usage });
+        });
     }
 }

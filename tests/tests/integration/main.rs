@@ -11,5 +11,6 @@ mod kernel_wgpu;
 mod runtime_agents;
 mod runtime_macro;
 mod runtime_model;
+mod runtime_scheduler;
 mod runtime_supervisor;
 mod support;

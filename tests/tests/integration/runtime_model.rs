@@ -67,7 +67,15 @@ async fn an_agent_asks_the_model_what_the_kernel_would_answer_and_streams_it() {
     );
     let stats = os.scheduler_stats().await.unwrap();
     assert_eq!(stats.submitted, 1);
-    assert_eq!(stats.by_agent.get(&agent.pid()), Some(&1));
+    let mine = &stats.by_agent[&agent.pid()];
+    assert_eq!((mine.submitted, mine.completed, mine.failed), (1, 1, 0));
+    assert_eq!(mine.generated_tokens as usize, response.completion_tokens);
+    assert_eq!(mine.prompt_tokens as usize, response.prompt_tokens);
+    assert!(mine.mean_ttft().is_some() && mine.tokens_per_second() > 0.0);
+    assert_eq!(
+        mine.budget_used,
+        mine.prompt_tokens - mine.cached_prompt_tokens + mine.generated_tokens
+    );
 
     // The second turn carries the first in its prompt.
     let second = agent.ask("And of Italy?").await.unwrap();

@@ -297,6 +297,11 @@ impl Engine {
         (id, cached)
     }
 
+    /// Tokens per KV block (the prefix cache shares whole blocks).
+    pub fn kv_block_size(&self) -> usize {
+        self.kv.block_size()
+    }
+
     /// Takes cached blocks that continue `id`'s cache with more of `prompt` (blocks another
     /// sequence finished since `id` was created). Only a sequence that stands on a block boundary
     /// of its prompt can adopt; never the prompt's last token. Returns its cached length.

@@ -390,8 +390,30 @@ impl Batcher {
         let mut items = Vec::new();
         // (index into running, tokens fed, finishes prefill or is a decode)
         let mut plan: Vec<(usize, usize, bool)> = Vec::new();
+        // A reasoning interrupt: while a sequence more urgent than every decoding one is still
+        // prefilling, the step serves only its class, so its first token is not held up by a
+        // full batch of less urgent work (those decodes wait one step, their KV untouched).
+        let urgent_prefill = self
+            .running
+            .iter()
+            .filter(|r| r.next.is_none())
+            .map(|r| r.request.priority)
+            .min();
+        let most_urgent_decode = self
+            .running
+            .iter()
+            .filter(|r| r.next.is_some())
+            .map(|r| r.request.priority)
+            .min();
+        let only_class = match (urgent_prefill, most_urgent_decode) {
+            (Some(p), Some(d)) if p < d => Some(p),
+            _ => None,
+        };
         for (i, r) in self.running.iter().enumerate() {
             if let Some(t) = r.next {
+                if only_class.is_some_and(|c| r.request.priority != c) {
+                    continue;
+                }
                 if budget == 0 || !engine.can_extend(r.sequence, 1) {
                     continue;
                 }
@@ -400,33 +422,56 @@ impl Batcher {
                 budget -= 1;
             }
         }
-        for (i, r) in self.running.iter_mut().enumerate() {
-            if r.next.is_none() && r.prefilled < r.request.prompt.len() && budget > 0 {
-                // Blocks another sequence finished computing since this one was admitted (the
-                // same system prompt arriving in one burst) are taken now instead of recomputed.
-                let adopted = engine.adopt_cached_prefix(r.sequence, &r.request.prompt);
-                if adopted > r.prefilled {
-                    let gained = adopted - r.prefilled;
-                    r.cached += gained;
-                    self.stats.prefix_cached_tokens += gained as u64;
-                    r.prefilled = adopted;
-                }
-                let chunk = (r.request.prompt.len() - r.prefilled).min(budget);
-                if !engine.can_extend(r.sequence, chunk) {
-                    continue;
-                }
-                let completes = r.prefilled + chunk == r.request.prompt.len();
-                let mut item =
-                    ForwardItem::new(r.sequence, r.request.prompt[r.prefilled..r.prefilled + chunk].to_vec());
-                item.logits = if completes {
-                    LogitsWanted::Last
-                } else {
-                    LogitsWanted::None
-                };
-                items.push(item);
-                plan.push((i, chunk, completes));
-                budget -= chunk;
+        // Prefill chunks share what the decodes left of the budget, most urgent first.
+        let mut prefilling: Vec<usize> = (0..self.running.len())
+            .filter(|&i| {
+                self.running[i].next.is_none() && self.running[i].prefilled < self.running[i].request.prompt.len()
+            })
+            .collect();
+        prefilling.sort_by_key(|&i| (self.running[i].request.priority, self.running[i].ticket));
+        let block = engine.kv_block_size();
+        let mut heads_started: Vec<Vec<TokenId>> = Vec::new();
+        for i in prefilling {
+            if budget == 0 {
+                break;
             }
+            if only_class.is_some_and(|c| self.running[i].request.priority != c) {
+                continue;
+            }
+            let r = &mut self.running[i];
+            // Blocks another sequence finished computing since this one was admitted (the
+            // same system prompt arriving in one burst) are taken now instead of recomputed.
+            let adopted = engine.adopt_cached_prefix(r.sequence, &r.request.prompt);
+            if adopted > r.prefilled {
+                let gained = adopted - r.prefilled;
+                r.cached += gained;
+                self.stats.prefix_cached_tokens += gained as u64;
+                r.prefilled = adopted;
+            }
+            let prompt = &r.request.prompt;
+            // A sequence that has computed nothing and starts like one whose prefill starts in
+            // this step waits one step, then adopts that prefix instead of computing it twice.
+            let fresh = r.prefilled == 0 && prompt.len() > block;
+            if fresh && heads_started.iter().any(|h| h[..] == prompt[..block]) {
+                continue;
+            }
+            let chunk = (prompt.len() - r.prefilled).min(budget);
+            if !engine.can_extend(r.sequence, chunk) {
+                continue;
+            }
+            if fresh {
+                heads_started.push(prompt[..block].to_vec());
+            }
+            let completes = r.prefilled + chunk == prompt.len();
+            let mut item = ForwardItem::new(r.sequence, prompt[r.prefilled..r.prefilled + chunk].to_vec());
+            item.logits = if completes {
+                LogitsWanted::Last
+            } else {
+                LogitsWanted::None
+            };
+            items.push(item);
+            plan.push((i, chunk, completes));
+            budget -= chunk;
         }
         if items.is_empty() {
             if !self.running.is_empty() {

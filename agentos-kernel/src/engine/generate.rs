@@ -553,9 +553,7 @@ impl Batcher {
                 continue;
             }
             if from_paused {
-                let r = self.paused.swap_remove(index);
-                self.stats.resumptions += 1;
-                self.running.push(r);
+                self.resume(index);
                 continue;
             }
             let w = self.waiting.remove(index).expect("index is valid");
@@ -580,9 +578,7 @@ impl Batcher {
                         .enumerate()
                         .min_by_key(|(_, r)| (r.request.priority, r.ticket));
                     if let Some((i, _)) = best {
-                        let r = self.paused.swap_remove(i);
-                        self.stats.resumptions += 1;
-                        self.running.push(r);
+                        self.resume(i);
                     }
                 }
                 break;
@@ -608,6 +604,14 @@ impl Batcher {
             });
             self.stats.prefix_cached_tokens += cached as u64;
         }
+    }
+
+    /// Moves paused sequence `index` back to the running set; its KV is intact, so it simply
+    /// continues with its next token.
+    fn resume(&mut self, index: usize) {
+        let r = self.paused.swap_remove(index);
+        self.stats.resumptions += 1;
+        self.running.push(r);
     }
 
     /// The most urgent paused or waiting request, first in line among equals:

@@ -29,7 +29,10 @@ use crate::tokenizer::TokenId;
 /// Sizing of the KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvCacheConfig {
-    /// Tokens per block.
+    /// Tokens per block (default 8). The prefix cache shares whole blocks, so a sequence that
+    /// shares a prefix recomputes up to `block_size - 1` of its tokens; attention here gathers
+    /// rows position by position, so smaller blocks cost only a longer block table (GPU paged
+    /// attention kernels prefer 16 for memory coalescing; this kernel has none).
     pub block_size: usize,
     /// The most memory the pools may grow to, in bytes.
     pub max_bytes: usize,
@@ -47,9 +50,9 @@ fn default_prefix_cache() -> bool {
 impl Default for KvCacheConfig {
     fn default() -> Self {
         KvCacheConfig {
-            block_size: 16,
+            block_size: 8,
             max_bytes: 1 << 30,
-            initial_blocks: 64,
+            initial_blocks: 128,
             prefix_cache: true,
         }
     }

@@ -499,7 +499,7 @@ fn a_shared_system_prompt_is_computed_once_and_changes_nothing() {
         "cached KV gives the same greedy tokens"
     );
     let stats = warm.stats();
-    // The system prompt spans several 16-token blocks; both warm requests reused them, and the
+    // The system prompt spans many KV blocks; both warm requests reused them, and the
     // repeated request reused its whole prompt but the last block.
     assert!(stats.prefix_cached_tokens >= 48 + 32, "{stats:?}");
     assert!(

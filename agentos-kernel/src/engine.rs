@@ -268,11 +268,7 @@ impl Engine {
 
     /// Starts an empty sequence.
     pub fn create_sequence(&mut self) -> SequenceId {
-        let id = SequenceId(self.next_sequence);
-        self.next_sequence += 1;
-        self.sequences.insert(id, BlockTable::default());
-        self.chains.insert(id, PrefixChain::default());
-        id
+        self.create_sequence_with_prefix(&[]).0
     }
 
     /// Starts a sequence for `prompt`, reusing the KV blocks of the longest cached prefix of it

@@ -384,24 +384,19 @@ impl SchedulerState {
         !others_busy
     }
 
-    /// Releases throttled requests that may run now, most urgent and oldest first.
+    /// Releases throttled requests that may run now, most urgent and oldest first. Each release
+    /// counts as in flight before the next is considered, so it can keep others throttled.
     fn release_held(&mut self, myself: &ActorRef<SchedulerMsg>) {
-        let mut order: Vec<usize> = (0..self.held.len()).collect();
-        order.sort_by_key(|&i| (self.held[i].priority, self.held[i].since));
-        let mut released = Vec::new();
-        for i in order {
-            let (agent, priority) = (self.held[i].agent, self.held[i].priority);
-            if self.may_run(agent, priority) {
-                released.push(i);
-                // Count it at once so the next check sees this agent busy.
-                self.account(agent).in_flight += 1;
-            }
-        }
-        released.sort_unstable_by(|a, b| b.cmp(a));
-        let mut to_forward: Vec<Held> = released.into_iter().filter_map(|i| self.held.remove(i)).collect();
-        to_forward.sort_by_key(|h| (h.priority, h.since));
-        for held in to_forward {
-            self.account(held.agent).in_flight -= 1;
+        loop {
+            let mut order: Vec<usize> = (0..self.held.len()).collect();
+            order.sort_by_key(|&i| (self.held[i].priority, self.held[i].since));
+            let next = order.into_iter().find(|&i| {
+                let (agent, priority) = (self.held[i].agent, self.held[i].priority);
+                self.may_run(agent, priority)
+            });
+            let Some(held) = next.and_then(|i| self.held.remove(i)) else {
+                break;
+            };
             self.forward(myself, held);
         }
     }

@@ -283,15 +283,11 @@ impl<R: Agent> AgentActorState<R> {
     }
 
     fn after_task(&self) {
-        let idle = self.record.is_idle();
-        self.record.set_state(if idle {
+        self.record.set_state(if self.record.is_idle() {
             AgentState::Sleeping
         } else {
             AgentState::Waiting
         });
-        if idle {
-            self.record.drained.notify_waiters();
-        }
     }
 
     fn assemble(&self, task: &str) -> TurnPrompt {

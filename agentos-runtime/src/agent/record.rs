@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use ractor::ActorRef;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::actor::AgentMsg;
 use crate::agent::handle::StreamEvent;
@@ -145,8 +145,6 @@ pub(crate) struct AgentRecord {
     pub restarts: AtomicU32,
     pub checkpoint_failures: AtomicU32,
     queue: Mutex<TaskQueue>,
-    /// Notified whenever the queue becomes empty (graceful shutdown waits on it).
-    pub drained: Notify,
     /// How the agent supervisor (re)starts this agent; also used to rebuild the supervisor.
     pub child: Mutex<Option<ChildSpec>>,
 }
@@ -169,7 +167,6 @@ impl AgentRecord {
                 actor: None,
                 closed: None,
             }),
-            drained: Notify::new(),
             child: Mutex::new(None),
         }
     }
@@ -224,21 +221,19 @@ impl AgentRecord {
 
     /// Closes the record for good and fails everything still queued with `reason`.
     pub fn close(&self, reason: RuntimeError) {
-        let tasks = {
-            let mut queue = self.queue();
+        let failed: Vec<(Task, RuntimeError)> = {
+            let mut guard = self.queue();
+            let queue = &mut *guard;
             queue.actor = None;
+            let closed = queue.closed.get_or_insert(reason);
+            let errors = std::iter::repeat_with(|| clone_closed(closed, &self.name));
             let tasks = std::mem::take(&mut queue.tasks);
-            if queue.closed.is_none() {
-                queue.closed = Some(reason);
-            }
-            tasks
+            tasks.into_values().zip(errors).collect()
         };
         self.set_state(AgentState::Stopped);
-        for (_, task) in tasks {
-            let reason = clone_closed(self.queue().closed.as_ref().expect("just closed"), &self.name);
-            task.finish(Err(reason));
+        for (task, error) in failed {
+            task.finish(Err(error));
         }
-        self.drained.notify_waiters();
     }
 
     /// A snapshot for `AgentOS::agents()` (no message to the actor).

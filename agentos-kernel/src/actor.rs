@@ -11,7 +11,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::chat::ChatMessage;
 use crate::engine::generate::{GenerateRequest, GenerationEvent, RequestId, prepare};
 use crate::engine::thread::{EngineCommand, EngineThread};
-use crate::engine::{EngineConfig, EngineStats, ModelInfo};
+use crate::engine::{EngineConfig, EngineStats, ModelInfo, TextAttention};
 use crate::error::{KernelError, Result};
 use crate::model_spec::ModelSpec;
 use crate::tokenizer::TokenId;
@@ -30,6 +30,13 @@ pub enum KernelMsg {
     Embed {
         texts: Vec<String>,
         reply: RpcReplyPort<Result<Vec<Vec<f32>>>>,
+    },
+    /// A text's tokens as text pieces and, when asked, their attention probabilities
+    /// (see [`Engine::analyze`](crate::Engine::analyze)).
+    Analyze {
+        text: String,
+        with_attention: bool,
+        reply: RpcReplyPort<Result<TextAttention>>,
     },
     Tokenize {
         text: String,
@@ -126,6 +133,19 @@ impl Actor for KernelActor {
                         }),
                     })?;
                 }
+            }
+            KernelMsg::Analyze {
+                text,
+                with_attention,
+                reply,
+            } => {
+                engine.send(EngineCommand::Analyze {
+                    text,
+                    with_attention,
+                    reply: Box::new(move |r| {
+                        let _ = reply.send(r);
+                    }),
+                })?;
             }
             KernelMsg::Tokenize { text, reply } => {
                 let _ = reply.send(engine.tokenizer.encode(&text));

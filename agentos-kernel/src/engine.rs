@@ -25,7 +25,7 @@ use crate::model::transformer::SequenceSlice;
 use crate::model::weights::{GgufWeights, SafetensorsWeights};
 use crate::model::{ModelConfig, Transformer, WeightDtype};
 use crate::model_spec::ModelSpec;
-use crate::tokenizer::{TokenId, Tokenizer};
+use crate::tokenizer::{StreamDecoder, TokenId, Tokenizer};
 
 /// Everything that tunes the engine, with documented defaults.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,6 +122,20 @@ impl AttentionMaps {
         let at = ((layer * self.n_heads + head) * self.n_new + i) * self.context;
         &self.probs[at..at + self.context]
     }
+}
+
+/// Tokens per window of [`Engine::analyze`].
+pub const ANALYZE_WINDOW: usize = 128;
+
+/// A text's tokens, their text pieces and their attention (see [`Engine::analyze`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextAttention {
+    pub tokens: Vec<TokenId>,
+    /// One piece per token; together they are the text (a character split across tokens is in
+    /// the piece of its last token).
+    pub pieces: Vec<String>,
+    /// One map per window of [`ANALYZE_WINDOW`] tokens, in order; empty without attention.
+    pub attention: Vec<AttentionMaps>,
 }
 
 /// What a forward returns for one sequence.
@@ -487,6 +501,93 @@ impl Engine {
         self.stats.tokens_processed += tokens.len() as u64;
         self.stats.forward_seconds += started.elapsed().as_secs_f64();
         Ok(results)
+    }
+
+    /// Embeddings of several texts in shared batched forwards: each text is its own sequence,
+    /// and texts are packed into forwards of up to `max_batch_tokens` tokens, so embedding the
+    /// pages of a turn costs about one forward instead of one per page.
+    pub fn embed_many(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let mut encoded = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            let tokens = self.tokenizer.encode(text)?;
+            if tokens.is_empty() {
+                return Err(KernelError::InvalidRequest(format!(
+                    "cannot embed text {i}: it is empty"
+                )));
+            }
+            encoded.push(tokens);
+        }
+        let limit = self.config.max_batch_tokens.max(1);
+        let mut out = vec![Vec::new(); texts.len()];
+        let mut start = 0;
+        while start < encoded.len() {
+            // Texts longer than one forward go alone through `embed`'s chunked path.
+            if encoded[start].len() > limit {
+                out[start] = self.embed(&texts[start])?;
+                start += 1;
+                continue;
+            }
+            let mut end = start;
+            let mut tokens = 0;
+            while end < encoded.len() && encoded[end].len() <= limit && tokens + encoded[end].len() <= limit {
+                tokens += encoded[end].len();
+                end += 1;
+            }
+            let seqs: Vec<SequenceId> = (start..end).map(|_| self.create_sequence()).collect();
+            let items: Vec<ForwardItem> = seqs
+                .iter()
+                .zip(&encoded[start..end])
+                .map(|(&seq, t)| {
+                    let mut item = ForwardItem::new(seq, t.clone());
+                    item.logits = LogitsWanted::None;
+                    item.embedding = true;
+                    item
+                })
+                .collect();
+            let result = self.forward(&items);
+            for seq in seqs {
+                self.release_sequence(seq);
+            }
+            for (i, o) in result?.into_iter().enumerate() {
+                out[start + i] = o.embedding.expect("asked for an embedding");
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
+    /// The tokens of `text` as text pieces that concatenate to it and, when `with_attention`,
+    /// the attention probabilities of every token. The text is read in independent windows of
+    /// [`ANALYZE_WINDOW`] tokens (each its own context), which bounds the maps' size: one window
+    /// is `layers * heads * window²` floats (18 MB for SmolLM2-135M).
+    pub fn analyze(&mut self, text: &str, with_attention: bool) -> Result<TextAttention> {
+        let tokens = self.tokenizer.encode(text)?;
+        let mut pieces = Vec::with_capacity(tokens.len());
+        let mut decoder = StreamDecoder::default();
+        for &t in &tokens {
+            pieces.push(decoder.push(&self.tokenizer, t)?);
+        }
+        if let Some(last) = pieces.last_mut() {
+            last.push_str(&decoder.finish());
+        }
+        let mut attention = Vec::new();
+        if with_attention {
+            for window in tokens.chunks(ANALYZE_WINDOW) {
+                let seq = self.create_sequence();
+                let mut item = ForwardItem::new(seq, window.to_vec());
+                item.logits = LogitsWanted::None;
+                item.attention = true;
+                let result = self.forward(&[item]);
+                self.release_sequence(seq);
+                let maps = result?.pop().and_then(|o| o.attention).expect("asked for attention");
+                attention.push(maps);
+            }
+        }
+        Ok(TextAttention {
+            tokens,
+            pieces,
+            attention,
+        })
     }
 
     /// Mean-pooled final hidden state of `text` (prefilled in chunks on a scratch sequence).

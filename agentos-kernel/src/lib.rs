@@ -54,7 +54,8 @@ pub use engine::generate::{
 };
 pub use engine::sampling::SamplingParams;
 pub use engine::{
-    AttentionMaps, Engine, EngineConfig, EngineStats, ForwardItem, ForwardOutput, LogitsWanted, ModelInfo, SequenceId,
+    ANALYZE_WINDOW, AttentionMaps, Engine, EngineConfig, EngineStats, ForwardItem, ForwardOutput, LogitsWanted,
+    ModelInfo, SequenceId, TextAttention,
 };
 pub use error::{GgufError, KernelError, Result};
 pub use kv_cache::KvCacheConfig;

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 
 use super::generate::{Batcher, EventSink, PreparedRequest, RequestId};
-use super::{Engine, EngineConfig, EngineStats, ModelInfo};
+use super::{Engine, EngineConfig, EngineStats, ModelInfo, TextAttention};
 use crate::chat::ChatTemplate;
 use crate::error::{KernelError, Result};
 use crate::model_spec::ModelSpec;
@@ -27,6 +27,11 @@ pub enum EngineCommand {
     Embed {
         texts: Vec<String>,
         reply: EmbedReply,
+    },
+    Analyze {
+        text: String,
+        with_attention: bool,
+        reply: Box<dyn FnOnce(Result<TextAttention>) + Send>,
     },
     Stats {
         reply: Box<dyn FnOnce(EngineStats) + Send>,
@@ -150,8 +155,13 @@ fn run(mut engine: Engine, rx: Receiver<EngineCommand>) {
                 }
                 EngineCommand::Cancel(id) => batcher.cancel(&mut engine, id),
                 EngineCommand::Embed { texts, reply } => {
-                    reply(texts.iter().map(|t| engine.embed(t)).collect());
+                    reply(engine.embed_many(&texts));
                 }
+                EngineCommand::Analyze {
+                    text,
+                    with_attention,
+                    reply,
+                } => reply(engine.analyze(&text, with_attention)),
                 EngineCommand::Stats { reply } => reply(engine.stats()),
                 EngineCommand::Shutdown => return,
             }

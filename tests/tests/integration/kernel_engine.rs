@@ -177,6 +177,27 @@ fn embeddings_are_deterministic_and_distinguish_texts() {
     assert!(engine.embed("").is_err());
 }
 
+#[test]
+fn batched_embeddings_equal_one_text_at_a_time() {
+    let mut engine = engine_f32();
+    let texts: Vec<String> = [
+        "a short one",
+        "a somewhat longer text about memory pages and tiers",
+        "x",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let batched = engine.embed_many(&texts).unwrap();
+    assert_eq!(batched.len(), 3);
+    for (text, vector) in texts.iter().zip(&batched) {
+        let single = engine.embed(text).unwrap();
+        assert!(max_abs_diff(&single, vector) < 1e-3, "{text}");
+    }
+    let err = engine.embed_many(&["fine".to_string(), String::new()]).unwrap_err();
+    assert!(err.to_string().contains("text 1"), "{err}");
+}
+
 fn generate(engine: &mut Engine, requests: Vec<GenerateRequest>) -> Vec<(String, GenerationSummary)> {
     let mut batcher = Batcher::new();
     let mut receivers = Vec::new();

@@ -1,0 +1,451 @@
+//! Semantic slicing: where a stream of tokens changes subject, read from the model's attention.
+//!
+//! The contextual information density `D(t)` of token `t` is the normalised entropy of its
+//! attention row, `H(p_t) / ln(context_t)`, in `[0, 1]`: near 0 when the token attends to a few
+//! positions (it continues something local), near 1 when it spreads over the whole context (it
+//! integrates or opens something new).
+//!
+//! **Aggregation.** `D(t)` is the mean over every head of the upper layers (by default the upper
+//! half, [`SliceConfig::first_layer_fraction`]). Heads specialise (positional, previous-token,
+//! delimiter heads), so a single head is noisy and the mean is what a change of subject moves
+//! together. Lower layers are left out because their entropy mostly tracks position and local
+//! syntax, which would put boundaries inside phrases; upper layers integrate meaning.
+//!
+//! **Boundaries.** A slice ends before token `t` where `|dD/dt|` (the change of the lightly
+//! smoothed density) exceeds an adaptive threshold, `mean + k * std` of the changes over the
+//! preceding window, as long as the slice has at least `min_tokens`; a slice never exceeds
+//! `max_tokens`. A cut then moves to the nearest sentence start within a few tokens (else forward
+//! to the next word start): the density locates a change of subject to within a few tokens, and
+//! the sentence edge near it keeps a fact and its subject on one page.
+
+use serde::{Deserialize, Serialize};
+
+/// Attention probabilities of a span of tokens, as the kernel returns them.
+///
+/// # Shapes
+/// probs: `[layer][head][token][context]` row-major; token `i` sits at absolute position
+/// `start_pos + i` and attends to context positions `0..=start_pos + i` (the rest are 0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttentionSpan {
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_tokens: usize,
+    pub context: usize,
+    pub start_pos: usize,
+    pub probs: Vec<f32>,
+}
+
+impl AttentionSpan {
+    fn row(&self, layer: usize, head: usize, token: usize) -> &[f32] {
+        let at = ((layer * self.n_heads + head) * self.n_tokens + token) * self.context;
+        &self.probs[at..at + self.context]
+    }
+
+    /// Checks that the shape fields describe `probs`, so malformed input is an error, not a panic.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.n_layers == 0 || self.n_heads == 0 {
+            return Err(format!(
+                "attention span has {} layers and {} heads; it needs at least one of each",
+                self.n_layers, self.n_heads
+            ));
+        }
+        let want = self
+            .n_layers
+            .checked_mul(self.n_heads)
+            .and_then(|v| v.checked_mul(self.n_tokens))
+            .and_then(|v| v.checked_mul(self.context));
+        match want {
+            Some(n) if n == self.probs.len() => {}
+            _ => {
+                return Err(format!(
+                    "attention span of {} layers x {} heads x {} tokens x {} context does not match {} values",
+                    self.n_layers,
+                    self.n_heads,
+                    self.n_tokens,
+                    self.context,
+                    self.probs.len()
+                ));
+            }
+        }
+        if self.start_pos + self.n_tokens > self.context {
+            return Err(format!(
+                "attention span starts at {} with {} tokens but has only {} context positions",
+                self.start_pos, self.n_tokens, self.context
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Tuning of [`slice_boundaries`]. Defaults suit chat turns of a small model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SliceConfig {
+    /// Fewest tokens in a slice (except the last one of a span). Default 8.
+    pub min_tokens: usize,
+    /// Most tokens in a slice. Default 64.
+    pub max_tokens: usize,
+    /// The threshold is `mean + k * std` of recent density changes. Default 1.0.
+    pub threshold_k: f32,
+    /// How many recent changes the threshold is computed over. Default 24.
+    pub threshold_window: usize,
+    /// Layers from `floor(n_layers * fraction)` up are averaged. Default 0.5 (the upper half).
+    pub first_layer_fraction: f32,
+    /// How far (in tokens, either way) a cut may move to reach the start of a sentence. Default 8.
+    pub sentence_snap: usize,
+    /// How far (in tokens) a cut may move forward to reach the start of a word. Default 4.
+    pub word_snap: usize,
+}
+
+impl Default for SliceConfig {
+    fn default() -> Self {
+        SliceConfig {
+            min_tokens: 8,
+            max_tokens: 64,
+            threshold_k: 1.0,
+            threshold_window: 24,
+            first_layer_fraction: 0.5,
+            sentence_snap: 8,
+            word_snap: 4,
+        }
+    }
+}
+
+/// `D(t)` for every token of the span (see the module docs), in `[0, 1]`; an error when the
+/// span's shape does not match its values.
+pub fn density(span: &AttentionSpan, config: &SliceConfig) -> Result<Vec<f32>, String> {
+    span.validate()?;
+    let first_layer = ((span.n_layers as f32 * config.first_layer_fraction).floor() as usize).min(span.n_layers - 1);
+    let maps = ((span.n_layers - first_layer) * span.n_heads).max(1) as f32;
+    Ok((0..span.n_tokens)
+        .map(|t| {
+            let visible = span.start_pos + t + 1;
+            if visible < 2 {
+                return 0.0;
+            }
+            let norm = (visible as f32).ln();
+            let mut sum = 0.0;
+            for layer in first_layer..span.n_layers {
+                for head in 0..span.n_heads {
+                    let row = &span.row(layer, head, t)[..visible];
+                    let h: f32 = row.iter().filter(|&&p| p > 0.0).map(|&p| -p * p.ln()).sum();
+                    sum += h / norm;
+                }
+            }
+            (sum / maps).clamp(0.0, 1.0)
+        })
+        .collect())
+}
+
+/// What kind of boundary lies just before a token: cuts prefer sentence starts, then word starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Boundary {
+    /// Inside a word.
+    None,
+    /// The token begins a word.
+    Word,
+    /// The token begins a sentence or a line.
+    Sentence,
+}
+
+/// The boundary before every piece of a tokenised text.
+pub fn boundaries(pieces: &[String]) -> Vec<Boundary> {
+    let mut out = Vec::with_capacity(pieces.len());
+    // The text so far, trimmed of trailing spaces (only its end is looked at).
+    let mut before = String::new();
+    for piece in pieces {
+        let first = piece.chars().next();
+        let kind = if before.is_empty() || ends_sentence(&before) || first == Some('\n') {
+            Boundary::Sentence
+        } else if first.is_none_or(|c| c.is_whitespace() || c.is_ascii_punctuation()) {
+            Boundary::Word
+        } else {
+            Boundary::None
+        };
+        out.push(kind);
+        before.push_str(piece);
+        let keep = before.trim_end_matches(' ').len();
+        before.truncate(keep);
+        if before.len() > 64 {
+            let cut = before.len() - 32;
+            let cut = (cut..before.len()).find(|&i| before.is_char_boundary(i)).unwrap_or(0);
+            before.drain(..cut);
+        }
+    }
+    out
+}
+
+/// Whether text ending like this ends a sentence ("Dr." and "e.g." do not).
+fn ends_sentence(text: &str) -> bool {
+    const ABBREVIATIONS: &[&str] = &[
+        "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "no",
+    ];
+    match text.chars().last() {
+        Some('\n' | '?' | '!') => true,
+        Some('.') => {
+            let body = &text[..text.len() - 1];
+            let word: String = body
+                .chars()
+                .rev()
+                .take_while(|c| c.is_alphanumeric() || *c == '.')
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect::<String>()
+                .to_lowercase();
+            // A single letter ("J.") or a known abbreviation, or a decimal number, continues.
+            let decimal = word.chars().last().is_some_and(|c| c.is_ascii_digit()) && word.contains('.');
+            !(ABBREVIATIONS.contains(&word.as_str()) || word.chars().count() == 1 || decimal)
+        }
+        _ => false,
+    }
+}
+
+/// Cuts `0..density.len()` into slices at the density's sharp changes (see the module docs).
+/// `boundaries[t]` says what boundary lies before token `t`: a cut moves to the nearest sentence
+/// start within `sentence_snap` tokens, else forward to a word start within `word_snap`.
+pub fn slice_boundaries(density: &[f32], boundaries: &[Boundary], config: &SliceConfig) -> Vec<std::ops::Range<usize>> {
+    let n = density.len();
+    let (min, max) = (
+        config.min_tokens.max(1),
+        config.max_tokens.max(config.min_tokens.max(1)),
+    );
+    if n == 0 {
+        return Vec::new();
+    }
+    let kind = |t: usize| boundaries.get(t).copied().unwrap_or(Boundary::Word);
+    // A 3-token moving average keeps single-token spikes from cutting.
+    let smooth: Vec<f32> = (0..n)
+        .map(|t| {
+            let lo = t.saturating_sub(1);
+            let hi = (t + 1).min(n - 1);
+            density[lo..=hi].iter().sum::<f32>() / (hi - lo + 1) as f32
+        })
+        .collect();
+    let change: Vec<f32> = (0..n)
+        .map(|t| if t == 0 { 0.0 } else { (smooth[t] - smooth[t - 1]).abs() })
+        .collect();
+
+    let mut slices = Vec::new();
+    let mut start = 0;
+    let mut t = 1;
+    while t < n {
+        let len = t - start;
+        let forced = len >= max;
+        let mut cut = forced;
+        if !cut && len >= min {
+            let lo = t.saturating_sub(config.threshold_window).max(1);
+            let window = &change[lo..t];
+            if window.len() >= 2 {
+                let mean = window.iter().sum::<f32>() / window.len() as f32;
+                let var = window.iter().map(|c| (c - mean).powi(2)).sum::<f32>() / window.len() as f32;
+                cut = change[t] > mean + config.threshold_k * var.sqrt();
+            }
+        }
+        if cut {
+            // Candidates keep the slice within [min, max] tokens; a forced cut looks back only.
+            let lo = (start + min).max(t.saturating_sub(config.sentence_snap));
+            let hi = if forced {
+                t
+            } else {
+                (t + config.sentence_snap).min(start + max).min(n - 1)
+            };
+            let sentence = (lo..=hi)
+                .filter(|&c| kind(c) == Boundary::Sentence)
+                .min_by_key(|&c| c.abs_diff(t));
+            let word = || {
+                if forced {
+                    (lo..=t).rev().find(|&c| kind(c) >= Boundary::Word)
+                } else {
+                    (t..=(t + config.word_snap).min(hi)).find(|&c| kind(c) >= Boundary::Word)
+                }
+            };
+            let at = sentence.or_else(word).unwrap_or(t).max(start + 1);
+            slices.push(start..at);
+            start = at;
+            t = at + 1;
+        } else {
+            t += 1;
+        }
+    }
+    slices.push(start..n);
+    // A tail shorter than `min` joins the previous slice when that stays within max.
+    if slices.len() >= 2 {
+        let last = slices[slices.len() - 1].clone();
+        let prev = slices[slices.len() - 2].clone();
+        if last.len() < min && last.end - prev.start <= max {
+            slices.pop();
+            let end = slices.len() - 1;
+            slices[end] = prev.start..last.end;
+        }
+    }
+    slices
+}
+
+/// Fixed-size chunks: the baseline that attention slicing is compared with.
+pub fn fixed_chunks(n_tokens: usize, size: usize) -> Vec<std::ops::Range<usize>> {
+    let size = size.max(1);
+    (0..n_tokens)
+        .step_by(size)
+        .map(|s| s..(s + size).min(n_tokens))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A span whose tokens attend uniformly over `spread[t]` most recent positions.
+    fn span_with_spread(spread: &[usize]) -> AttentionSpan {
+        let n = spread.len();
+        let (layers, heads) = (2, 2);
+        let mut probs = vec![0f32; layers * heads * n * n];
+        for l in 0..layers {
+            for h in 0..heads {
+                for (t, &s) in spread.iter().enumerate() {
+                    let s = s.clamp(1, t + 1);
+                    for j in t + 1 - s..=t {
+                        probs[((l * heads + h) * n + t) * n + j] = 1.0 / s as f32;
+                    }
+                }
+            }
+        }
+        AttentionSpan {
+            n_layers: layers,
+            n_heads: heads,
+            n_tokens: n,
+            context: n,
+            start_pos: 0,
+            probs,
+        }
+    }
+
+    #[test]
+    fn density_is_low_for_focused_and_high_for_spread_attention() {
+        let span = span_with_spread(&[1, 2, 1, 1, 1, 1, 1, 1, 8, 9, 10, 11]);
+        let d = density(&span, &SliceConfig::default()).unwrap();
+        assert_eq!(d.len(), 12);
+        assert!(d[5] < 0.05, "one-position attention has ~zero entropy: {}", d[5]);
+        assert!(d[10] > 0.9, "uniform attention over everything is ~1: {}", d[10]);
+    }
+
+    #[test]
+    fn cuts_where_density_jumps_and_respects_min_and_max() {
+        // Two regimes: focused for 20 tokens, spread for 20, focused again for 20.
+        let mut spread = vec![1usize; 20];
+        spread.extend((20..40).map(|t| t + 1));
+        spread.extend(std::iter::repeat_n(1, 20));
+        let span = span_with_spread(&spread);
+        let config = SliceConfig {
+            min_tokens: 4,
+            max_tokens: 64,
+            ..SliceConfig::default()
+        };
+        let d = density(&span, &config).unwrap();
+        let words = vec![Boundary::Word; d.len()];
+        let slices = slice_boundaries(&d, &words, &config);
+        let starts: Vec<usize> = slices.iter().map(|s| s.start).collect();
+        assert!(
+            starts.iter().any(|&s| (19..=22).contains(&s)),
+            "a cut at the first change: {starts:?}"
+        );
+        assert!(
+            starts.iter().any(|&s| (39..=42).contains(&s)),
+            "a cut at the second change: {starts:?}"
+        );
+        assert!(slices.iter().all(|s| s.len() <= 64));
+        // Contiguous and complete.
+        assert_eq!(slices.first().unwrap().start, 0);
+        assert_eq!(slices.last().unwrap().end, 60);
+        assert!(slices.windows(2).all(|w| w[0].end == w[1].start));
+
+        let tight = SliceConfig {
+            max_tokens: 10,
+            ..config
+        };
+        let slices = slice_boundaries(&d, &words, &tight);
+        assert!(slices.iter().all(|s| s.len() <= 10), "{slices:?}");
+    }
+
+    #[test]
+    fn cuts_snap_forward_to_a_word_start() {
+        let mut spread = vec![1usize; 20];
+        spread.extend((20..40).map(|t| t + 1));
+        let span = span_with_spread(&spread);
+        let config = SliceConfig {
+            min_tokens: 4,
+            ..SliceConfig::default()
+        };
+        let d = density(&span, &config).unwrap();
+        // Only tokens 0 and 23 start words.
+        let mut words = vec![Boundary::None; 40];
+        words[0] = Boundary::Sentence;
+        words[23] = Boundary::Word;
+        let slices = slice_boundaries(&d, &words, &config);
+        assert!(slices.iter().any(|s| s.start == 23), "{slices:?}");
+        // A sentence start a few tokens before the change wins over the word start after it.
+        words[17] = Boundary::Sentence;
+        let slices = slice_boundaries(&d, &words, &config);
+        assert!(slices.iter().any(|s| s.start == 17), "{slices:?}");
+    }
+
+    #[test]
+    fn boundaries_follow_sentences_and_words() {
+        let pieces: Vec<String> = [
+            "User",
+            ":",
+            " My",
+            " cat",
+            " is",
+            " Bisc",
+            "uit",
+            ".",
+            " The",
+            "\nAssistant",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        use Boundary::*;
+        assert_eq!(
+            boundaries(&pieces),
+            vec![Sentence, Word, Word, Word, Word, Word, None, Word, Sentence, Sentence]
+        );
+    }
+
+    #[test]
+    fn abbreviations_do_not_end_sentences() {
+        let pieces: Vec<String> = [" teacher", " is", " Mr", ".", " Alvarez", ".", " Next"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let b = boundaries(&pieces);
+        assert_eq!(b[4], Boundary::Word, "{b:?}");
+        assert_eq!(b[6], Boundary::Sentence, "{b:?}");
+    }
+
+    #[test]
+    fn malformed_spans_are_rejected() {
+        let mut span = span_with_spread(&[1, 1, 1]);
+        assert!(span.validate().is_ok());
+        span.probs.pop();
+        assert!(span.validate().is_err());
+        let mut span = span_with_spread(&[1, 1, 1]);
+        span.start_pos = 2;
+        assert!(span.validate().is_err());
+        let empty = AttentionSpan {
+            n_layers: 0,
+            n_heads: 0,
+            n_tokens: 0,
+            context: 0,
+            start_pos: 0,
+            probs: Vec::new(),
+        };
+        assert!(empty.validate().is_err());
+    }
+
+    #[test]
+    fn fixed_chunks_cover_everything() {
+        assert_eq!(fixed_chunks(10, 4), vec![0..4, 4..8, 8..10]);
+        assert!(fixed_chunks(0, 4).is_empty());
+    }
+}

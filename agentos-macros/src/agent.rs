@@ -7,7 +7,7 @@ use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, ExprUnary, Fields, Ident, Item, ItemStruct, Lit, LitStr, UnOp};
 
 const KEYS: &str = "name, role, system, priority, temperature, top_p, top_k, repetition_penalty, seed, \
-                    max_tokens, history, tools, custom_hooks";
+                    max_tokens, history, tools, memory, custom_hooks";
 const PRIORITIES: [&str; 5] = ["Realtime", "High", "Normal", "Low", "Background"];
 
 /// Expands `#[agent(attr)] item`. On misuse, returns the item unchanged plus `compile_error!`s
@@ -41,6 +41,7 @@ struct Attributes {
     history: Option<usize>,
     tools: Option<Vec<LitStr>>,
     custom_hooks: bool,
+    memory: bool,
 }
 
 fn expand_item(attr: TokenStream, item: Item) -> syn::Result<TokenStream> {
@@ -84,6 +85,7 @@ fn expand_item(attr: TokenStream, item: Item) -> syn::Result<TokenStream> {
     let max_tokens = Literal::usize_suffixed(attrs.max_tokens.unwrap_or(256));
     let history = Literal::usize_suffixed(attrs.history.unwrap_or(4));
     let tools = attrs.tools.clone().unwrap_or_default();
+    let memory = attrs.memory;
 
     let mut sampling = Vec::new();
     if let Some(v) = attrs.temperature {
@@ -133,6 +135,7 @@ fn expand_item(attr: TokenStream, item: Item) -> syn::Result<TokenStream> {
                     max_tokens: #max_tokens,
                     tools: ::std::vec![#(::std::string::String::from(#tools)),*],
                     history_turns: #history,
+                    memory: #memory,
                 }
             }
         }
@@ -275,18 +278,18 @@ fn parse_attributes(attr: TokenStream) -> syn::Result<Attributes> {
                 }
                 set_once!(tools, tools)
             }
-            "custom_hooks" => {
-                if a.custom_hooks {
-                    return Err(duplicate());
-                }
-                if meta.input.peek(syn::Token![=]) {
-                    return Err(syn::Error::new(
-                        path.span(),
-                        "`custom_hooks` is a flag without a value: it means you implement AgentHooks yourself",
-                    ));
-                }
-                a.custom_hooks = true;
-            }
+            "custom_hooks" => flag(
+                &meta,
+                &key,
+                &mut a.custom_hooks,
+                "`custom_hooks` is a flag without a value: it means you implement AgentHooks yourself",
+            )?,
+            "memory" => flag(
+                &meta,
+                &key,
+                &mut a.memory,
+                "`memory` is a flag without a value: it gives the agent an S-MMU memory instead of a fixed history",
+            )?,
             _ => {
                 return Err(syn::Error::new(
                     path.span(),
@@ -336,6 +339,18 @@ fn number(meta: &syn::meta::ParseNestedMeta, key: &str) -> syn::Result<(f32, Spa
 }
 
 /// A non-negative integer literal.
+/// A key without a value (`custom_hooks`, `memory`): set once, never `key = ...`.
+fn flag(meta: &syn::meta::ParseNestedMeta, key: &str, set: &mut bool, with_value: &str) -> syn::Result<()> {
+    if *set {
+        return Err(syn::Error::new(meta.path.span(), format!("`{key}` is given twice")));
+    }
+    if meta.input.peek(syn::Token![=]) {
+        return Err(syn::Error::new(meta.path.span(), with_value));
+    }
+    *set = true;
+    Ok(())
+}
+
 fn integer<T: std::str::FromStr>(meta: &syn::meta::ParseNestedMeta, key: &str) -> syn::Result<(T, Span)>
 where
     T::Err: std::fmt::Display,
@@ -382,7 +397,7 @@ mod tests {
     fn expands_a_full_role() {
         let attr = quote! {
             name = "Researcher", role = "researcher", priority = High, temperature = 0.7, top_p = 0.9,
-            max_tokens = 256, history = 6, tools = ["search", "calculator"]
+            max_tokens = 256, history = 6, tools = ["search", "calculator"], memory
         };
         let item = quote! {
             /// You are a meticulous researcher.

@@ -80,8 +80,12 @@ pub struct AgentSpec {
     pub max_tokens: usize,
     /// Tools the agent may call (the tool issue gives them meaning; the slot is here now).
     pub tools: Vec<String>,
-    /// How many recent turns are put back into each prompt.
+    /// How many recent turns are put back into each prompt (without memory).
     pub history_turns: usize,
+    /// The agent has an S-MMU memory (`#[agent(memory)]`): each prompt holds the system prompt,
+    /// the pages of its L1 window (paged in by relevance, within the L1 token budget) and the
+    /// task, instead of the last `history_turns` turns; every turn is written to memory.
+    pub memory: bool,
 }
 
 impl AgentSpec {

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agentos_kernel::KernelArgs;
+use agentos_memory::MemoryConfig;
 
 use crate::scheduler::SchedulerConfig;
 use crate::supervisor::{RestartIntensity, Strategy};
@@ -33,6 +34,10 @@ pub struct RuntimeConfig {
     pub shutdown_grace: Duration,
     /// Fair-share budgets of the scheduler (see [`SchedulerConfig`]).
     pub scheduler: SchedulerConfig,
+    /// The S-MMU: L1 budget, slicing, page faults, the store file (see [`MemoryConfig`]). Agents
+    /// declared with `#[agent(memory = true)]` use it; the store defaults to `memory.redb` in the
+    /// checkpoint directory.
+    pub memory: MemoryConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -45,6 +50,7 @@ impl Default for RuntimeConfig {
             system_intensity: RestartIntensity::default(),
             shutdown_grace: Duration::from_secs(30),
             scheduler: SchedulerConfig::default(),
+            memory: MemoryConfig::default(),
         }
     }
 }

@@ -41,6 +41,12 @@ pub enum RuntimeError {
     #[error("could not start {what}: {reason}")]
     Start { what: String, reason: String },
 
+    #[error("memory: {0}")]
+    Memory(#[from] agentos_memory::MemoryError),
+
+    #[error("agent `{agent}` has no memory: declare it with `#[agent(memory = true)]` (memory also needs a kernel)")]
+    NoMemory { agent: String },
+
     #[error("actor messaging failed: {0}")]
     Messaging(String),
 }

@@ -4,7 +4,7 @@
 //! AgentOS (root supervisor "agentos", one-for-one)
 //! ├── kernel      supervisor ─ KernelActor (owns the engine thread)
 //! ├── scheduler   SchedulerActor
-//! ├── memory      supervisor (its tiers arrive with the memory issue)
+//! ├── memory      supervisor (rest-for-one) ─ L3Actor, L2Actor, L1Actor × agents with memory
 //! └── agents      supervisor (agent_strategy) ─ AgentActor<R> × N
 //! ```
 //!
@@ -29,6 +29,7 @@ use crate::agent::{Agent, AgentSpec};
 use crate::checkpoint::CheckpointStore;
 use crate::config::RuntimeConfig;
 use crate::error::{Result, RuntimeError};
+use crate::mmu::MemorySystem;
 use crate::scheduler::{SchedulerActor, SchedulerArgs, SchedulerConfig, SchedulerMsg, SchedulerStats};
 use crate::supervisor::{
     ActorSlot, ChildSpec, Restart, RestartIntensity, Strategy, Supervisor, SupervisorArgs, SupervisorEvent,
@@ -120,9 +121,25 @@ impl AgentOS {
             }
         };
         let (events, _) = broadcast::channel(1024);
+        config.memory.validate().map_err(|reason| RuntimeError::Start {
+            what: "the memory system".into(),
+            reason,
+        })?;
+        let store_path = config
+            .memory
+            .store_path
+            .clone()
+            .unwrap_or_else(|| checkpoint_dir.join("memory.redb"));
+        let kernel_slot = config.kernel.as_ref().map(|_| ActorSlot::new());
+        let memory = Arc::new(MemorySystem::new(
+            config.memory.clone(),
+            store_path,
+            kernel_slot.clone(),
+        ));
         let system = Arc::new(System {
             scheduler: ActorSlot::new(),
-            kernel: config.kernel.as_ref().map(|_| ActorSlot::new()),
+            kernel: kernel_slot,
+            memory: memory.clone(),
             agent_supervisor: ActorSlot::new(),
             checkpoints: CheckpointStore::open(checkpoint_dir)?,
             registry: Mutex::new(Registry::default()),
@@ -165,12 +182,7 @@ impl AgentOS {
             },
             system.scheduler.clone(),
         ));
-        let memory_events = events.clone();
-        root = root.child(Supervisor::child_spec(
-            "memory",
-            move || SupervisorArgs::new("memory", Strategy::OneForOne).events(memory_events.clone()),
-            ActorSlot::new(),
-        ));
+        root = root.child(memory.supervisor_spec(events.clone()));
         let agents_system = system.clone();
         let (strategy, intensity) = (config.agent_strategy, config.agent_intensity);
         root = root.child(Supervisor::child_spec(
@@ -241,9 +253,17 @@ impl AgentOS {
             })?;
         let pid = Pid(system.next_pid.fetch_add(1, Ordering::Relaxed));
         let record = Arc::new(AgentRecord::new(pid, name.clone(), spec.role.clone(), spec.priority));
+        let memory = spec.memory;
         let child = agent_child_spec::<R>(record.clone(), system.clone(), Arc::new(spec), Arc::new(initial));
         *record.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child.clone());
         system.registry().insert(record.clone())?;
+        if memory && let Err(reason) = system.memory.start_l1(&name).await {
+            system.forget_agent(&record);
+            return Err(RuntimeError::Start {
+                what: format!("the memory of agent `{name}`"),
+                reason,
+            });
+        }
 
         let started = match system.agent_supervisor.get() {
             Some(supervisor) => ractor::call!(supervisor, SupervisorMsg::StartChild, child)
@@ -258,6 +278,7 @@ impl AgentOS {
         };
         if let Err(e) = started {
             system.forget_agent(&record);
+            system.memory.stop_l1(&name).await;
             return Err(e);
         }
         Ok(AgentHandle::new(record, system.clone()))
@@ -291,6 +312,12 @@ impl AgentOS {
     /// The kernel actor currently running, if this AgentOS has a kernel.
     pub fn kernel(&self) -> Option<ActorRef<KernelMsg>> {
         self.system.kernel.as_ref().and_then(|slot| slot.get())
+    }
+
+    /// Counters of the memory system's deep context (pages per tier, demotions, faults from disk).
+    pub async fn memory_stats(&self) -> Result<agentos_memory::L2Stats> {
+        let l2 = self.system.memory.l2.get().ok_or_else(|| self.system.down_error())?;
+        ractor::call!(l2, agentos_memory::L2Msg::Stats).map_err(|_| self.system.down_error())
     }
 
     pub async fn scheduler_stats(&self) -> Result<SchedulerStats> {
@@ -361,6 +388,7 @@ impl Drop for AgentOS {
 pub(crate) struct System {
     pub scheduler: ActorSlot<SchedulerMsg>,
     pub kernel: Option<ActorSlot<KernelMsg>>,
+    pub memory: Arc<MemorySystem>,
     pub agent_supervisor: ActorSlot<SupervisorMsg>,
     pub checkpoints: CheckpointStore,
     registry: Mutex<Registry>,

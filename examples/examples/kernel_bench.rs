@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use agentos_examples::{Args, init_logging};
+use agentos_examples::{Args, init_logging, peak_rss_bytes};
 use agentos_kernel::engine::sampling::argmax;
 use agentos_kernel::{Engine, ForwardItem, LogitsWanted, SequenceId, TokenId};
 
@@ -129,17 +129,4 @@ fn decode(engine: &mut Engine, seqs: &[SequenceId], steps: usize) -> agentos_ker
 
 fn round(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
-}
-
-/// Peak resident set size (VmHWM) in bytes; 0 where /proc is unavailable.
-fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use agentos_kernel::{ChatMessage, GenerateRequest, GenerationEvent, Prompt};
+use agentos_kernel::{ChatMessage, GenerateRequest, GenerationEvent, KernelMsg, Prompt};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,13 @@ use crate::agent::{Agent, AgentSpec, Delivered, Response, Turn, TurnPrompt};
 use crate::error::RuntimeError;
 use crate::os::System;
 use crate::scheduler::SchedulerMsg;
+use agentos_memory::{ActiveContext, Embedder, L1Msg};
+
+/// Put between the system prompt and the L1 pages of an agent with memory.
+const MEMORY_HEADER: &str = "\n\nNotes from earlier in this conversation:";
+/// Chat-template markers (SmolLM2's template adds about 5 tokens per message) and page
+/// separators, on top of the counted texts: the first estimate; the rendered prompt is checked.
+const PROMPT_OVERHEAD_TOKENS: usize = 24;
 
 /// Messages an agent actor understands. Work arrives through the record (see the module docs);
 /// `Run` only says which queued task to take.
@@ -301,24 +308,124 @@ impl<R: Agent> AgentActorState<R> {
             messages.push(ChatMessage::user(turn.task.clone()));
             messages.push(ChatMessage::assistant(turn.reply.clone()));
         }
-        let content = if self.inbox.is_empty() {
-            task.to_string()
-        } else {
-            let mut content = String::from("Messages from other agents:\n");
-            for m in &self.inbox {
-                content.push_str(&format!("- {}: {}\n", m.from, m.text));
+        messages.push(ChatMessage::user(self.task_content(task)));
+        self.turn_prompt(messages)
+    }
+
+    /// The context of an agent with memory: the system prompt with the pages of its L1 window
+    /// (paged in for this task), then the task; within the L1 token budget.
+    async fn assemble_from_memory(&self, task: &str) -> Result<TurnPrompt, RuntimeError> {
+        let memory = &self.system.memory;
+        let name = &self.record.name;
+        let l1 = memory
+            .l1(name)
+            .ok_or_else(|| RuntimeError::NoMemory { agent: name.clone() })?;
+        let model = memory.model.clone().ok_or(RuntimeError::NoKernel)?;
+        let content = self.task_content(task);
+        let reserved = model
+            .count_tokens(format!("{}{MEMORY_HEADER}", self.spec.system))
+            .await?
+            + model.count_tokens(content.clone()).await?
+            + PROMPT_OVERHEAD_TOKENS;
+        let query = task.to_string();
+        let mut context = ractor::call!(l1, |reply| L1Msg::Assemble {
+            query,
+            reserved_tokens: reserved,
+            reply
+        })
+        .map_err(RuntimeError::messaging)??;
+        // The reservation is an estimate (page separators, re-tokenised page edges); the rendered
+        // prompt is what counts. Over budget, the window is shrunk by the excess: the
+        // context-full interrupt, handled by eviction.
+        let budget = memory.config.l1_budget_tokens;
+        loop {
+            let messages = self.memory_messages(&context, &content);
+            let tokens = self.prompt_tokens(&messages).await?;
+            if tokens <= budget || context.pages.is_empty() {
+                return Ok(self.turn_prompt(messages));
             }
-            content.push('\n');
-            content.push_str(task);
-            content
-        };
-        messages.push(ChatMessage::user(content));
+            let page_budget = context.tokens.saturating_sub(tokens - budget);
+            context =
+                ractor::call!(l1, |reply| L1Msg::Shrink { page_budget, reply }).map_err(RuntimeError::messaging)??;
+        }
+    }
+
+    /// System prompt with the window's pages, then the task.
+    fn memory_messages(&self, context: &ActiveContext, content: &str) -> Vec<ChatMessage> {
+        let mut system = self.spec.system.clone();
+        if !context.pages.is_empty() {
+            system.push_str(MEMORY_HEADER);
+            for page in &context.pages {
+                system.push('\n');
+                system.push_str(page.text.trim());
+            }
+        }
+        let mut messages = Vec::with_capacity(2);
+        if !system.is_empty() {
+            messages.push(ChatMessage::system(system));
+        }
+        messages.push(ChatMessage::user(content.to_string()));
+        messages
+    }
+
+    /// Tokens of `messages` rendered with the model's chat template.
+    async fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<usize, RuntimeError> {
+        let kernel = self
+            .system
+            .kernel
+            .as_ref()
+            .and_then(|slot| slot.get())
+            .ok_or(RuntimeError::KernelLost)?;
+        let messages = messages.to_vec();
+        let text = ractor::call!(kernel, |reply| KernelMsg::RenderChat { messages, reply })
+            .map_err(|_| RuntimeError::KernelLost)??;
+        let tokens = ractor::call!(kernel, |reply| KernelMsg::Tokenize { text, reply })
+            .map_err(|_| RuntimeError::KernelLost)??;
+        Ok(tokens.len())
+    }
+
+    /// The task, preceded by messages other agents sent since the last turn.
+    fn task_content(&self, task: &str) -> String {
+        if self.inbox.is_empty() {
+            return task.to_string();
+        }
+        let mut content = String::from("Messages from other agents:\n");
+        for m in &self.inbox {
+            content.push_str(&format!("- {}: {}\n", m.from, m.text));
+        }
+        content.push('\n');
+        content.push_str(task);
+        content
+    }
+
+    fn turn_prompt(&self, messages: Vec<ChatMessage>) -> TurnPrompt {
         TurnPrompt {
             messages,
-            max_tokens: spec.max_tokens,
-            sampling: spec.sampling.clone(),
+            max_tokens: self.spec.max_tokens,
+            sampling: self.spec.sampling.clone(),
             stop: Vec::new(),
         }
+    }
+
+    /// Hands a finished turn to the agent's L1 to be sliced into pages. The L1 handles messages
+    /// in order, so the next turn's context already includes it; the agent does not wait.
+    fn write_turn_to_memory(&self, text: String) {
+        let Some(l1) = self.system.memory.l1(&self.record.name) else {
+            return;
+        };
+        let (tx, rx) = ractor::concurrency::oneshot();
+        if l1.cast(L1Msg::Ingest { text, reply: tx.into() }).is_err() {
+            tracing::warn!(agent = %self.record.name, "memory is restarting; this turn was not written to it");
+            return;
+        }
+        let agent = self.record.name.clone();
+        tokio::spawn(async move {
+            match rx.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(%agent, error = %e, "writing the turn to memory failed"),
+                Err(_) => tracing::warn!(%agent, "memory stopped while writing the turn"),
+            }
+        });
     }
 
     async fn run_turn(
@@ -329,7 +436,11 @@ impl<R: Agent> AgentActorState<R> {
         accepted: Instant,
         events: Option<mpsc::UnboundedSender<StreamEvent>>,
     ) -> Result<Response, RuntimeError> {
-        let mut prompt = self.assemble(&task);
+        let mut prompt = if self.spec.memory {
+            self.assemble_from_memory(&task).await?
+        } else {
+            self.assemble(&task)
+        };
         self.role.prepare(&mut prompt);
         let request = GenerateRequest {
             prompt: Prompt::Chat(prompt.messages),
@@ -375,6 +486,10 @@ impl<R: Agent> AgentActorState<R> {
             }
         };
 
+        let memory_text = self
+            .spec
+            .memory
+            .then(|| format!("User: {}\nAssistant: {}", task, summary.text));
         let turn = Turn {
             number: self.turn_count + 1,
             task,
@@ -393,6 +508,9 @@ impl<R: Agent> AgentActorState<R> {
         self.turns.push(turn);
         self.inbox.clear();
         self.checkpoint(Some(id));
+        if let Some(text) = memory_text {
+            self.write_turn_to_memory(text);
+        }
         Ok(Response {
             text: summary.text,
             prompt_tokens: summary.prompt_tokens,

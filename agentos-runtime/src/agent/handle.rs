@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use agentos_memory::{ActiveContext, L1Msg, L1Stats, PageId, PageView};
 use futures::Stream;
+use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::agent::Response;
@@ -168,7 +170,65 @@ impl AgentHandle {
             agent: self.record.name.clone(),
         });
         self.system.forget_agent(&self.record);
+        self.system.memory.stop_l1(&self.record.name).await;
         Ok(())
+    }
+
+    /// Writes `text` into the agent's memory: it is sliced into pages (from the model's
+    /// attention), embedded and stored durably; returns the page ids once they are on disk.
+    /// Needs an agent declared with `#[agent(memory = true)]`.
+    pub async fn remember(&self, text: impl Into<String>) -> Result<Vec<PageId>> {
+        let l1 = self.l1()?;
+        let text = text.into();
+        ractor::call!(l1, |reply| L1Msg::Ingest { text, reply })
+            .map_err(RuntimeError::messaging)?
+            .map_err(RuntimeError::from)
+    }
+
+    /// The `k` pages of the agent's memory most relevant to `query`, from any tier (the active
+    /// window, deep context or disk), best first. Reading moves nothing between tiers.
+    pub async fn recall(&self, query: impl Into<String>, k: usize) -> Result<Vec<PageView>> {
+        let l1 = self.l1()?;
+        let query = query.into();
+        ractor::call!(l1, |reply| L1Msg::Recall { query, k, reply })
+            .map_err(RuntimeError::messaging)?
+            .map_err(RuntimeError::from)
+    }
+
+    /// Starts a memory turn by hand: pages relevant to `query` are faulted into the agent's L1
+    /// window and the least important evicted, leaving `reserved_tokens` of the L1 budget free.
+    /// Returns the window. (The agent does this itself at the start of every task.)
+    pub async fn page_in(&self, query: impl Into<String>, reserved_tokens: usize) -> Result<ActiveContext> {
+        let l1 = self.l1()?;
+        let query = query.into();
+        ractor::call!(l1, |reply| L1Msg::Assemble {
+            query,
+            reserved_tokens,
+            reply
+        })
+        .map_err(RuntimeError::messaging)?
+        .map_err(RuntimeError::from)
+    }
+
+    /// The L1 window the agent's latest turn was given (its pages are what the model saw).
+    pub async fn last_context(&self) -> Result<Option<ActiveContext>> {
+        let l1 = self.l1()?;
+        ractor::call!(l1, L1Msg::LastContext).map_err(RuntimeError::messaging)
+    }
+
+    /// Counters of the agent's active window (pages, tokens, faults, evictions, interrupts).
+    pub async fn memory_stats(&self) -> Result<L1Stats> {
+        let l1 = self.l1()?;
+        ractor::call!(l1, L1Msg::Stats).map_err(RuntimeError::messaging)
+    }
+
+    fn l1(&self) -> Result<ActorRef<L1Msg>> {
+        self.system
+            .memory
+            .l1(&self.record.name)
+            .ok_or_else(|| RuntimeError::NoMemory {
+                agent: self.record.name.clone(),
+            })
     }
 
     fn stopped(&self) -> RuntimeError {

@@ -1,0 +1,152 @@
+//! The S-MMU with the real model: the kernel's attention analysis, an agent whose prompts stay
+//! within its L1 budget while its memory pages facts in and out, the explicit memory API, and a
+//! damaged store refused at start.
+
+use agentos_kernel::KernelMsg;
+use agentos_runtime::prelude::*;
+use agentos_runtime::{MemoryConfig, Tier};
+
+use crate::support::kernel_args;
+
+/// You are a helpful assistant. Answer in one short sentence.
+#[agent(name = "Keeper", max_tokens = 12, memory)]
+#[derive(Default, Serialize, Deserialize)]
+struct Keeper;
+
+/// You are a helpful assistant.
+#[agent(name = "Forgetful", max_tokens = 4)]
+#[derive(Default, Serialize, Deserialize)]
+struct Forgetful;
+
+async fn os_with_budget(budget: usize, dir: &std::path::Path) -> AgentOS {
+    let mut config = RuntimeConfig {
+        kernel: Some(kernel_args()),
+        checkpoint_dir: Some(dir.to_path_buf()),
+        ..RuntimeConfig::default()
+    };
+    config.memory = MemoryConfig {
+        l1_budget_tokens: budget,
+        ..MemoryConfig::default()
+    };
+    AgentOS::start(config).await.expect("the tree starts")
+}
+
+#[tokio::test]
+async fn the_kernel_returns_pieces_that_rebuild_the_text_and_attention_for_every_token() {
+    let os = AgentOS::builder().kernel(kernel_args()).start().await.unwrap();
+    let kernel = os.kernel().unwrap();
+    let text = "Memory pages: naïve café – 東京. ".repeat(12);
+    let analysis = ractor::call!(kernel, |reply| KernelMsg::Analyze {
+        text: text.clone(),
+        with_attention: true,
+        reply
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(analysis.pieces.concat(), text);
+    assert_eq!(analysis.pieces.len(), analysis.tokens.len());
+    let covered: usize = analysis.attention.iter().map(|m| m.n_new).sum();
+    assert_eq!(covered, analysis.tokens.len(), "attention for every token");
+    assert!(analysis.attention.len() >= 2, "long texts are read in windows");
+    for map in &analysis.attention {
+        for t in 0..map.n_new {
+            let row = map.row(map.n_layers - 1, 0, t);
+            let sum: f32 = row.iter().sum();
+            assert!((sum - 1.0).abs() < 1e-3, "a probability row sums to 1: {sum}");
+        }
+    }
+    os.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn prompts_stay_within_the_l1_budget_and_an_evicted_fact_is_paged_back_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = 200;
+    let os = os_with_budget(budget, dir.path()).await;
+    let agent = os.spawn(Keeper).await.unwrap();
+
+    agent
+        .ask("Please remember this: my locker code is 4417.")
+        .await
+        .unwrap();
+    let topics = [
+        "volcanoes",
+        "penguins",
+        "jazz",
+        "glaciers",
+        "origami",
+        "owls",
+        "kites",
+        "caves",
+    ];
+    for topic in topics {
+        let reply = agent.ask(format!("Tell me one thing about {topic}.")).await.unwrap();
+        assert!(
+            reply.prompt_tokens <= budget,
+            "the prompt ({} tokens) exceeds the L1 budget",
+            reply.prompt_tokens
+        );
+        let context = agent.last_context().await.unwrap().unwrap();
+        assert!(context.tokens <= context.page_budget);
+    }
+    let stats = agent.memory_stats().await.unwrap();
+    assert!(stats.context_full_interrupts > 0 && stats.evictions > 0, "{stats:?}");
+    assert!(stats.tokens_max <= budget, "{stats:?}");
+
+    let reply = agent.ask("What is my locker code?").await.unwrap();
+    assert!(reply.prompt_tokens <= budget);
+    let context = agent.last_context().await.unwrap().unwrap();
+    assert!(
+        context.pages.iter().any(|p| p.text.contains("4417")),
+        "the fact was paged back in: {:?}",
+        context.pages.iter().map(|p| &p.text).collect::<Vec<_>>()
+    );
+    os.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn agents_write_and_query_memory_explicitly_and_it_outlives_the_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let os = os_with_budget(512, dir.path()).await;
+    let agent = os.spawn(Keeper).await.unwrap();
+    let ids = agent
+        .remember("The staging database runs on host orca-7 in the Frankfurt region. The backup runs nightly at 02:00.")
+        .await
+        .unwrap();
+    assert!(!ids.is_empty());
+    let found = agent.recall("Which host runs the staging database?", 3).await.unwrap();
+    assert!(found[0].text.contains("orca-7"), "{found:?}");
+    assert_eq!(found[0].tier, Tier::L1);
+    let l2 = os.memory_stats().await.unwrap();
+    assert_eq!(l2.pages, ids.len());
+
+    // An agent without memory says so.
+    let plain = os.spawn(Forgetful).await.unwrap();
+    assert!(matches!(
+        plain.recall("anything", 1).await,
+        Err(RuntimeError::NoMemory { .. })
+    ));
+    os.shutdown().await.unwrap();
+
+    // A new AgentOS on the same directory finds the pages on disk.
+    let os = os_with_budget(512, dir.path()).await;
+    let agent = os.spawn(Keeper).await.unwrap();
+    let found = agent.recall("staging database host", 1).await.unwrap();
+    assert!(found[0].text.contains("orca-7"), "{found:?}");
+    os.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_damaged_store_stops_the_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("memory.redb"), b"definitely not a database file").unwrap();
+    let err = AgentOS::builder()
+        .without_kernel()
+        .checkpoint_dir(dir.path())
+        .start()
+        .await
+        .err()
+        .expect("a damaged store cannot start");
+    let message = err.to_string();
+    assert!(message.contains("memory.redb"), "{message}");
+}

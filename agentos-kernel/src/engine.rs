@@ -45,10 +45,27 @@ pub struct EngineConfig {
     /// blocks, to let the other in: round-robin within a class. 0 turns rotation off (default 32).
     #[serde(default = "default_time_slice")]
     pub time_slice_tokens: usize,
+    /// On the CPU (flex) with f16 weights, run the matmuls of small batches (decode steps, up to
+    /// 16 rows) with the kernel's own streaming f16 kernel instead of burn's gemm, which repacks
+    /// the weights on every call. Costs a second f16 copy of the weights in host memory
+    /// (about 270 MB for SmolLM2-135M). Default true.
+    #[serde(default = "default_host_matmul")]
+    pub host_matmul: bool,
 }
 
 fn default_time_slice() -> usize {
     32
+}
+
+fn default_host_matmul() -> bool {
+    true
+}
+
+impl EngineConfig {
+    /// Whether the host kernel serves small batches on the device named `device`.
+    pub fn uses_host_matmul(&self, device: &str) -> bool {
+        self.host_matmul && device == "flex" && self.dtype == WeightDtype::F16
+    }
 }
 
 impl Default for EngineConfig {
@@ -60,6 +77,7 @@ impl Default for EngineConfig {
             max_batch_tokens: 256,
             max_running: 32,
             time_slice_tokens: default_time_slice(),
+            host_matmul: default_host_matmul(),
         }
     }
 }
@@ -642,7 +660,13 @@ fn load_gguf(path: &Path, config: &EngineConfig, device: &SelectedDevice) -> Res
         gguf: &gguf,
         config: &model_config,
     };
-    let model = Transformer::load(model_config.clone(), &weights, config.dtype, &device.device)?;
+    let model = Transformer::load(
+        model_config.clone(),
+        &weights,
+        config.dtype,
+        &device.device,
+        config.uses_host_matmul(&device.name),
+    )?;
     Ok((model_config, tokenizer, template, model))
 }
 
@@ -672,7 +696,13 @@ fn load_hf_dir(dir: &Path, config: &EngineConfig, device: &SelectedDevice) -> Re
         .and_then(|v| v["chat_template"].as_str().map(str::to_string));
     let template = chat_template(template_source.as_deref(), &tokenizer)?;
     let weights = SafetensorsWeights::open_dir(dir)?;
-    let model = Transformer::load(model_config.clone(), &weights, config.dtype, &device.device)?;
+    let model = Transformer::load(
+        model_config.clone(),
+        &weights,
+        config.dtype,
+        &device.device,
+        config.uses_host_matmul(&device.name),
+    )?;
     Ok((model_config, tokenizer, template, model))
 }
 

@@ -3,12 +3,14 @@
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 
+use super::Linear;
+
 /// # Shapes
 /// gate_up: `[hidden, 2 * intermediate]`, down: `[intermediate, hidden]`;
 /// input and output: `[tokens, hidden]`
 pub struct Mlp {
-    pub gate_up: Tensor<2>,
-    pub down: Tensor<2>,
+    pub(crate) gate_up: Linear,
+    pub(crate) down: Linear,
     pub intermediate: usize,
 }
 
@@ -16,9 +18,9 @@ impl Mlp {
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let tokens = x.dims()[0];
         // [tokens, 2 * intermediate]
-        let gu = super::linear(x, &self.gate_up);
+        let gu = self.gate_up.forward(x);
         let gate = gu.clone().slice([0..tokens, 0..self.intermediate]);
         let up = gu.slice([0..tokens, self.intermediate..2 * self.intermediate]);
-        super::linear(silu(gate).mul(up), &self.down)
+        self.down.forward(silu(gate).mul(up))
     }
 }

@@ -12,18 +12,18 @@ use super::mlp::Mlp;
 use super::rms_norm::RmsNorm;
 use super::rope::Rope;
 use super::weights::{Weight, WeightSource};
-use super::{WeightDtype, linear, upload};
+use super::{Linear, WeightDtype, upload};
 use crate::error::{KernelError, Result};
 use crate::kv_cache::{BlockTable, KvCache};
 
 struct DecoderLayer {
     attn_norm: RmsNorm,
     /// `[hidden, q_dim + 2 * kv_dim]`: q, k and v projections fused.
-    qkv: Tensor<2>,
+    qkv: Linear,
     /// `[1, q_dim + 2 * kv_dim]` (Qwen2).
     qkv_bias: Option<Tensor<2>>,
     /// `[q_dim, hidden]`
-    out: Tensor<2>,
+    out: Linear,
     ffn_norm: RmsNorm,
     mlp: Mlp,
 }
@@ -52,15 +52,23 @@ pub struct Transformer {
     /// `[vocab, hidden]`
     embedding: Tensor<2>,
     /// `[hidden, vocab]` (a copy of the embedding when tied).
-    output: Tensor<2>,
+    output: Linear,
     final_norm: RmsNorm,
     layers: Vec<DecoderLayer>,
     rope: Rope,
 }
 
 impl Transformer {
-    /// Builds the model from any weight source, uploading weights to `device` in `dtype`.
-    pub fn load(config: ModelConfig, source: &dyn WeightSource, dtype: WeightDtype, device: &Device) -> Result<Self> {
+    /// Builds the model from any weight source, uploading weights to `device` in `dtype`. With
+    /// `host_matmul`, weight matrices also get the host kernel's copy for small batches (see
+    /// [`super::host_matmul`]).
+    pub fn load(
+        config: ModelConfig,
+        source: &dyn WeightSource,
+        dtype: WeightDtype,
+        device: &Device,
+        host_matmul: bool,
+    ) -> Result<Self> {
         let wd = dtype.burn_dtype();
         let (h, q, kv, inter) = (
             config.hidden_size,
@@ -97,7 +105,7 @@ impl Transformer {
             }
             None => transpose(&emb.values, config.vocab_size, h),
         };
-        let output = upload(head_t, [h, config.vocab_size], wd, device);
+        let output = Linear::new(head_t, h, config.vocab_size, wd, host_matmul, device);
         let embedding = upload(emb.values, [config.vocab_size, h], wd, device);
 
         let mut layers = Vec::with_capacity(config.n_layers);
@@ -126,13 +134,13 @@ impl Transformer {
             );
             layers.push(DecoderLayer {
                 attn_norm: RmsNorm::new(vector(Weight::AttnNorm(i), h)?, config.rms_norm_eps, device),
-                qkv: upload(qkv, [h, q + 2 * kv], wd, device),
+                qkv: Linear::new(qkv, h, q + 2 * kv, wd, host_matmul, device),
                 qkv_bias,
-                out: upload(matrix_t(Weight::O(i), h, q)?, [q, h], wd, device),
+                out: Linear::new(matrix_t(Weight::O(i), h, q)?, q, h, wd, host_matmul, device),
                 ffn_norm: RmsNorm::new(vector(Weight::FfnNorm(i), h)?, config.rms_norm_eps, device),
                 mlp: Mlp {
-                    gate_up: upload(gate_up, [h, 2 * inter], wd, device),
-                    down: upload(matrix_t(Weight::Down(i), h, inter)?, [inter, h], wd, device),
+                    gate_up: Linear::new(gate_up, h, 2 * inter, wd, host_matmul, device),
+                    down: Linear::new(matrix_t(Weight::Down(i), h, inter)?, inter, h, wd, host_matmul, device),
                     intermediate: inter,
                 },
             });
@@ -186,7 +194,7 @@ impl Transformer {
         for (li, layer) in self.layers.iter().enumerate() {
             let h = layer.attn_norm.forward(x.clone());
             // [total, q + 2 kv]
-            let mut qkv = linear(h, &layer.qkv);
+            let mut qkv = layer.qkv.forward(h);
             if let Some(b) = &layer.qkv_bias {
                 qkv = qkv.add(b.clone());
             }
@@ -253,7 +261,7 @@ impl Transformer {
             if let Some(order) = &plan.to_token_order {
                 attn = attn.select(0, order.clone());
             }
-            x = x.add(linear(attn, &layer.out));
+            x = x.add(layer.out.forward(attn));
             let h = layer.ffn_norm.forward(x.clone());
             x = x.add(layer.mlp.forward(h));
         }
@@ -269,7 +277,7 @@ impl Transformer {
     /// # Shapes
     /// hidden: `[rows, hidden]` → `[rows, vocab]`
     pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
-        linear(hidden, &self.output)
+        self.output.forward(hidden)
     }
 }
 

@@ -51,6 +51,12 @@ pub struct EngineConfig {
     /// (about 270 MB for SmolLM2-135M). Default true.
     #[serde(default = "default_host_matmul")]
     pub host_matmul: bool,
+    /// Most decoding sequences one step advances; more take turns across steps. `None`
+    /// (default): 8 when the host matmul runs the decodes, where a step's time grows with its
+    /// rows past about 8 (so smaller steps cost little throughput and bound how long an urgent
+    /// request waits for the step in flight), otherwise no limit beyond `max_running`.
+    #[serde(default)]
+    pub max_step_decodes: Option<usize>,
 }
 
 fn default_time_slice() -> usize {
@@ -62,6 +68,15 @@ fn default_host_matmul() -> bool {
 }
 
 impl EngineConfig {
+    /// The decodes one step takes (see `max_step_decodes`).
+    pub fn step_decodes(&self, host_matmul: bool) -> usize {
+        match (self.max_step_decodes, host_matmul) {
+            (Some(n), _) => n,
+            (None, true) => 8,
+            (None, false) => self.max_running,
+        }
+    }
+
     /// Whether the host kernel serves small batches on the device named `device`.
     pub fn uses_host_matmul(&self, device: &str) -> bool {
         self.host_matmul && device == "flex" && self.dtype == WeightDtype::F16
@@ -78,6 +93,7 @@ impl Default for EngineConfig {
             max_running: 32,
             time_slice_tokens: default_time_slice(),
             host_matmul: default_host_matmul(),
+            max_step_decodes: None,
         }
     }
 }
@@ -323,6 +339,12 @@ impl Engine {
         self.sequences.insert(id, table);
         self.stats.prefix_cached_tokens += cached as u64;
         (id, cached)
+    }
+
+    /// Whether small batches run on the host matmul (flex with f16 weights, see
+    /// `EngineConfig::host_matmul`).
+    pub fn uses_host_matmul(&self) -> bool {
+        self.config.uses_host_matmul(&self.info.device)
     }
 
     /// Tokens per KV block (the prefix cache shares whole blocks).

@@ -282,6 +282,11 @@ pub struct Batcher {
     time_slice: Option<usize>,
     /// Waiting requests gain one priority class per this much waiting (None: no aging).
     aging: Option<Duration>,
+    /// Where the next step's decodes start among the running sequences, when a step cannot
+    /// take all of them (see `EngineConfig::step_decodes`).
+    decode_cursor: usize,
+    /// Overrides the engine's decodes per step.
+    step_decodes: Option<usize>,
     stats: BatcherStats,
 }
 
@@ -302,6 +307,8 @@ impl Batcher {
             max_running: None,
             time_slice: None,
             aging: Some(Self::DEFAULT_AGING),
+            decode_cursor: 0,
+            step_decodes: None,
             stats: BatcherStats::default(),
         }
     }
@@ -312,6 +319,12 @@ impl Batcher {
     /// Sets the aging step (None turns aging off: strict priorities, starvation possible).
     pub fn with_aging(mut self, step: Option<Duration>) -> Self {
         self.aging = step;
+        self
+    }
+
+    /// Overrides the engine's decodes per step (`EngineConfig::max_step_decodes`).
+    pub fn with_step_decodes(mut self, n: usize) -> Self {
+        self.step_decodes = Some(n.max(1));
         self
     }
 
@@ -409,18 +422,39 @@ impl Batcher {
             (Some(p), Some(d)) if p < d => Some(p),
             _ => None,
         };
-        for (i, r) in self.running.iter().enumerate() {
-            if let Some(t) = r.next {
-                if only_class.is_some_and(|c| r.request.priority != c) {
-                    continue;
-                }
-                if budget == 0 || !engine.can_extend(r.sequence, 1) {
-                    continue;
-                }
-                items.push(ForwardItem::new(r.sequence, vec![t]));
-                plan.push((i, 1, true));
-                budget -= 1;
+        // Decodes, at most `step_decodes` per step, taken in rotation so all advance alike.
+        let decodes: Vec<usize> = (0..self.running.len())
+            .filter(|&i| {
+                let r = &self.running[i];
+                r.next.is_some() && !only_class.is_some_and(|c| r.request.priority != c)
+            })
+            .collect();
+        let cap = self
+            .step_decodes
+            .unwrap_or_else(|| engine.config().step_decodes(engine.uses_host_matmul()))
+            .max(1);
+        let start = if decodes.len() > cap {
+            self.decode_cursor % decodes.len()
+        } else {
+            0
+        };
+        let mut taken = 0;
+        for k in 0..decodes.len() {
+            if taken == cap {
+                break;
             }
+            let i = decodes[(start + k) % decodes.len()];
+            let r = &self.running[i];
+            if budget == 0 || !engine.can_extend(r.sequence, 1) {
+                continue;
+            }
+            items.push(ForwardItem::new(r.sequence, vec![r.next.expect("a decode")]));
+            plan.push((i, 1, true));
+            budget -= 1;
+            taken += 1;
+        }
+        if decodes.len() > cap {
+            self.decode_cursor = (start + taken) % decodes.len();
         }
         // Prefill chunks share what the decodes left of the budget, most urgent first.
         let mut prefilling: Vec<usize> = (0..self.running.len())

@@ -7,7 +7,7 @@ use agentos_kernel::{
     SamplingParams,
 };
 
-use crate::support::engine_f32;
+use crate::support::{engine_f16, engine_f32};
 
 fn tokens(engine: &Engine, text: &str) -> Vec<u32> {
     engine.tokenizer().encode(text).unwrap()
@@ -254,13 +254,29 @@ fn continuous_batching_matches_single_greedy_runs() {
 
 #[test]
 fn greedy_decode_continues_the_teacher_forced_argmax() {
-    let mut engine = engine_f32();
-    let prompt = tokens(
-        &engine,
+    greedy_continues_teacher_forcing(
+        &mut engine_f32(),
         "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\n",
     );
-    let (_, summary) = generate(
+}
+
+/// With f16 weights on flex, decode steps run on the host matmul and a long teacher-forced
+/// forward (more than 16 rows) on burn's gemm: the two must pick the same tokens.
+#[test]
+fn host_matmul_decode_agrees_with_the_gemm_forward_on_f16_weights() {
+    let mut engine = engine_f16();
+    assert!(engine.uses_host_matmul());
+    greedy_continues_teacher_forcing(
         &mut engine,
+        "<|im_start|>system\nYou are a helpful assistant who answers in full sentences.<|im_end|>\n\
+         <|im_start|>user\nExplain why the sky is blue.<|im_end|>\n<|im_start|>assistant\n",
+    );
+}
+
+fn greedy_continues_teacher_forcing(engine: &mut Engine, text: &str) {
+    let prompt = tokens(engine, text);
+    let (_, summary) = generate(
+        engine,
         vec![GenerateRequest {
             ignore_eos: true,
             ..GenerateRequest::new(Prompt::Tokens(prompt.clone())).max_tokens(6)
@@ -439,6 +455,59 @@ fn a_more_urgent_request_preempts_and_the_resumed_generation_is_unchanged() {
     // from the prefix cache, which earlier tests on this shared engine may have filled).
     let prompts = low_summary.prompt_tokens + urgent_summary.unwrap().prompt_tokens;
     assert_eq!(stats.prefill_tokens + stats.prefix_cached_tokens, prompts as u64);
+}
+
+#[test]
+fn a_step_decodes_at_most_its_cap_and_every_sequence_advances_in_turn() {
+    let mut engine = engine_f32();
+    let request = |p: &str| GenerateRequest {
+        ignore_eos: true,
+        ..GenerateRequest::chat(vec![ChatMessage::user(p)]).max_tokens(8)
+    };
+    let prompts = ["Name a colour.", "Name a city.", "Name a fruit."];
+    let alone: Vec<_> = prompts
+        .iter()
+        .map(|p| generate(&mut engine, vec![request(p)]).remove(0).1.tokens)
+        .collect();
+
+    let mut batcher = Batcher::new().with_step_decodes(2);
+    let receivers: Vec<_> = prompts
+        .iter()
+        .map(|p| submit(&engine, &mut batcher, request(p)))
+        .collect();
+    let mut outputs = vec![Vec::new(); 3];
+    let mut steps_with_tokens = Vec::new();
+    while !batcher.is_idle() {
+        batcher.step(&mut engine);
+        let mut advanced = Vec::new();
+        for (i, rx) in receivers.iter().enumerate() {
+            for e in rx.try_iter() {
+                match e {
+                    GenerationEvent::Token { id, .. } => {
+                        outputs[i].push(id);
+                        advanced.push(i);
+                    }
+                    GenerationEvent::Finished { .. } => {}
+                    GenerationEvent::Failed(e) => panic!("{e}"),
+                }
+            }
+        }
+        steps_with_tokens.push(advanced);
+    }
+    assert_eq!(outputs, alone, "greedy outputs equal the solo runs");
+    // The first token comes from prefill; every later step decodes at most two sequences.
+    let decode_steps: Vec<&Vec<usize>> = steps_with_tokens.iter().skip(1).filter(|a| !a.is_empty()).collect();
+    assert!(decode_steps.iter().all(|a| a.len() <= 2), "{steps_with_tokens:?}");
+    // Rotation: a sequence never sits out two decode steps in a row.
+    for i in 0..3 {
+        let at: Vec<usize> = (0..decode_steps.len())
+            .filter(|&s| decode_steps[s].contains(&i))
+            .collect();
+        assert!(
+            at.windows(2).all(|w| w[1] - w[0] <= 2),
+            "sequence {i} decoded in steps {at:?}"
+        );
+    }
 }
 
 #[test]

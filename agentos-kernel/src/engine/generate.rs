@@ -426,7 +426,7 @@ impl Batcher {
         let decodes: Vec<usize> = (0..self.running.len())
             .filter(|&i| {
                 let r = &self.running[i];
-                r.next.is_some() && !only_class.is_some_and(|c| r.request.priority != c)
+                r.next.is_some() && only_class.is_none_or(|c| r.request.priority == c)
             })
             .collect();
         let cap = self

@@ -13,6 +13,11 @@ use crate::support::kernel_args;
 #[derive(Default, Serialize, Deserialize)]
 struct Worker;
 
+/// You are a storyteller. Tell long, detailed stories.
+#[agent(name = "Talker", max_tokens = 48)]
+#[derive(Default, Serialize, Deserialize)]
+struct Talker;
+
 /// One engine slot: requests run one at a time, so the order they run in is the scheduler's.
 fn one_slot() -> KernelArgs {
     let base = kernel_args();
@@ -30,18 +35,28 @@ fn one_slot() -> KernelArgs {
 async fn an_urgent_agent_overtakes_queued_normal_work() {
     let os = AgentOS::builder().kernel(one_slot()).start().await.unwrap();
     let normals: Vec<AgentHandle> =
-        futures::future::try_join_all((0..3).map(|i| os.spawn_named(format!("n{i}"), Worker)))
+        futures::future::try_join_all((0..3).map(|i| os.spawn_named(format!("n{i}"), Talker)))
             .await
             .unwrap();
     let urgent = os.spawn_named("urgent", Worker).await.unwrap();
     urgent.set_priority(Priority::Realtime);
 
-    let streams: Vec<_> = normals
+    let mut streams: Vec<_> = normals
         .iter()
-        .map(|n| n.stream("Count from one to ten.").unwrap())
+        .map(|n| {
+            n.stream("Tell me a long story about a dragon who learns to fly.")
+                .unwrap()
+        })
         .collect();
-    // Let the first normal request start, then the urgent one arrives behind the others.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the first normal request is generating, the urgent one arrives behind the others.
+    let mut first_text = String::new();
+    while first_text.is_empty() {
+        match streams[0].next().await.expect("the first normal request streams") {
+            StreamEvent::Token(t) => first_text.push_str(&t),
+            StreamEvent::Restarted => {}
+            StreamEvent::Done(outcome) => panic!("the first normal request ended before generating: {outcome:?}"),
+        }
+    }
     let started = std::time::Instant::now();
     let urgent_reply = urgent.ask("Say yes.").await.unwrap();
     let urgent_done = started.elapsed();

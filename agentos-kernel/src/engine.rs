@@ -22,7 +22,7 @@ use crate::error::{KernelError, Result};
 use crate::gguf::GgufFile;
 use crate::kv_cache::{BlockTable, KvCache, KvCacheConfig};
 use crate::model::transformer::SequenceSlice;
-use crate::model::weights::{GgufWeights, SafetensorsWeights};
+use crate::model::weights::{GgufWeights, SafetensorsWeights, WeightSource};
 use crate::model::{ModelConfig, Transformer, WeightDtype};
 use crate::model_spec::ModelSpec;
 use crate::tokenizer::{StreamDecoder, TokenId, Tokenizer};
@@ -682,13 +682,7 @@ fn load_gguf(path: &Path, config: &EngineConfig, device: &SelectedDevice) -> Res
         gguf: &gguf,
         config: &model_config,
     };
-    let model = Transformer::load(
-        model_config.clone(),
-        &weights,
-        config.dtype,
-        &device.device,
-        config.uses_host_matmul(&device.name),
-    )?;
+    let model = build_model(&model_config, &weights, config, device)?;
     Ok((model_config, tokenizer, template, model))
 }
 
@@ -718,14 +712,24 @@ fn load_hf_dir(dir: &Path, config: &EngineConfig, device: &SelectedDevice) -> Re
         .and_then(|v| v["chat_template"].as_str().map(str::to_string));
     let template = chat_template(template_source.as_deref(), &tokenizer)?;
     let weights = SafetensorsWeights::open_dir(dir)?;
-    let model = Transformer::load(
+    let model = build_model(&model_config, &weights, config, device)?;
+    Ok((model_config, tokenizer, template, model))
+}
+
+/// The transformer on the selected device, with the host matmul when the config allows it there.
+fn build_model(
+    model_config: &ModelConfig,
+    weights: &dyn WeightSource,
+    config: &EngineConfig,
+    device: &SelectedDevice,
+) -> Result<Transformer> {
+    Transformer::load(
         model_config.clone(),
-        &weights,
+        weights,
         config.dtype,
         &device.device,
         config.uses_host_matmul(&device.name),
-    )?;
-    Ok((model_config, tokenizer, template, model))
+    )
 }
 
 fn chat_template(source: Option<&str>, tokenizer: &Tokenizer) -> Result<ChatTemplate> {

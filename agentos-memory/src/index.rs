@@ -130,18 +130,6 @@ impl PageIndex {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn contains(&self, id: PageId) -> bool {
-        self.entries.contains_key(&id)
-    }
-
     pub fn insert(&mut self, id: PageId, owner: &str, text: &str, embedding: Vec<f32>) {
         if self.entries.contains_key(&id) {
             return;
@@ -193,15 +181,6 @@ impl PageIndex {
         hits.sort_by(|a, b| b.relevance.total_cmp(&a.relevance).then(a.id.cmp(&b.id)));
         hits.truncate(k);
         hits
-    }
-
-    /// Relevance of one indexed page to a query (0 when the page is not indexed).
-    pub fn relevance(&self, id: PageId, query_embedding: &[f32], query_text: &str) -> f32 {
-        let Some(e) = self.entries.get(&id) else {
-            return 0.0;
-        };
-        let mean = self.mean();
-        self.score(&centered(query_embedding, &mean), &content_words(query_text), &mean, e)
     }
 
     fn score(&self, query_centered: &[f32], query_words: &HashSet<String>, mean: &[f32], e: &Entry) -> f32 {
@@ -308,6 +287,7 @@ mod tests {
         let hits = index.search(&[10.0, 1.0, 0.0], "", None, &HashSet::new(), 2, 0.0);
         assert_eq!(hits[0].id, PageId(1));
         assert!(hits[0].relevance > 0.9);
-        assert!(index.relevance(PageId(2), &[10.0, 1.0, 0.0], "") < 0.1);
+        assert_eq!(hits[1].id, PageId(2));
+        assert!(hits[1].relevance < 0.1);
     }
 }

@@ -53,10 +53,6 @@ impl PackedWeight {
         }
     }
 
-    pub fn inputs(&self) -> usize {
-        self.inputs
-    }
-
     pub fn outputs(&self) -> usize {
         self.outputs
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -84,7 +84,7 @@ impl L3Store {
         };
         // Create the tables so later reads find them.
         store.write(|_, _| Ok(()))?;
-        let pages = store.read_entries()?.len();
+        let pages = store.count_entries()?;
         Ok((
             store,
             OpenReport {
@@ -129,6 +129,13 @@ impl L3Store {
                 self.unseal(value.value(), &format!("the body of {id}"))
             })
             .collect()
+    }
+
+    /// How many page-table entries there are (without decoding them).
+    fn count_entries(&self) -> Result<usize> {
+        let txn = self.db.begin_read().map_err(|e| self.store_error(e))?;
+        let table = txn.open_table(ENTRIES).map_err(|e| self.store_error(e))?;
+        Ok(table.len().map_err(|e| self.store_error(e))? as usize)
     }
 
     /// Every page-table entry.

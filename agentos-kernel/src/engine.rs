@@ -45,12 +45,13 @@ pub struct EngineConfig {
     /// blocks, to let the other in: round-robin within a class. 0 turns rotation off (default 32).
     #[serde(default = "default_time_slice")]
     pub time_slice_tokens: usize,
-    /// On the CPU (flex) with f16 weights, run the matmuls of small batches (decode steps, up to
-    /// 16 rows) with the kernel's own streaming f16 kernel instead of burn's gemm, which repacks
-    /// the weights on every call. Costs a second f16 copy of the weights in host memory
-    /// (about 270 MB for SmolLM2-135M). Default true.
-    #[serde(default = "default_host_matmul")]
-    pub host_matmul: bool,
+    /// On the CPU (flex), run the hot paths with the kernel's own host code instead of burn's:
+    /// the KV pools are host vectors and decode attention reads them in place (no per-layer
+    /// gather), and with f16 weights every matmul uses the host f16 kernel instead of burn's
+    /// gemm, which converts and repacks the weights on every call. Default true. (Called
+    /// `host_matmul` before it covered attention; that name is still read.)
+    #[serde(default = "default_host_kernels", alias = "host_matmul")]
+    pub host_kernels: bool,
     /// Most decoding sequences one step advances; more take turns across steps. `None`
     /// (default): 8 when the host matmul runs the decodes, where a step's time grows with its
     /// rows past about 8 (so smaller steps cost little throughput and bound how long an urgent
@@ -63,7 +64,7 @@ fn default_time_slice() -> usize {
     32
 }
 
-fn default_host_matmul() -> bool {
+fn default_host_kernels() -> bool {
     true
 }
 
@@ -77,9 +78,14 @@ impl EngineConfig {
         }
     }
 
-    /// Whether the host kernel serves small batches on the device named `device`.
+    /// Whether the host f16 matmul serves small batches on the device named `device`.
     pub fn uses_host_matmul(&self, device: &str) -> bool {
-        self.host_matmul && device == "flex" && self.dtype == WeightDtype::F16
+        self.uses_host_kv(device) && self.dtype == WeightDtype::F16
+    }
+
+    /// Whether the KV pools are host vectors read in place by the host decode attention.
+    pub fn uses_host_kv(&self, device: &str) -> bool {
+        self.host_kernels && device == "flex"
     }
 }
 
@@ -92,7 +98,7 @@ impl Default for EngineConfig {
             max_batch_tokens: 256,
             max_running: 32,
             time_slice_tokens: default_time_slice(),
-            host_matmul: default_host_matmul(),
+            host_kernels: default_host_kernels(),
             max_step_decodes: None,
         }
     }
@@ -260,7 +266,12 @@ impl Engine {
             seconds = started.elapsed().as_secs_f64(),
             "model loaded"
         );
-        let kv = KvCache::new(config.kv_cache, &model_config, &device.device)?;
+        let kv = KvCache::new(
+            config.kv_cache,
+            &model_config,
+            &device.device,
+            config.uses_host_kv(&device.name),
+        )?;
         let info = ModelInfo {
             name: spec.name(),
             config: model_config,
@@ -342,9 +353,15 @@ impl Engine {
     }
 
     /// Whether small batches run on the host matmul (flex with f16 weights, see
-    /// `EngineConfig::host_matmul`).
+    /// `EngineConfig::host_kernels`).
     pub fn uses_host_matmul(&self) -> bool {
         self.config.uses_host_matmul(&self.info.device)
+    }
+
+    /// Whether the KV pools are host vectors read in place by the host decode attention (see
+    /// `EngineConfig::host_kernels`).
+    pub fn uses_host_kv(&self) -> bool {
+        self.config.uses_host_kv(&self.info.device)
     }
 
     /// Tokens per KV block (the prefix cache shares whole blocks).

@@ -13,6 +13,12 @@
 //! sequence lets go of a registered block it stays cached, and cached blocks are evicted least
 //! recently used first, only when the budget leaves no free block.
 //!
+//! **Where the pools live.** On a GPU they are device tensors, written by scatter and read by
+//! gather. On the CPU backend they are plain host vectors ([`KvCache::host_pools`]), so the
+//! kernel's decode attention reads each sequence's rows where they lie instead of gathering a
+//! padded copy of every context for every layer (that copy and the small batched matmuls after
+//! it took about 40% of an 8-sequence decode step at 300 tokens of context).
+//!
 //! # Shapes
 //! each layer's pool: `[capacity_blocks * block_size, kv_heads * head_dim]`; the token at
 //! position `p` of a sequence lives in row `blocks[p / block_size] * block_size + p % block_size`.
@@ -68,9 +74,9 @@ pub struct BlockTable {
 pub struct KvCache {
     config: KvCacheConfig,
     kv_dim: usize,
+    n_layers: usize,
     device: Device,
-    keys: Vec<Tensor<2>>,
-    values: Vec<Tensor<2>>,
+    pools: Pools,
     capacity_blocks: usize,
     max_blocks: usize,
     free: Vec<u32>,
@@ -83,6 +89,29 @@ pub struct KvCache {
     evictable: BTreeMap<u64, u32>,
     released_at: Vec<u64>,
     tick: u64,
+}
+
+/// Every layer's key and value pools.
+enum Pools {
+    /// Device tensors `[rows, kv_dim]` per layer.
+    Device {
+        keys: Vec<Tensor<2>>,
+        values: Vec<Tensor<2>>,
+    },
+    /// Host row-major `[rows, kv_dim]` per layer.
+    Host { keys: Vec<Vec<f32>>, values: Vec<Vec<f32>> },
+}
+
+/// Pool rows to write or gather, with the index tensor that device pools use.
+pub struct PoolRows {
+    rows: Vec<usize>,
+    index: Option<Tensor<1, Int>>,
+}
+
+impl PoolRows {
+    pub fn rows(&self) -> &[usize] {
+        &self.rows
+    }
 }
 
 /// What a registered block holds: its prefix hash, its parent's, and its tokens.
@@ -112,7 +141,9 @@ pub fn prefix_hash(parent: u64, tokens: &[TokenId]) -> u64 {
 }
 
 impl KvCache {
-    pub fn new(config: KvCacheConfig, model: &ModelConfig, device: &Device) -> Result<Self> {
+    /// A cache for `model` on `device`; with `host`, the pools are host vectors (only for the CPU
+    /// backend, where host memory is the device's).
+    pub fn new(config: KvCacheConfig, model: &ModelConfig, device: &Device, host: bool) -> Result<Self> {
         if config.block_size == 0 {
             return Err(KernelError::InvalidRequest("KV block size must be positive".into()));
         }
@@ -126,13 +157,25 @@ impl KvCache {
         }
         let capacity_blocks = config.initial_blocks.clamp(1, max_blocks);
         let rows = capacity_blocks * config.block_size;
-        let zeros = || Tensor::<2>::zeros([rows, model.kv_dim()], (device, DType::F32));
+        let pools = if host {
+            let zeros = || vec![0f32; rows * model.kv_dim()];
+            Pools::Host {
+                keys: (0..model.n_layers).map(|_| zeros()).collect(),
+                values: (0..model.n_layers).map(|_| zeros()).collect(),
+            }
+        } else {
+            let zeros = || Tensor::<2>::zeros([rows, model.kv_dim()], (device, DType::F32));
+            Pools::Device {
+                keys: (0..model.n_layers).map(|_| zeros()).collect(),
+                values: (0..model.n_layers).map(|_| zeros()).collect(),
+            }
+        };
         Ok(KvCache {
             config,
             kv_dim: model.kv_dim(),
+            n_layers: model.n_layers,
             device: device.clone(),
-            keys: (0..model.n_layers).map(|_| zeros()).collect(),
-            values: (0..model.n_layers).map(|_| zeros()).collect(),
+            pools,
             capacity_blocks,
             max_blocks,
             free: (0..capacity_blocks as u32).rev().collect(),
@@ -151,7 +194,7 @@ impl KvCache {
 
     /// Bytes one cached token costs across all layers (keys and values).
     pub fn bytes_per_token(&self) -> usize {
-        self.kv_dim * 4 * 2 * self.keys.len()
+        self.kv_dim * 4 * 2 * self.n_layers
     }
 
     /// Blocks in use by at least one sequence.
@@ -313,10 +356,20 @@ impl KvCache {
         let new_capacity = (self.capacity_blocks * 2).max(min_blocks).min(self.max_blocks);
         let extra_rows = (new_capacity - self.capacity_blocks) * self.config.block_size;
         tracing::debug!(from = self.capacity_blocks, to = new_capacity, "growing the KV cache");
-        for pool in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            let old = std::mem::replace(pool, Tensor::empty([0, self.kv_dim], (&self.device, DType::F32)));
-            let zeros = Tensor::<2>::zeros([extra_rows, self.kv_dim], (&self.device, DType::F32));
-            *pool = Tensor::cat(vec![old, zeros], 0);
+        match &mut self.pools {
+            Pools::Device { keys, values } => {
+                for pool in keys.iter_mut().chain(values.iter_mut()) {
+                    let old = std::mem::replace(pool, Tensor::empty([0, self.kv_dim], (&self.device, DType::F32)));
+                    let zeros = Tensor::<2>::zeros([extra_rows, self.kv_dim], (&self.device, DType::F32));
+                    *pool = Tensor::cat(vec![old, zeros], 0);
+                }
+            }
+            Pools::Host { keys, values } => {
+                let rows = new_capacity * self.config.block_size;
+                for pool in keys.iter_mut().chain(values.iter_mut()) {
+                    pool.resize(rows * self.kv_dim, 0.0);
+                }
+            }
         }
         self.free
             .extend((self.capacity_blocks as u32..new_capacity as u32).rev());
@@ -332,15 +385,35 @@ impl KvCache {
         range.map(|p| table.blocks[p / bs] as usize * bs + p % bs).collect()
     }
 
-    /// Writes keys and values of new tokens into the given pool rows (one scatter per pool).
+    /// Rows for [`KvCache::write`] and [`KvCache::gather`].
+    pub fn pool_rows(&self, rows: Vec<usize>) -> PoolRows {
+        let index = matches!(self.pools, Pools::Device { .. }).then(|| self.index(&rows));
+        PoolRows { rows, index }
+    }
+
+    /// Writes keys and values of new tokens into the given pool rows.
     ///
     /// # Shapes
     /// rows: `[new_tokens]`; k, v: `[new_tokens, kv_dim]`
-    pub fn write(&mut self, layer: usize, rows: Tensor<1, Int>, k: Tensor<2>, v: Tensor<2>) {
-        for (pool, src) in [(&mut self.keys[layer], k), (&mut self.values[layer], v)] {
-            // Take the pool out so it is uniquely owned and the backend can write in place.
-            let t = std::mem::replace(pool, Tensor::empty([0, self.kv_dim], (&self.device, DType::F32)));
-            *pool = t.select_assign(0, rows.clone(), src, IndexingUpdateOp::Assign);
+    pub fn write(&mut self, layer: usize, rows: &PoolRows, k: Tensor<2>, v: Tensor<2>) {
+        let kv_dim = self.kv_dim;
+        match &mut self.pools {
+            Pools::Device { keys, values } => {
+                let index = rows.index.as_ref().expect("device pools get rows with an index");
+                for (pool, src) in [(&mut keys[layer], k), (&mut values[layer], v)] {
+                    // Take the pool out so it is uniquely owned and the backend can write in place.
+                    let t = std::mem::replace(pool, Tensor::empty([0, kv_dim], (&self.device, DType::F32)));
+                    *pool = t.select_assign(0, index.clone(), src, IndexingUpdateOp::Assign);
+                }
+            }
+            Pools::Host { keys, values } => {
+                for (pool, src) in [(&mut keys[layer], k), (&mut values[layer], v)] {
+                    let src = host_values(src);
+                    for (&row, values) in rows.rows.iter().zip(src.chunks_exact(kv_dim)) {
+                        pool[row * kv_dim..(row + 1) * kv_dim].copy_from_slice(values);
+                    }
+                }
+            }
         }
     }
 
@@ -355,12 +428,43 @@ impl KvCache {
     ///
     /// # Shapes
     /// rows: `[context]` → two `[context, kv_dim]`
-    pub fn gather(&self, layer: usize, rows: Tensor<1, Int>) -> (Tensor<2>, Tensor<2>) {
-        (
-            self.keys[layer].clone().select(0, rows.clone()),
-            self.values[layer].clone().select(0, rows),
-        )
+    pub fn gather(&self, layer: usize, rows: &PoolRows) -> (Tensor<2>, Tensor<2>) {
+        match &self.pools {
+            Pools::Device { keys, values } => {
+                let index = rows.index.as_ref().expect("device pools get rows with an index");
+                (
+                    keys[layer].clone().select(0, index.clone()),
+                    values[layer].clone().select(0, index.clone()),
+                )
+            }
+            Pools::Host { keys, values } => {
+                let gather = |pool: &[f32]| {
+                    let mut out = Vec::with_capacity(rows.rows.len() * self.kv_dim);
+                    for &row in &rows.rows {
+                        out.extend_from_slice(&pool[row * self.kv_dim..(row + 1) * self.kv_dim]);
+                    }
+                    Tensor::from_data(TensorData::new(out, [rows.rows.len(), self.kv_dim]), &self.device)
+                };
+                (gather(&keys[layer]), gather(&values[layer]))
+            }
+        }
     }
+
+    /// One layer's key and value pools when they are host vectors, row-major `[rows, kv_dim]`.
+    pub fn host_pools(&self, layer: usize) -> Option<(&[f32], &[f32])> {
+        match &self.pools {
+            Pools::Host { keys, values } => Some((&keys[layer], &values[layer])),
+            Pools::Device { .. } => None,
+        }
+    }
+}
+
+/// A tensor's values as host f32 (the CPU backend reads them without a transfer).
+pub(crate) fn host_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("converted to f32")
 }
 
 #[cfg(test)]
@@ -392,7 +496,7 @@ mod tests {
             initial_blocks: max_blocks,
             prefix_cache: true,
         };
-        KvCache::new(config, &model, &Device::flex()).unwrap()
+        KvCache::new(config, &model, &Device::flex(), false).unwrap()
     }
 
     /// Fills `table` to `tokens.len()` and registers its full blocks, as the engine does.

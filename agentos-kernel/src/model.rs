@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod host_attention;
 pub mod host_matmul;
 pub mod mlp;
 pub mod rms_norm;
@@ -67,43 +68,43 @@ pub(crate) fn linear(x: Tensor<2>, w: &Tensor<2>) -> Tensor<2> {
     }
 }
 
-/// A weight matrix used as `x @ w`, with the host kernel's copy for small batches when enabled
-/// (see [`host_matmul`]).
-pub(crate) struct Linear {
-    /// `[in, out]` in the weight dtype.
-    weight: Tensor<2>,
-    host: Option<host_matmul::PackedWeight>,
-    device: Device,
+/// A weight matrix used as `x @ w`: a burn tensor, or on the CPU backend with f16 weights the
+/// host kernel's packed copy (see [`host_matmul`]), which then serves every batch size.
+pub(crate) enum Linear {
+    /// `[in, out]` in the weight dtype (boxed: a tensor handle is much larger than the host
+    /// variant).
+    Burn(Box<Tensor<2>>),
+    Host {
+        weight: host_matmul::PackedWeight,
+        device: Device,
+    },
 }
 
 impl Linear {
-    /// Uploads `values` (row-major `[inputs, outputs]`); with `host`, also packs them for the
-    /// host kernel.
+    /// Uploads `values` (row-major `[inputs, outputs]`), or with `host` packs them for the
+    /// host kernel instead.
     pub fn new(values: Vec<f32>, inputs: usize, outputs: usize, dtype: DType, host: bool, device: &Device) -> Self {
-        let host = host.then(|| host_matmul::PackedWeight::pack(&values, inputs, outputs));
-        Linear {
-            weight: upload(values, [inputs, outputs], dtype, device),
-            host,
-            device: device.clone(),
+        if host {
+            Linear::Host {
+                weight: host_matmul::PackedWeight::pack(&values, inputs, outputs),
+                device: device.clone(),
+            }
+        } else {
+            Linear::Burn(Box::new(upload(values, [inputs, outputs], dtype, device)))
         }
     }
 
     /// # Shapes
     /// `x: [rows, in]` → `[rows, out]`
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let rows = x.dims()[0];
-        if let Some(host) = self.host.as_ref().filter(|_| rows <= host_matmul::MAX_ROWS) {
-            let values = x
-                .clone()
-                .try_into_data()
-                .ok()
-                .and_then(|d| d.try_into_vec::<f32>().ok());
-            if let Some(values) = values {
-                let y = host.matmul(&values, rows);
-                return Tensor::from_data(TensorData::new(y, [rows, host.outputs()]), &self.device);
+        match self {
+            Linear::Burn(weight) => linear(x, weight),
+            Linear::Host { weight, device } => {
+                let rows = x.dims()[0];
+                let y = weight.matmul(&crate::kv_cache::host_values(x), rows);
+                Tensor::from_data(TensorData::new(y, [rows, weight.outputs()]), device)
             }
         }
-        linear(x, &self.weight)
     }
 }
 

@@ -8,13 +8,14 @@ use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use super::attention::{attend, attend_decode_batch};
 use super::config::ModelConfig;
+use super::host_attention::{HeadShape, decode_attention};
 use super::mlp::Mlp;
 use super::rms_norm::RmsNorm;
 use super::rope::Rope;
 use super::weights::{Weight, WeightSource};
 use super::{Linear, WeightDtype, upload};
 use crate::error::{KernelError, Result};
-use crate::kv_cache::{BlockTable, KvCache};
+use crate::kv_cache::{BlockTable, KvCache, PoolRows, host_values};
 
 struct DecoderLayer {
     attn_norm: RmsNorm,
@@ -60,7 +61,7 @@ pub struct Transformer {
 
 impl Transformer {
     /// Builds the model from any weight source, uploading weights to `device` in `dtype`. With
-    /// `host_matmul`, weight matrices also get the host kernel's copy for small batches (see
+    /// `host_matmul`, weight matrices are packed for the host kernel instead (see
     /// [`super::host_matmul`]).
     pub fn load(
         config: ModelConfig,
@@ -210,30 +211,67 @@ impl Transformer {
             let v = qkv.slice([0..total, q_dim + kv_dim..q_dim + 2 * kv_dim]);
             let q = self.rope.apply(q, &cos, &sin);
             let k = self.rope.apply(k, &cos, &sin).reshape([total, kv_dim]);
-            kv.write(li, plan.new_rows.clone(), k, v);
+            kv.write(li, &plan.new_rows, k, v);
 
             // Attention outputs in plan order (the decode group first), `[n, q_dim]` each.
             let mut outs = Vec::with_capacity(plan.others.len() + 1);
             if let Some(group) = &plan.decode {
-                let (keys, values) = kv.gather(li, group.context_rows.clone());
                 let q_g = q.clone().select(0, group.token_rows.clone());
                 let want = group.members.iter().any(|&m| slices[m].want_attention);
-                let (out, probs) = attend_decode_batch(q_g, keys, values, group.mask.clone(), cfg.n_kv_heads, want);
+                // `[batch, q_dim]`, and when asked `[batch][heads, 1, context_b]` per member.
+                let (out, probs): (Tensor<2>, Option<Vec<Tensor<3>>>) = match &group.contexts {
+                    DecodeContexts::Padded(padded) => {
+                        let (keys, values) = kv.gather(li, &padded.rows);
+                        let (out, probs) =
+                            attend_decode_batch(q_g, keys, values, padded.mask.clone(), cfg.n_kv_heads, want);
+                        let probs = probs.map(|probs| {
+                            group
+                                .members
+                                .iter()
+                                .enumerate()
+                                .map(|(b, &m)| {
+                                    // [1, heads, L] → [heads, 1, context]
+                                    let context = slices[m].start_pos + 1;
+                                    let p = probs.clone().slice([b..b + 1, 0..cfg.n_heads, 0..context]);
+                                    p.reshape([cfg.n_heads, 1, context])
+                                })
+                                .collect()
+                        });
+                        (out, probs)
+                    }
+                    DecodeContexts::Host(contexts) => {
+                        let (keys, values) = kv.host_pools(li).expect("host contexts come with host pools");
+                        let shape = HeadShape {
+                            heads: cfg.n_heads,
+                            kv_heads: cfg.n_kv_heads,
+                            head_dim: cfg.head_dim,
+                        };
+                        let (out, probs) = decode_attention(&host_values(q_g), keys, values, contexts, shape, want);
+                        let out = Tensor::from_data(TensorData::new(out, [contexts.len(), q_dim]), &self.device);
+                        let probs = probs.map(|probs| {
+                            probs
+                                .into_iter()
+                                .zip(contexts)
+                                .map(|(p, c)| {
+                                    Tensor::from_data(TensorData::new(p, [cfg.n_heads, 1, c.len()]), &self.device)
+                                })
+                                .collect()
+                        });
+                        (out, probs)
+                    }
+                };
                 outs.push(out);
                 if let Some(probs) = probs {
-                    for (b, &m) in group.members.iter().enumerate() {
+                    for (&m, p) in group.members.iter().zip(probs) {
                         if let Some(maps) = attention[m].as_mut() {
-                            let context = slices[m].start_pos + 1;
-                            // [1, heads, L] → [heads, 1, context]
-                            let p = probs.clone().slice([b..b + 1, 0..cfg.n_heads, 0..context]);
-                            maps.push(p.reshape([cfg.n_heads, 1, context]));
+                            maps.push(p);
                         }
                     }
                 }
             }
             for (m, context_rows) in &plan.others {
                 let s = &slices[*m];
-                let (keys, values) = kv.gather(li, context_rows.clone());
+                let (keys, values) = kv.gather(li, context_rows);
                 let start = plan.offsets[*m];
                 let q_s = q
                     .clone()
@@ -281,16 +319,16 @@ impl Transformer {
     }
 }
 
-/// Index tensors for one batched forward, built once and reused by every layer.
+/// Row indices for one batched forward, built once and reused by every layer.
 struct BatchPlan {
     /// Pool rows of every new token, in token order: `[total]`.
-    new_rows: Tensor<1, Int>,
+    new_rows: PoolRows,
     /// First token row of each slice.
     offsets: Vec<usize>,
-    /// Single-token slices attended together (only when there are at least two).
+    /// Single-token slices attended together: every one with host pools, at least two otherwise.
     decode: Option<DecodeGroup>,
     /// The remaining slices with the pool rows of their context.
-    others: Vec<(usize, Tensor<1, Int>)>,
+    others: Vec<(usize, PoolRows)>,
     /// Maps token order to plan order when the decode group is not already first.
     to_token_order: Option<Tensor<1, Int>>,
 }
@@ -299,10 +337,22 @@ struct DecodeGroup {
     members: Vec<usize>,
     /// Token rows of the members in the flat batch: `[batch]`.
     token_rows: Tensor<1, Int>,
-    /// Context rows of each member padded to the longest context: `[batch * max_context]`.
-    context_rows: Tensor<1, Int>,
-    /// `[batch, 1, 1, max_context]`: 0 for real rows, -inf for padding; `None` without padding.
+    contexts: DecodeContexts,
+}
+
+struct PaddedContexts {
+    rows: PoolRows,
     mask: Option<Tensor<4>>,
+}
+
+/// Where the decode group's attention reads its context.
+enum DecodeContexts {
+    /// Device pools: every member's context rows padded to the longest, `[batch * max_context]`,
+    /// gathered for one batched matmul; the mask `[batch, 1, 1, max_context]` is 0 for real
+    /// rows and -inf for padding (`None` without padding).
+    Padded(Box<PaddedContexts>),
+    /// Host pools: each member's context rows, read in place by the host kernel.
+    Host(Vec<Vec<usize>>),
 }
 
 impl BatchPlan {
@@ -315,24 +365,35 @@ impl BatchPlan {
             new_rows.extend(kv.rows(s.table, s.start_pos..s.start_pos + s.n_new));
             offset += s.n_new;
         }
+        let host = kv.host_pools(0).is_some();
         let decode_members: Vec<usize> = (0..slices.len()).filter(|&i| slices[i].n_new == 1).collect();
-        let (decode, other_members): (Option<DecodeGroup>, Vec<usize>) = if decode_members.len() >= 2 {
-            let contexts: Vec<usize> = decode_members.iter().map(|&m| slices[m].start_pos + 1).collect();
-            let max_context = *contexts.iter().max().expect("at least two");
-            let mut rows = Vec::with_capacity(decode_members.len() * max_context);
-            let mut mask = vec![0f32; decode_members.len() * max_context];
-            for (b, (&m, &context)) in decode_members.iter().zip(&contexts).enumerate() {
-                let own = kv.rows(slices[m].table, 0..context);
-                rows.extend(&own);
-                rows.extend(std::iter::repeat_n(own[0], max_context - context));
-                mask[b * max_context + context..(b + 1) * max_context].fill(f32::NEG_INFINITY);
-            }
-            let padded = contexts.iter().any(|&c| c != max_context);
-            let batch = decode_members.len();
+        let contexts: Vec<Vec<usize>> = decode_members
+            .iter()
+            .map(|&m| kv.rows(slices[m].table, 0..slices[m].start_pos + 1))
+            .collect();
+        let grouped = if host { 1 } else { 2 };
+        let (decode, other_members): (Option<DecodeGroup>, Vec<usize>) = if decode_members.len() >= grouped {
+            let contexts = if host {
+                DecodeContexts::Host(contexts)
+            } else {
+                let max_context = contexts.iter().map(Vec::len).max().expect("at least two");
+                let batch = contexts.len();
+                let mut rows = Vec::with_capacity(batch * max_context);
+                let mut mask = vec![0f32; batch * max_context];
+                for (b, own) in contexts.iter().enumerate() {
+                    rows.extend(own);
+                    rows.extend(std::iter::repeat_n(own[0], max_context - own.len()));
+                    mask[b * max_context + own.len()..(b + 1) * max_context].fill(f32::NEG_INFINITY);
+                }
+                let padded = contexts.iter().any(|c| c.len() != max_context);
+                DecodeContexts::Padded(Box::new(PaddedContexts {
+                    rows: kv.pool_rows(rows),
+                    mask: padded.then(|| upload(mask, [batch, 1, 1, max_context], DType::F32, device)),
+                }))
+            };
             let group = DecodeGroup {
                 token_rows: kv.index(&decode_members.iter().map(|&m| offsets[m]).collect::<Vec<_>>()),
-                context_rows: kv.index(&rows),
-                mask: padded.then(|| upload(mask, [batch, 1, 1, max_context], DType::F32, device)),
+                contexts,
                 members: decode_members.clone(),
             };
             let others = (0..slices.len()).filter(|i| !decode_members.contains(i)).collect();
@@ -343,10 +404,8 @@ impl BatchPlan {
         let others = other_members
             .iter()
             .map(|&m| {
-                (
-                    m,
-                    kv.index(&kv.rows(slices[m].table, 0..slices[m].start_pos + slices[m].n_new)),
-                )
+                let s = &slices[m];
+                (m, kv.pool_rows(kv.rows(s.table, 0..s.start_pos + s.n_new)))
             })
             .collect();
         // Plan order: decode members, then the others; each slice contributes its token rows.
@@ -365,7 +424,7 @@ impl BatchPlan {
         }
         let identity = plan_row_of_token.iter().enumerate().all(|(i, &r)| i == r);
         BatchPlan {
-            new_rows: kv.index(&new_rows),
+            new_rows: kv.pool_rows(new_rows),
             offsets,
             decode,
             others,

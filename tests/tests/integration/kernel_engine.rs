@@ -7,7 +7,7 @@ use agentos_kernel::{
     SamplingParams,
 };
 
-use crate::support::{engine_f16, engine_f32};
+use crate::support::{engine_f16, engine_f32, engine_f32_burn_only};
 
 fn tokens(engine: &Engine, text: &str) -> Vec<u32> {
     engine.tokenizer().encode(text).unwrap()
@@ -85,26 +85,37 @@ fn batched_forward_equals_separate_forwards() {
     assert!(max_abs_diff(&outs[2].logits[0], &alone_c) < 1e-3);
 }
 
+/// Host KV pools with the host decode attention (the CPU default), and burn tensor pools with
+/// the padded batched attention (the GPU path).
 #[test]
 fn batched_decode_steps_equal_separate_steps() {
     let mut engine = engine_f32();
+    assert!(engine.uses_host_kv());
+    batched_decode_equals_separate(&mut engine);
+    drop(engine);
+    let mut engine = engine_f32_burn_only();
+    assert!(!engine.uses_host_kv());
+    batched_decode_equals_separate(&mut engine);
+}
+
+fn batched_decode_equals_separate(engine: &mut Engine) {
     let prompts = [
-        tokens(&engine, "Short one."),
+        tokens(engine, "Short one."),
         tokens(
-            &engine,
+            engine,
             "A much longer prompt, so that decode contexts differ and padding is needed.",
         ),
-        tokens(&engine, "Medium length prompt here."),
+        tokens(engine, "Medium length prompt here."),
     ];
     let next = [42u32, 7, 1000];
-    let fresh = tokens(&engine, "A prefill that comes first in the batch.");
+    let fresh = tokens(engine, "A prefill that comes first in the batch.");
     // Reference: every sequence on its own.
     let alone: Vec<Vec<f32>> = prompts
         .iter()
         .zip(next)
-        .map(|(p, t)| last_logits(&mut engine, &[p, &[t]]))
+        .map(|(p, t)| last_logits(engine, &[p, &[t]]))
         .collect();
-    let alone_fresh = last_logits(&mut engine, &[&fresh]);
+    let alone_fresh = last_logits(engine, &[&fresh]);
 
     let seqs: Vec<_> = prompts.iter().map(|_| engine.create_sequence()).collect();
     for (s, p) in seqs.iter().zip(&prompts) {

@@ -28,10 +28,16 @@ pub fn default_model_path() -> PathBuf {
 }
 
 fn load(dtype: WeightDtype) -> Mutex<Engine> {
-    let config = EngineConfig {
+    load_with(EngineConfig {
         dtype,
-        device: DeviceChoice::Flex,
         ..EngineConfig::default()
+    })
+}
+
+fn load_with(config: EngineConfig) -> Mutex<Engine> {
+    let config = EngineConfig {
+        device: DeviceChoice::Flex,
+        ..config
     };
     Mutex::new(Engine::load(&ModelSpec::Gguf(default_model_path()), config).expect("the default model loads"))
 }
@@ -50,6 +56,22 @@ pub fn engine_f16() -> MutexGuard<'static, Engine> {
     static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
     ENGINE
         .get_or_init(|| load(WeightDtype::F16))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// f32 weights on flex with the host kernels off: KV pools are burn tensors and decode attention
+/// runs through burn, as on a GPU.
+pub fn engine_f32_burn_only() -> MutexGuard<'static, Engine> {
+    static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            load_with(EngineConfig {
+                dtype: WeightDtype::F32,
+                host_kernels: false,
+                ..EngineConfig::default()
+            })
+        })
         .lock()
         .unwrap_or_else(|e| e.into_inner())
 }

@@ -20,7 +20,7 @@ use crate::chat::{CHATML_TEMPLATE, ChatTemplate};
 use crate::device::{DeviceChoice, SelectedDevice, select_device};
 use crate::error::{KernelError, Result};
 use crate::gguf::GgufFile;
-use crate::kv_cache::{BlockTable, KvCache, KvCacheConfig};
+use crate::kv_cache::{BlockTable, KvCache, KvCacheConfig, KvStorage};
 use crate::model::transformer::SequenceSlice;
 use crate::model::weights::{GgufWeights, SafetensorsWeights, WeightSource};
 use crate::model::{ModelConfig, Transformer, WeightDtype};
@@ -86,6 +86,16 @@ impl EngineConfig {
     /// Whether the KV pools are host vectors read in place by the host decode attention.
     pub fn uses_host_kv(&self, device: &str) -> bool {
         self.host_kernels && device == "flex"
+    }
+
+    /// Where the KV pools live on the device named `device`: host vectors in the weights'
+    /// precision with the host kernels, else device tensors.
+    pub fn kv_storage(&self, device: &str) -> KvStorage {
+        match (self.uses_host_kv(device), self.dtype) {
+            (false, _) => KvStorage::Device,
+            (true, WeightDtype::F16) => KvStorage::HostF16,
+            (true, WeightDtype::F32) => KvStorage::HostF32,
+        }
     }
 }
 
@@ -270,7 +280,7 @@ impl Engine {
             config.kv_cache,
             &model_config,
             &device.device,
-            config.uses_host_kv(&device.name),
+            config.kv_storage(&device.name),
         )?;
         let info = ModelInfo {
             name: spec.name(),
@@ -362,6 +372,11 @@ impl Engine {
     /// `EngineConfig::host_kernels`).
     pub fn uses_host_kv(&self) -> bool {
         self.config.uses_host_kv(&self.info.device)
+    }
+
+    /// Where and in which precision the KV pools are kept.
+    pub fn kv_storage(&self) -> KvStorage {
+        self.kv.storage()
     }
 
     /// Tokens per KV block (the prefix cache shares whole blocks).

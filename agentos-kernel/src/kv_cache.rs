@@ -13,11 +13,14 @@
 //! sequence lets go of a registered block it stays cached, and cached blocks are evicted least
 //! recently used first, only when the budget leaves no free block.
 //!
-//! **Where the pools live.** On a GPU they are device tensors, written by scatter and read by
-//! gather. On the CPU backend they are plain host vectors ([`KvCache::host_pools`]), so the
-//! kernel's decode attention reads each sequence's rows where they lie instead of gathering a
-//! padded copy of every context for every layer (that copy and the small batched matmuls after
-//! it took about 40% of an 8-sequence decode step at 300 tokens of context).
+//! **Where the pools live** ([`KvStorage`]). On a GPU they are device tensors (f32), written by
+//! scatter and read by gather. On the CPU backend they are plain host vectors
+//! ([`KvCache::host_pools`]), so the kernel's decode attention reads each sequence's rows where
+//! they lie instead of gathering a padded copy of every context for every layer (that copy and
+//! the small batched matmuls after it took about 40% of an 8-sequence decode step at 300 tokens
+//! of context). Host pools hold f16 when the weights are f16, as llama.cpp's cache does by
+//! default: half the memory per token, so the same byte budget holds twice the context, and half
+//! the bytes decode attention streams per step.
 //!
 //! # Shapes
 //! each layer's pool: `[capacity_blocks * block_size, kv_heads * head_dim]`; the token at
@@ -26,6 +29,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{KernelError, Result};
@@ -73,6 +78,7 @@ pub struct BlockTable {
 
 pub struct KvCache {
     config: KvCacheConfig,
+    storage: KvStorage,
     kv_dim: usize,
     n_layers: usize,
     device: Device,
@@ -91,6 +97,26 @@ pub struct KvCache {
     tick: u64,
 }
 
+/// Where and in what precision the pools live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvStorage {
+    /// Burn tensors on the device, f32.
+    Device,
+    /// Host vectors of f32 (the CPU backend with f32 weights).
+    HostF32,
+    /// Host vectors of f16 (the CPU backend with f16 weights).
+    HostF16,
+}
+
+impl KvStorage {
+    fn element_bytes(self) -> usize {
+        match self {
+            KvStorage::Device | KvStorage::HostF32 => 4,
+            KvStorage::HostF16 => 2,
+        }
+    }
+}
+
 /// Every layer's key and value pools.
 enum Pools {
     /// Device tensors `[rows, kv_dim]` per layer.
@@ -98,8 +124,91 @@ enum Pools {
         keys: Vec<Tensor<2>>,
         values: Vec<Tensor<2>>,
     },
-    /// Host row-major `[rows, kv_dim]` per layer.
-    Host { keys: Vec<Vec<f32>>, values: Vec<Vec<f32>> },
+    HostF32(HostPools<f32>),
+    HostF16(HostPools<f16>),
+}
+
+/// Host row-major `[rows, kv_dim]` pools per layer.
+struct HostPools<T> {
+    keys: Vec<Vec<T>>,
+    values: Vec<Vec<T>>,
+}
+
+/// An element type of host pools.
+pub trait KvElement: Copy + Default + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    /// `dst[i] = src[i]` rounded to this type.
+    fn store(src: &[f32], dst: &mut [Self]);
+    /// Appends `src` as f32.
+    fn extend_f32(src: &[Self], dst: &mut Vec<f32>);
+}
+
+impl KvElement for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn store(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn extend_f32(src: &[f32], dst: &mut Vec<f32>) {
+        dst.extend_from_slice(src);
+    }
+}
+
+impl KvElement for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    fn store(src: &[f32], dst: &mut [f16]) {
+        dst.convert_from_f32_slice(src);
+    }
+    fn extend_f32(src: &[f16], dst: &mut Vec<f32>) {
+        let start = dst.len();
+        dst.resize(start + src.len(), 0.0);
+        src.convert_to_f32_slice(&mut dst[start..]);
+    }
+}
+
+impl<T: KvElement> HostPools<T> {
+    fn new(layers: usize, len: usize) -> Self {
+        HostPools {
+            keys: (0..layers).map(|_| vec![T::default(); len]).collect(),
+            values: (0..layers).map(|_| vec![T::default(); len]).collect(),
+        }
+    }
+
+    fn resize(&mut self, len: usize) {
+        for pool in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            pool.resize(len, T::default());
+        }
+    }
+
+    fn write(&mut self, layer: usize, rows: &[usize], kv_dim: usize, k: Tensor<2>, v: Tensor<2>) {
+        for (pool, src) in [(&mut self.keys[layer], k), (&mut self.values[layer], v)] {
+            let src = host_values(src);
+            for (&row, values) in rows.iter().zip(src.chunks_exact(kv_dim)) {
+                T::store(values, &mut pool[row * kv_dim..(row + 1) * kv_dim]);
+            }
+        }
+    }
+
+    /// `[rows, kv_dim]` f32 copies of the keys and values of `rows`.
+    fn gather(&self, layer: usize, rows: &[usize], kv_dim: usize) -> (Vec<f32>, Vec<f32>) {
+        let gather = |pool: &[T]| {
+            let mut out = Vec::with_capacity(rows.len() * kv_dim);
+            for &row in rows {
+                T::extend_f32(&pool[row * kv_dim..(row + 1) * kv_dim], &mut out);
+            }
+            out
+        };
+        (gather(&self.keys[layer]), gather(&self.values[layer]))
+    }
+}
+
+/// One layer's host pools, row-major `[rows, kv_dim]`.
+pub enum HostLayer<'a> {
+    F32 { keys: &'a [f32], values: &'a [f32] },
+    F16 { keys: &'a [f16], values: &'a [f16] },
 }
 
 /// Pool rows to write or gather, with the index tensor that device pools use.
@@ -141,13 +250,13 @@ pub fn prefix_hash(parent: u64, tokens: &[TokenId]) -> u64 {
 }
 
 impl KvCache {
-    /// A cache for `model` on `device`; with `host`, the pools are host vectors (only for the CPU
-    /// backend, where host memory is the device's).
-    pub fn new(config: KvCacheConfig, model: &ModelConfig, device: &Device, host: bool) -> Result<Self> {
+    /// A cache for `model` on `device`, its pools kept as `storage` says (host vectors only on
+    /// the CPU backend, where host memory is the device's).
+    pub fn new(config: KvCacheConfig, model: &ModelConfig, device: &Device, storage: KvStorage) -> Result<Self> {
         if config.block_size == 0 {
             return Err(KernelError::InvalidRequest("KV block size must be positive".into()));
         }
-        let bytes_per_block = config.block_size * model.kv_dim() * 4 * 2 * model.n_layers;
+        let bytes_per_block = config.block_size * model.kv_dim() * storage.element_bytes() * 2 * model.n_layers;
         let max_blocks = (config.max_bytes / bytes_per_block).min(u32::MAX as usize);
         if max_blocks == 0 {
             return Err(KernelError::InvalidRequest(format!(
@@ -157,21 +266,21 @@ impl KvCache {
         }
         let capacity_blocks = config.initial_blocks.clamp(1, max_blocks);
         let rows = capacity_blocks * config.block_size;
-        let pools = if host {
-            let zeros = || vec![0f32; rows * model.kv_dim()];
-            Pools::Host {
-                keys: (0..model.n_layers).map(|_| zeros()).collect(),
-                values: (0..model.n_layers).map(|_| zeros()).collect(),
-            }
-        } else {
-            let zeros = || Tensor::<2>::zeros([rows, model.kv_dim()], (device, DType::F32));
-            Pools::Device {
-                keys: (0..model.n_layers).map(|_| zeros()).collect(),
-                values: (0..model.n_layers).map(|_| zeros()).collect(),
+        let len = rows * model.kv_dim();
+        let pools = match storage {
+            KvStorage::HostF32 => Pools::HostF32(HostPools::new(model.n_layers, len)),
+            KvStorage::HostF16 => Pools::HostF16(HostPools::new(model.n_layers, len)),
+            KvStorage::Device => {
+                let zeros = || Tensor::<2>::zeros([rows, model.kv_dim()], (device, DType::F32));
+                Pools::Device {
+                    keys: (0..model.n_layers).map(|_| zeros()).collect(),
+                    values: (0..model.n_layers).map(|_| zeros()).collect(),
+                }
             }
         };
         Ok(KvCache {
             config,
+            storage,
             kv_dim: model.kv_dim(),
             n_layers: model.n_layers,
             device: device.clone(),
@@ -194,7 +303,11 @@ impl KvCache {
 
     /// Bytes one cached token costs across all layers (keys and values).
     pub fn bytes_per_token(&self) -> usize {
-        self.kv_dim * 4 * 2 * self.n_layers
+        self.kv_dim * self.storage.element_bytes() * 2 * self.n_layers
+    }
+
+    pub fn storage(&self) -> KvStorage {
+        self.storage
     }
 
     /// Blocks in use by at least one sequence.
@@ -364,12 +477,8 @@ impl KvCache {
                     *pool = Tensor::cat(vec![old, zeros], 0);
                 }
             }
-            Pools::Host { keys, values } => {
-                let rows = new_capacity * self.config.block_size;
-                for pool in keys.iter_mut().chain(values.iter_mut()) {
-                    pool.resize(rows * self.kv_dim, 0.0);
-                }
-            }
+            Pools::HostF32(pools) => pools.resize(new_capacity * self.config.block_size * self.kv_dim),
+            Pools::HostF16(pools) => pools.resize(new_capacity * self.config.block_size * self.kv_dim),
         }
         self.free
             .extend((self.capacity_blocks as u32..new_capacity as u32).rev());
@@ -406,14 +515,8 @@ impl KvCache {
                     *pool = t.select_assign(0, index.clone(), src, IndexingUpdateOp::Assign);
                 }
             }
-            Pools::Host { keys, values } => {
-                for (pool, src) in [(&mut keys[layer], k), (&mut values[layer], v)] {
-                    let src = host_values(src);
-                    for (&row, values) in rows.rows.iter().zip(src.chunks_exact(kv_dim)) {
-                        pool[row * kv_dim..(row + 1) * kv_dim].copy_from_slice(values);
-                    }
-                }
-            }
+            Pools::HostF32(pools) => pools.write(layer, &rows.rows, kv_dim, k, v),
+            Pools::HostF16(pools) => pools.write(layer, &rows.rows, kv_dim, k, v),
         }
     }
 
@@ -437,23 +540,28 @@ impl KvCache {
                     values[layer].clone().select(0, index.clone()),
                 )
             }
-            Pools::Host { keys, values } => {
-                let gather = |pool: &[f32]| {
-                    let mut out = Vec::with_capacity(rows.rows.len() * self.kv_dim);
-                    for &row in &rows.rows {
-                        out.extend_from_slice(&pool[row * self.kv_dim..(row + 1) * self.kv_dim]);
-                    }
-                    Tensor::from_data(TensorData::new(out, [rows.rows.len(), self.kv_dim]), &self.device)
-                };
-                (gather(&keys[layer]), gather(&values[layer]))
-            }
+            Pools::HostF32(pools) => self.host_tensors(pools.gather(layer, &rows.rows, self.kv_dim)),
+            Pools::HostF16(pools) => self.host_tensors(pools.gather(layer, &rows.rows, self.kv_dim)),
         }
     }
 
-    /// One layer's key and value pools when they are host vectors, row-major `[rows, kv_dim]`.
-    pub fn host_pools(&self, layer: usize) -> Option<(&[f32], &[f32])> {
+    fn host_tensors(&self, (keys, values): (Vec<f32>, Vec<f32>)) -> (Tensor<2>, Tensor<2>) {
+        let rows = keys.len() / self.kv_dim;
+        let tensor = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [rows, self.kv_dim]), &self.device);
+        (tensor(keys), tensor(values))
+    }
+
+    /// One layer's key and value pools when they are host vectors.
+    pub fn host_pools(&self, layer: usize) -> Option<HostLayer<'_>> {
         match &self.pools {
-            Pools::Host { keys, values } => Some((&keys[layer], &values[layer])),
+            Pools::HostF32(p) => Some(HostLayer::F32 {
+                keys: &p.keys[layer],
+                values: &p.values[layer],
+            }),
+            Pools::HostF16(p) => Some(HostLayer::F16 {
+                keys: &p.keys[layer],
+                values: &p.values[layer],
+            }),
             Pools::Device { .. } => None,
         }
     }
@@ -496,7 +604,7 @@ mod tests {
             initial_blocks: max_blocks,
             prefix_cache: true,
         };
-        KvCache::new(config, &model, &Device::flex(), false).unwrap()
+        KvCache::new(config, &model, &Device::flex(), KvStorage::Device).unwrap()
     }
 
     /// Fills `table` to `tokens.len()` and registers its full blocks, as the engine does.

@@ -58,7 +58,7 @@ pub use engine::{
     ModelInfo, SequenceId, TextAttention,
 };
 pub use error::{GgufError, KernelError, Result};
-pub use kv_cache::KvCacheConfig;
+pub use kv_cache::{KvCacheConfig, KvStorage};
 pub use model::{ModelConfig, WeightDtype};
 pub use model_spec::ModelSpec;
 pub use tokenizer::{TokenId, Tokenizer};

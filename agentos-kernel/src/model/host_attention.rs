@@ -8,11 +8,14 @@
 //! weighted sum. Sequences of different lengths need no padding or mask.
 //!
 //! # Shapes
-//! q: `[batch, heads * head_dim]`; keys, values: a pool `[pool_rows, kv_heads * head_dim]`;
+//! q: `[batch, heads * head_dim]`; keys, values: a pool `[pool_rows, kv_heads * head_dim]` (f32
+//! or f16);
 //! `contexts[b]`: the pool rows of sequence `b`'s context, its new token last
 //! → out `[batch, heads * head_dim]`; probabilities, when asked, `[batch][heads * context_b]`
 
 use rayon::prelude::*;
+
+use crate::kv_cache::KvElement;
 
 /// Heads of the model, for reading a row of the pools.
 #[derive(Debug, Clone, Copy)]
@@ -24,10 +27,10 @@ pub struct HeadShape {
 
 /// The attention output of every sequence's one new token and, with `want_probs`, its
 /// probabilities per head.
-pub fn decode_attention(
+pub fn decode_attention<T: Lanes>(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[T],
+    values: &[T],
     contexts: &[Vec<usize>],
     shape: HeadShape,
     want_probs: bool,
@@ -89,10 +92,9 @@ pub fn decode_attention(
 }
 
 /// One kv head's slice of one sequence's context rows in the pools.
-#[derive(Clone, Copy)]
-struct PoolRows<'a> {
-    keys: &'a [f32],
-    values: &'a [f32],
+struct PoolRows<'a, T> {
+    keys: &'a [T],
+    values: &'a [T],
     context: &'a [usize],
     /// Where the kv head starts within a row, and the row length.
     offset: usize,
@@ -104,9 +106,9 @@ struct PoolRows<'a> {
 ///
 /// # Shapes
 /// qs: `[group * head_dim]` → out `[group * head_dim]`, scores `[group * context]`
-fn group_attention(
+fn group_attention<T: Lanes>(
     qs: &[f32],
-    rows: PoolRows<'_>,
+    rows: PoolRows<'_, T>,
     head_dim: usize,
     scale: f32,
     scores: &mut Vec<f32>,
@@ -117,8 +119,9 @@ fn group_attention(
         if head_dim.is_multiple_of(8)
             && std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
         {
-            let fits = |pool: &[f32]| {
+            let fits = |pool: &[T]| {
                 rows.context
                     .iter()
                     .all(|&r| r * rows.row_len + rows.offset + head_dim <= pool.len())
@@ -134,9 +137,9 @@ fn group_attention(
 }
 
 #[inline(always)]
-fn group_attention_portable(
+fn group_attention_portable<T: KvElement>(
     qs: &[f32],
-    rows: PoolRows<'_>,
+    rows: PoolRows<'_, T>,
     head_dim: usize,
     scale: f32,
     scores: &mut Vec<f32>,
@@ -165,7 +168,7 @@ fn group_attention_portable(
         for (g, out) in out.chunks_exact_mut(head_dim).enumerate() {
             let p = scores[g * n + j];
             for (o, &v) in out.iter_mut().zip(v) {
-                *o += p * v;
+                *o += p * v.to_f32();
             }
         }
     }
@@ -173,17 +176,44 @@ fn group_attention_portable(
 
 /// A dot product in 8 independent lanes (the order a vector unit sums in).
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot<T: KvElement>(a: &[f32], b: &[T]) -> f32 {
     let mut lanes = [0f32; 8];
     let (a_blocks, b_blocks) = (a.chunks_exact(8), b.chunks_exact(8));
     let (a_rest, b_rest) = (a_blocks.remainder(), b_blocks.remainder());
     for (x, y) in a_blocks.zip(b_blocks) {
         for i in 0..8 {
-            lanes[i] += x[i] * y[i];
+            lanes[i] += x[i] * y[i].to_f32();
         }
     }
-    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y.to_f32()).sum();
     lanes.iter().sum::<f32>() + tail
+}
+
+/// A pool element the AVX2 code can load 8 at a time as f32.
+pub trait Lanes: KvElement {
+    /// # Safety
+    /// AVX2 and F16C are available and `p` points at 8 readable elements.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Lanes for f32 {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl Lanes for half::f16 {
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
 }
 
 /// `x ← softmax(x)`, with a vectorisable exp (a call to libm's per score cost more than the
@@ -240,7 +270,7 @@ fn exp_nonpositive(x: f32) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{PoolRows, softmax_in_place};
+    use super::{Lanes, PoolRows, softmax_in_place};
 
     /// [`super::group_attention_portable`] with AVX2: scores 8 rows at a time (8 accumulators
     /// reduced together, instead of one horizontal sum per row), and the weighted sum of values
@@ -249,10 +279,10 @@ mod x86 {
     /// # Safety
     /// AVX2 and FMA are available, `head_dim % 8 == 0`, and every context row's span
     /// `r * row_len + offset .. + head_dim` lies inside both pools.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn group_attention(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn group_attention<T: Lanes>(
         qs: &[f32],
-        rows: PoolRows<'_>,
+        rows: PoolRows<'_, T>,
         head_dim: usize,
         scale: f32,
         scores: &mut Vec<f32>,
@@ -274,12 +304,12 @@ mod x86 {
                 let s = scores.as_mut_ptr().add(g * n);
                 let mut j = 0;
                 while j + 8 <= n {
-                    let base: [*const f32; 8] = std::array::from_fn(|i| kp.add(row_start(context[j + i])));
+                    let base: [*const T; 8] = std::array::from_fn(|i| kp.add(row_start(context[j + i])));
                     let mut acc = [_mm256_setzero_ps(); 8];
                     for d in (0..head_dim).step_by(8) {
                         let qv = _mm256_loadu_ps(q.add(d));
                         for i in 0..8 {
-                            acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(base[i].add(d)), qv, acc[i]);
+                            acc[i] = _mm256_fmadd_ps(T::load8(base[i].add(d)), qv, acc[i]);
                         }
                     }
                     _mm256_storeu_ps(s.add(j), _mm256_mul_ps(sum_each(acc), scale_v));
@@ -289,7 +319,7 @@ mod x86 {
                     let k = kp.add(row_start(r));
                     let mut acc = _mm256_setzero_ps();
                     for d in (0..head_dim).step_by(8) {
-                        acc = _mm256_fmadd_ps(_mm256_loadu_ps(k.add(d)), _mm256_loadu_ps(q.add(d)), acc);
+                        acc = _mm256_fmadd_ps(T::load8(k.add(d)), _mm256_loadu_ps(q.add(d)), acc);
                     }
                     let lanes: [f32; 8] = std::mem::transmute(acc);
                     *s.add(j) = lanes.iter().sum::<f32>() * scale;
@@ -307,14 +337,14 @@ mod x86 {
                 // SAFETY: the caller's contract covers the value rows; o holds 8 * W floats.
                 unsafe {
                     match o.len() / 8 {
-                        8 => weighted_sum::<8>(p, vp, context, |r| row_start(r) + d0, o),
-                        7 => weighted_sum::<7>(p, vp, context, |r| row_start(r) + d0, o),
-                        6 => weighted_sum::<6>(p, vp, context, |r| row_start(r) + d0, o),
-                        5 => weighted_sum::<5>(p, vp, context, |r| row_start(r) + d0, o),
-                        4 => weighted_sum::<4>(p, vp, context, |r| row_start(r) + d0, o),
-                        3 => weighted_sum::<3>(p, vp, context, |r| row_start(r) + d0, o),
-                        2 => weighted_sum::<2>(p, vp, context, |r| row_start(r) + d0, o),
-                        _ => weighted_sum::<1>(p, vp, context, |r| row_start(r) + d0, o),
+                        8 => weighted_sum::<T, 8>(p, vp, context, |r| row_start(r) + d0, o),
+                        7 => weighted_sum::<T, 7>(p, vp, context, |r| row_start(r) + d0, o),
+                        6 => weighted_sum::<T, 6>(p, vp, context, |r| row_start(r) + d0, o),
+                        5 => weighted_sum::<T, 5>(p, vp, context, |r| row_start(r) + d0, o),
+                        4 => weighted_sum::<T, 4>(p, vp, context, |r| row_start(r) + d0, o),
+                        3 => weighted_sum::<T, 3>(p, vp, context, |r| row_start(r) + d0, o),
+                        2 => weighted_sum::<T, 2>(p, vp, context, |r| row_start(r) + d0, o),
+                        _ => weighted_sum::<T, 1>(p, vp, context, |r| row_start(r) + d0, o),
                     }
                 }
             }
@@ -326,10 +356,10 @@ mod x86 {
     /// # Safety
     /// AVX2 and FMA are available; every span read lies inside the values pool; out holds 8 W.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn weighted_sum<const W: usize>(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn weighted_sum<T: Lanes, const W: usize>(
         p: &[f32],
-        values: *const f32,
+        values: *const T,
         context: &[usize],
         start: impl Fn(usize) -> usize,
         out: &mut [f32],
@@ -341,7 +371,7 @@ mod x86 {
                 let v = values.add(start(r));
                 let pv = _mm256_set1_ps(pj);
                 for i in 0..W {
-                    acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(v.add(8 * i)), pv, acc[i]);
+                    acc[i] = _mm256_fmadd_ps(T::load8(v.add(8 * i)), pv, acc[i]);
                 }
             }
         }
@@ -353,7 +383,7 @@ mod x86 {
 
     /// Lane `i` of the result is the sum of the lanes of `a[i]`.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn sum_each(a: [__m256; 8]) -> __m256 {
         // hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3 | x4+x5, x6+x7, y4+y5, y6+y7]; two rounds leave
         // each vector's low-half and high-half sums side by side, and one add joins the halves.
@@ -407,25 +437,34 @@ mod tests {
         // 12: the portable code; 16 and 72 (a 64-column pass and an 8-column one): AVX2 where
         // the machine has it.
         for head_dim in [12, 16, 72] {
-            check_against_plain_attention(HeadShape {
+            let shape = HeadShape {
                 heads: 6,
                 kv_heads: 2,
                 head_dim,
-            });
+            };
+            check_against_plain_attention::<f32>(shape);
+            check_against_plain_attention::<half::f16>(shape);
         }
     }
 
-    fn check_against_plain_attention(shape: HeadShape) {
+    /// Pools of `T`; the reference reads the same (rounded) values as f32.
+    fn check_against_plain_attention<T: Lanes>(shape: HeadShape) {
         let row_len = shape.kv_heads * shape.head_dim;
         let pool_rows = 40;
         let value = |i: usize, m: usize| ((i * m) % 101) as f32 / 101.0 - 0.5;
-        let keys: Vec<f32> = (0..pool_rows * row_len).map(|i| value(i, 7919)).collect();
-        let values: Vec<f32> = (0..pool_rows * row_len).map(|i| value(i, 104729)).collect();
+        let pool = |m: usize| -> (Vec<T>, Vec<f32>) {
+            let exact: Vec<f32> = (0..pool_rows * row_len).map(|i| value(i, m)).collect();
+            let mut stored = vec![T::default(); exact.len()];
+            T::store(&exact, &mut stored);
+            let read = stored.iter().map(|v| v.to_f32()).collect();
+            (stored, read)
+        };
+        let ((keys_t, keys), (values_t, values)) = (pool(7919), pool(104729));
         // Three sequences with scattered, differently sized contexts (one of a single row).
         let contexts = vec![vec![3, 4, 5, 20, 21], vec![39], (0..30).rev().collect::<Vec<_>>()];
         let q_dim = shape.heads * shape.head_dim;
         let q: Vec<f32> = (0..contexts.len() * q_dim).map(|i| value(i, 31)).collect();
-        let (out, probs) = decode_attention(&q, &keys, &values, &contexts, shape, true);
+        let (out, probs) = decode_attention(&q, &keys_t, &values_t, &contexts, shape, true);
         let probs = probs.expect("asked for");
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         for (b, context) in contexts.iter().enumerate() {

@@ -15,7 +15,7 @@ use super::rope::Rope;
 use super::weights::{Weight, WeightSource};
 use super::{Linear, WeightDtype, upload};
 use crate::error::{KernelError, Result};
-use crate::kv_cache::{BlockTable, KvCache, PoolRows, host_values};
+use crate::kv_cache::{BlockTable, HostLayer, KvCache, PoolRows, host_values};
 
 struct DecoderLayer {
     attn_norm: RmsNorm,
@@ -240,13 +240,20 @@ impl Transformer {
                         (out, probs)
                     }
                     DecodeContexts::Host(contexts) => {
-                        let (keys, values) = kv.host_pools(li).expect("host contexts come with host pools");
                         let shape = HeadShape {
                             heads: cfg.n_heads,
                             kv_heads: cfg.n_kv_heads,
                             head_dim: cfg.head_dim,
                         };
-                        let (out, probs) = decode_attention(&host_values(q_g), keys, values, contexts, shape, want);
+                        let q = host_values(q_g);
+                        let (out, probs) = match kv.host_pools(li).expect("host contexts come with host pools") {
+                            HostLayer::F32 { keys, values } => {
+                                decode_attention(&q, keys, values, contexts, shape, want)
+                            }
+                            HostLayer::F16 { keys, values } => {
+                                decode_attention(&q, keys, values, contexts, shape, want)
+                            }
+                        };
                         let out = Tensor::from_data(TensorData::new(out, [contexts.len(), q_dim]), &self.device);
                         let probs = probs.map(|probs| {
                             probs

@@ -3,8 +3,8 @@
 use agentos_kernel::engine::generate::{Batcher, GenerationEvent, prepare};
 use agentos_kernel::engine::sampling::argmax;
 use agentos_kernel::{
-    ChatMessage, Engine, FinishReason, ForwardItem, GenerateRequest, GenerationSummary, LogitsWanted, Prompt,
-    SamplingParams,
+    ChatMessage, Engine, FinishReason, ForwardItem, GenerateRequest, GenerationSummary, KvStorage, LogitsWanted,
+    Prompt, SamplingParams,
 };
 
 use crate::support::{engine_f16, engine_f32, engine_f32_burn_only};
@@ -90,15 +90,21 @@ fn batched_forward_equals_separate_forwards() {
 #[test]
 fn batched_decode_steps_equal_separate_steps() {
     let mut engine = engine_f32();
-    assert!(engine.uses_host_kv());
-    batched_decode_equals_separate(&mut engine);
+    assert_eq!(engine.kv_storage(), KvStorage::HostF32);
+    batched_decode_equals_separate(&mut engine, 1e-3);
     drop(engine);
     let mut engine = engine_f32_burn_only();
-    assert!(!engine.uses_host_kv());
-    batched_decode_equals_separate(&mut engine);
+    assert_eq!(engine.kv_storage(), KvStorage::Device);
+    batched_decode_equals_separate(&mut engine, 1e-3);
+    drop(engine);
+    // f16 pools round every key and value: a last-bit difference in a row computed alone or in
+    // a batch (the matmul sums in another order) can move a stored value by one f16 step.
+    let mut engine = engine_f16();
+    assert_eq!(engine.kv_storage(), KvStorage::HostF16);
+    batched_decode_equals_separate(&mut engine, 2e-2);
 }
 
-fn batched_decode_equals_separate(engine: &mut Engine) {
+fn batched_decode_equals_separate(engine: &mut Engine, tolerance: f32) {
     let prompts = [
         tokens(engine, "Short one."),
         tokens(
@@ -132,10 +138,12 @@ fn batched_decode_equals_separate(engine: &mut Engine) {
     for s in seqs.iter().chain([&f]) {
         engine.release_sequence(*s);
     }
-    assert!(max_abs_diff(&outs[0].logits[0], &alone_fresh) < 1e-3);
+    let diff = max_abs_diff(&outs[0].logits[0], &alone_fresh);
+    assert!(diff < tolerance, "prefill differs by {diff}");
     for (i, reference) in alone.iter().enumerate() {
         let out = &outs[i + 1];
-        assert!(max_abs_diff(&out.logits[0], reference) < 1e-3, "decode {i}");
+        let diff = max_abs_diff(&out.logits[0], reference);
+        assert!(diff < tolerance, "decode {i} differs by {diff}");
         let maps = out.attention.as_ref().unwrap();
         assert_eq!((maps.n_new, maps.context), (1, prompts[i].len() + 1));
         let sum: f32 = maps.row(0, 0, 0).iter().sum();

@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod config;
 pub mod host_attention;
+pub mod host_math;
 pub mod host_matmul;
 pub mod mlp;
 pub mod rms_norm;

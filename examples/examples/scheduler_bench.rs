@@ -2,12 +2,15 @@
 //!
 //! ```text
 //! cargo run --release --example scheduler_bench -- --json [--agents 1,2,4,8,16] [--turns 4]
-//!     [--model PATH] [--dtype f32|f16] [--device NAME]
+//!     [--rounds 2] [--model PATH] [--dtype f32|f16] [--device NAME]
 //! ```
 //! Prints one JSON object:
 //! - `throughput_speedup` {"1".."16"}: N agents each answering `turns` turns of up to 64
 //!   tokens, all at once (continuous batching) versus the same work one request at a time through
-//!   the same engine; ratio of generated tokens per second (fresh agents for each mode).
+//!   the same engine; ratio of generated tokens per second (fresh agents for each mode). The two
+//!   modes alternate for `rounds` rounds and each keeps its best rate, so a burst of load from
+//!   elsewhere on a shared machine penalises neither mode alone; every round's rates are in
+//!   `throughput_rounds`.
 //! - `resume_cost_fraction`: a sequence with a 512-token context is preempted by a more urgent
 //!   request and resumed; the extra time of its first step after resuming (over a normal decode
 //!   step) divided by the time to re-prefill its context. `resume_recomputed_tokens` counts the
@@ -17,7 +20,7 @@
 //!   once, plus each agent's own tokens).
 //! - `jain_index`: 8 equal agents asking nonstop for 20 s on an engine with 4 slots; Jain's
 //!   fairness index over the tokens each was served.
-//! - `high_ttft_ratio`: a High agent's median time to first token (5 short questions, no history)
+//! - `high_ttft_ratio`: a High agent's median time to first token (8 short questions, no history)
 //!   while 15 Normal agents keep the engine busy, over its median when the engine is idle.
 
 use std::time::{Duration, Instant};
@@ -79,10 +82,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     let turns: usize = args.value("turns").map(str::parse).transpose()?.unwrap_or(4);
+    let rounds: usize = args.value("rounds").map(str::parse).transpose()?.unwrap_or(2).max(1);
     let kernel = args.kernel_args()?;
 
     let os = AgentOS::builder().kernel(kernel.clone()).start().await?;
-    let throughput = throughput_speedup(&os, &counts, turns).await?;
+    let throughput = throughput_speedup(&os, &counts, turns, rounds).await?;
     let prefix = prefix_prefill_ratio(&os).await?;
     let ttft = high_ttft_ratio(&os).await?;
     os.shutdown().await?;
@@ -103,6 +107,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let result = serde_json::json!({
         "throughput_speedup": throughput.0,
         "throughput_tokens_per_second": throughput.1,
+        "throughput_rounds": throughput.2,
         "resume_cost_fraction": resume.0,
         "resume_recomputed_tokens": resume.1,
         "resume_detail": resume.2,
@@ -152,47 +157,67 @@ async fn throughput_speedup(
     os: &AgentOS,
     counts: &[usize],
     turns: usize,
-) -> Result<(serde_json::Value, serde_json::Value), RuntimeError> {
+    rounds: usize,
+) -> Result<(serde_json::Value, serde_json::Value, serde_json::Value), RuntimeError> {
     let mut speedups = serde_json::Map::new();
     let mut rates = serde_json::Map::new();
+    let mut every_round = serde_json::Map::new();
     // Warm-up: first-touch allocations are not what we measure.
     let warm = spawn_bench(os, "warm", 1).await?;
     warm[0].ask("Hello.").await?;
     stop_all(warm).await?;
 
     for &n in counts {
-        let agents = spawn_bench(os, &format!("seq{n}"), n).await?;
-        let started = Instant::now();
-        let mut seq_tokens = 0;
-        for turn in 0..turns {
-            for (i, agent) in agents.iter().enumerate() {
-                seq_tokens += agent.ask(turn_question(i, turn)).await?.completion_tokens;
-            }
+        let (mut best_seq, mut best_batched) = (0f64, 0f64);
+        let mut measured = Vec::new();
+        for r in 0..rounds {
+            let seq_rate = sequential_rate(os, &format!("seq{n}-{r}"), n, turns).await?;
+            let batched_rate = batched_rate(os, &format!("bat{n}-{r}"), n, turns).await?;
+            eprintln!("throughput n={n} round {r}: sequential {seq_rate:.1} tok/s, batched {batched_rate:.1} tok/s");
+            best_seq = best_seq.max(seq_rate);
+            best_batched = best_batched.max(batched_rate);
+            measured.push(serde_json::json!({"sequential": round(seq_rate), "batched": round(batched_rate)}));
         }
-        let seq_rate = seq_tokens as f64 / started.elapsed().as_secs_f64();
-        stop_all(agents).await?;
-
-        let agents = spawn_bench(os, &format!("bat{n}"), n).await?;
-        let started = Instant::now();
-        let per_agent = futures::future::try_join_all(agents.iter().enumerate().map(|(i, agent)| async move {
-            let mut generated = 0;
-            for turn in 0..turns {
-                generated += agent.ask(turn_question(i, turn)).await?.completion_tokens;
-            }
-            Ok::<_, RuntimeError>(generated)
-        }))
-        .await?;
-        let batched_rate = per_agent.iter().sum::<usize>() as f64 / started.elapsed().as_secs_f64();
-        stop_all(agents).await?;
-
-        eprintln!("throughput n={n}: sequential {seq_rate:.1} tok/s, batched {batched_rate:.1} tok/s");
-        speedups.insert(n.to_string(), serde_json::json!(round(batched_rate / seq_rate)));
+        speedups.insert(n.to_string(), serde_json::json!(round(best_batched / best_seq)));
         rates.insert(
             n.to_string(),
-            serde_json::json!({"sequential": round(seq_rate), "batched": round(batched_rate)}),
+            serde_json::json!({"sequential": round(best_seq), "batched": round(best_batched)}),
         );
+        every_round.insert(n.to_string(), measured.into());
     }
-    Ok((speedups.into(), rates.into()))
+    Ok((speedups.into(), rates.into(), every_round.into()))
+}
+
+/// Generated tokens per second with `n` fresh agents asking their turns one request at a time.
+async fn sequential_rate(os: &AgentOS, prefix: &str, n: usize, turns: usize) -> Result<f64, RuntimeError> {
+    let agents = spawn_bench(os, prefix, n).await?;
+    let started = Instant::now();
+    let mut tokens = 0;
+    for turn in 0..turns {
+        for (i, agent) in agents.iter().enumerate() {
+            tokens += agent.ask(turn_question(i, turn)).await?.completion_tokens;
+        }
+    }
+    let rate = tokens as f64 / started.elapsed().as_secs_f64();
+    stop_all(agents).await?;
+    Ok(rate)
+}
+
+/// Generated tokens per second with `n` fresh agents asking their turns all at once.
+async fn batched_rate(os: &AgentOS, prefix: &str, n: usize, turns: usize) -> Result<f64, RuntimeError> {
+    let agents = spawn_bench(os, prefix, n).await?;
+    let started = Instant::now();
+    let per_agent = futures::future::try_join_all(agents.iter().enumerate().map(|(i, agent)| async move {
+        let mut generated = 0;
+        for turn in 0..turns {
+            generated += agent.ask(turn_question(i, turn)).await?.completion_tokens;
+        }
+        Ok::<_, RuntimeError>(generated)
+    }))
+    .await?;
+    let rate = per_agent.iter().sum::<usize>() as f64 / started.elapsed().as_secs_f64();
+    stop_all(agents).await?;
+    Ok(rate)
 }
 
 async fn prefix_prefill_ratio(os: &AgentOS) -> Result<(f64, serde_json::Value), Box<dyn std::error::Error>> {
@@ -245,6 +270,9 @@ async fn prefix_prefill_ratio(os: &AgentOS) -> Result<(f64, serde_json::Value), 
 async fn high_ttft_ratio(os: &AgentOS) -> Result<(f64, serde_json::Value), RuntimeError> {
     // No history: every probe prompt is the (cached) system prompt plus a short question, so idle
     // and busy samples ask the engine for the same work and differ only by the load around them.
+    // 8 samples each (the busy ones ask the other 8 questions, so none finds its whole prompt
+    // cached): one sample behind a burst of load from elsewhere barely moves the median.
+    const SAMPLES: usize = 8;
     let high = os.spawn_named("high", ProbeAgent).await?;
     high.set_priority(Priority::High);
     let median_ttft = |mut v: Vec<Duration>| {
@@ -252,7 +280,7 @@ async fn high_ttft_ratio(os: &AgentOS) -> Result<(f64, serde_json::Value), Runti
         v[v.len() / 2]
     };
     let mut idle = Vec::new();
-    for question in &QUESTIONS[..5] {
+    for question in &QUESTIONS[..SAMPLES] {
         idle.push(high.ask(*question).await?.time_to_first_token);
     }
     let idle = median_ttft(idle);
@@ -274,8 +302,8 @@ async fn high_ttft_ratio(os: &AgentOS) -> Result<(f64, serde_json::Value), Runti
         // Let the 15 agents fill the engine first.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let mut busy = Vec::new();
-        for i in 0..5 {
-            busy.push(high.ask(QUESTIONS[(i + 5) % 16]).await?.time_to_first_token);
+        for i in 0..SAMPLES {
+            busy.push(high.ask(QUESTIONS[SAMPLES + i]).await?.time_to_first_token);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -287,6 +287,8 @@ pub struct Batcher {
     decode_cursor: usize,
     /// Overrides the engine's decodes per step.
     step_decodes: Option<usize>,
+    /// Overrides the engine's prompt tokens per step that also decodes.
+    step_prefill_with_decodes: Option<usize>,
     stats: BatcherStats,
 }
 
@@ -309,6 +311,7 @@ impl Batcher {
             aging: Some(Self::DEFAULT_AGING),
             decode_cursor: 0,
             step_decodes: None,
+            step_prefill_with_decodes: None,
             stats: BatcherStats::default(),
         }
     }
@@ -325,6 +328,13 @@ impl Batcher {
     /// Overrides the engine's decodes per step (`EngineConfig::max_step_decodes`).
     pub fn with_step_decodes(mut self, n: usize) -> Self {
         self.step_decodes = Some(n.max(1));
+        self
+    }
+
+    /// Overrides the engine's prompt tokens per step that also decodes
+    /// (`EngineConfig::max_step_prefill_with_decodes`).
+    pub fn with_step_prefill_with_decodes(mut self, n: usize) -> Self {
+        self.step_prefill_with_decodes = Some(n.max(1));
         self
     }
 
@@ -455,6 +465,15 @@ impl Batcher {
         }
         if decodes.len() > cap {
             self.decode_cursor = (start + taken) % decodes.len();
+        }
+        // A step that decodes keeps its prefill short, so neither those decodes nor an urgent
+        // request arriving meanwhile wait behind a long prompt; the prompt goes on next step.
+        if taken > 0 {
+            let prefill_cap = self
+                .step_prefill_with_decodes
+                .unwrap_or_else(|| engine.config().step_prefill_with_decodes(engine.uses_host_matmul()))
+                .max(1);
+            budget = budget.min(prefill_cap);
         }
         // Prefill chunks share what the decodes left of the budget, most urgent first.
         let mut prefilling: Vec<usize> = (0..self.running.len())

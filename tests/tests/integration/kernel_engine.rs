@@ -529,6 +529,63 @@ fn a_step_decodes_at_most_its_cap_and_every_sequence_advances_in_turn() {
     }
 }
 
+/// A long prompt that arrives while another sequence decodes is prefilled a few tokens per step,
+/// each step still advancing the decode, and the outputs are those of each request run alone.
+#[test]
+fn a_step_that_decodes_prefills_at_most_its_prompt_cap() {
+    let mut engine = engine_f32();
+    let short = GenerateRequest {
+        ignore_eos: true,
+        ..GenerateRequest::chat(vec![ChatMessage::user("Count to twenty.")]).max_tokens(24)
+    };
+    let long = GenerateRequest {
+        ignore_eos: true,
+        ..GenerateRequest::chat(vec![ChatMessage::user(
+            "Here is a long request, so that its prompt needs several steps to prefill when only \
+             a few of its tokens may join each step: describe, in order, how a letter travels \
+             from the writer's desk through the post office, the sorting centre and the van to \
+             the reader's door.",
+        )])
+        .max_tokens(4)
+    };
+    let cap = 8;
+    let mut batcher = Batcher::new().with_step_prefill_with_decodes(cap);
+    let short_rx = submit(&engine, &mut batcher, short.clone());
+    batcher.step(&mut engine); // the short prompt's prefill: nothing decodes yet
+    let long_rx = submit(&engine, &mut batcher, long.clone());
+    let (mut short_out, mut long_out) = (Vec::new(), Vec::new());
+    let mut prefill_steps = 0;
+    while !batcher.is_idle() {
+        let before = batcher.stats().prefill_tokens;
+        batcher.step(&mut engine);
+        let fed = batcher.stats().prefill_tokens - before;
+        let decoded = short_rx
+            .try_iter()
+            .filter(|e| matches!(e, GenerationEvent::Token { .. }));
+        let decoded: Vec<_> = decoded.collect();
+        if fed > 0 && !decoded.is_empty() {
+            assert!(fed <= cap as u64, "a step that decodes prefilled {fed} tokens");
+            prefill_steps += 1;
+        }
+        for e in decoded {
+            if let GenerationEvent::Token { id, .. } = e {
+                short_out.push(id);
+            }
+        }
+        for e in long_rx.try_iter() {
+            if let GenerationEvent::Token { id, .. } = e {
+                long_out.push(id);
+            }
+        }
+    }
+    assert!(prefill_steps >= 3, "the long prompt took {prefill_steps} shared steps");
+    // The references run after: run first, they would leave the long prompt in the prefix cache.
+    let alone_short = generate(&mut engine, vec![short]).remove(0).1.tokens;
+    let alone_long = generate(&mut engine, vec![long]).remove(0).1.tokens;
+    assert_eq!(short_out, alone_short);
+    assert_eq!(long_out, alone_long);
+}
+
 #[test]
 fn requests_of_one_class_take_turns_by_time_slice() {
     let mut engine = engine_f32();

@@ -386,13 +386,7 @@ impl Engine {
         self.config.uses_host_matmul(&self.info.device)
     }
 
-    /// Whether the KV pools are host vectors read in place by the host decode attention (see
-    /// `EngineConfig::host_kernels`).
-    pub fn uses_host_kv(&self) -> bool {
-        self.config.uses_host_kv(&self.info.device)
-    }
-
-    /// Where and in which precision the KV pools are kept.
+    /// Where and in which precision the KV pools are kept (see `EngineConfig::host_kernels`).
     pub fn kv_storage(&self) -> KvStorage {
         self.kv.storage()
     }

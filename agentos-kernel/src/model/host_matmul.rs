@@ -155,8 +155,8 @@ mod x86 {
         }
         // SAFETY (all arms): the caller detected the features; B = blocks.
         unsafe {
+            // A panel holds PANEL = 2 blocks, fewer only at the right edge.
             match blocks {
-                3 => tiles::<3>(w, x, rows, inputs, out),
                 2 => tiles::<2>(w, x, rows, inputs, out),
                 _ => tiles::<1>(w, x, rows, inputs, out),
             }

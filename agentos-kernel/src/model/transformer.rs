@@ -15,7 +15,7 @@ use super::rope::Rope;
 use super::weights::{Weight, WeightSource};
 use super::{Linear, WeightDtype, upload};
 use crate::error::{KernelError, Result};
-use crate::kv_cache::{BlockTable, HostLayer, KvCache, PoolRows, host_values};
+use crate::kv_cache::{BlockTable, HostLayer, KvCache, KvStorage, PoolRows, host_values};
 
 struct DecoderLayer {
     attn_norm: RmsNorm,
@@ -372,7 +372,7 @@ impl BatchPlan {
             new_rows.extend(kv.rows(s.table, s.start_pos..s.start_pos + s.n_new));
             offset += s.n_new;
         }
-        let host = kv.host_pools(0).is_some();
+        let host = kv.storage() != KvStorage::Device;
         let decode_members: Vec<usize> = (0..slices.len()).filter(|&i| slices[i].n_new == 1).collect();
         let contexts: Vec<Vec<usize>> = decode_members
             .iter()

@@ -5,37 +5,46 @@
 //! to the engine thread. If the engine thread dies, the actor fails so its supervisor can
 //! restart it; a bad request never takes it down.
 
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::mpsc::UnboundedSender;
 
 use crate::chat::ChatMessage;
-use crate::engine::generate::{GenerateRequest, GenerationEvent, RequestId, prepare};
+use crate::engine::generate::{EventSink, GenerateRequest, GenerationEvent, RequestId, prepare};
 use crate::engine::thread::{EngineCommand, EngineThread};
-use crate::engine::{EngineConfig, EngineStats, ModelInfo, TextAttention};
+use crate::engine::{Embeddings, EngineConfig, EngineStats, ModelInfo, TextAttention};
 use crate::error::{KernelError, Result};
 use crate::model_spec::ModelSpec;
 use crate::tokenizer::TokenId;
 
 /// Messages the kernel understands.
 pub enum KernelMsg {
-    /// Start a generation; tokens stream to `events`, the reply carries its id once queued.
+    /// Start a generation; its events stream to `events` (a tokio `UnboundedSender`, boxed, or
+    /// any [`EventSink`]) and end with `Finished` or `Failed`, also for a request rejected before
+    /// it was queued; the reply carries its id once queued, or why it was rejected.
     Generate {
         request: GenerateRequest,
-        events: UnboundedSender<GenerationEvent>,
+        events: Box<dyn EventSink>,
         reply: RpcReplyPort<Result<RequestId>>,
     },
     /// Stop a generation early (its stream ends with `Finished` / `Cancelled`).
     Cancel(RequestId),
-    /// Mean-pooled final hidden states, one vector per text.
+    /// Mean-pooled final hidden states, one vector per text, computed by the batcher at class
+    /// `priority` among the generations (memory work runs at
+    /// [`DEFAULT_JOB_PRIORITY`](crate::engine::generate::DEFAULT_JOB_PRIORITY), the least urgent).
     Embed {
         texts: Vec<String>,
-        reply: RpcReplyPort<Result<Vec<Vec<f32>>>>,
+        priority: u8,
+        reply: RpcReplyPort<Result<Embeddings>>,
     },
-    /// A text's tokens as text pieces and, when asked, their attention probabilities
-    /// (see [`Engine::analyze`](crate::Engine::analyze)).
+    /// A text's tokens as text pieces and, when asked, the entropy of every token's attention
+    /// over the text before it (see [`Engine::analyze`](crate::Engine::analyze)); computed like
+    /// `Embed`.
     Analyze {
         text: String,
         with_attention: bool,
+        priority: u8,
         reply: RpcReplyPort<Result<TextAttention>>,
     },
     Tokenize {
@@ -103,16 +112,21 @@ impl Actor for KernelActor {
     ) -> Result<(), ActorProcessingErr> {
         let engine = &state.engine;
         match message {
-            KernelMsg::Generate { request, events, reply } => {
+            KernelMsg::Generate {
+                request,
+                mut events,
+                reply,
+            } => {
                 let prepared = prepare(request, &engine.tokenizer, &engine.template, &engine.info.config);
                 match prepared {
                     Err(e) => {
+                        events.send(GenerationEvent::Failed(e.clone()));
                         let _ = reply.send(Err(e));
                     }
                     Ok(request) => {
                         let command = EngineCommand::Generate {
                             request,
-                            sink: Box::new(events),
+                            sink: events,
                             queued: Box::new(move |id| {
                                 let _ = reply.send(Ok(id));
                             }),
@@ -122,12 +136,13 @@ impl Actor for KernelActor {
                 }
             }
             KernelMsg::Cancel(id) => engine.send(EngineCommand::Cancel(id))?,
-            KernelMsg::Embed { texts, reply } => {
+            KernelMsg::Embed { texts, priority, reply } => {
                 if let Some(i) = texts.iter().position(|t| t.is_empty()) {
                     let _ = reply.send(Err(KernelError::InvalidRequest(format!("text {i} is empty"))));
                 } else {
                     engine.send(EngineCommand::Embed {
                         texts,
+                        priority,
                         reply: Box::new(move |r| {
                             let _ = reply.send(r);
                         }),
@@ -137,11 +152,13 @@ impl Actor for KernelActor {
             KernelMsg::Analyze {
                 text,
                 with_attention,
+                priority,
                 reply,
             } => {
                 engine.send(EngineCommand::Analyze {
                     text,
                     with_attention,
+                    priority,
                     reply: Box::new(move |r| {
                         let _ = reply.send(r);
                     }),
@@ -178,17 +195,36 @@ impl Actor for KernelActor {
     }
 }
 
-/// Starts a generation and returns its event stream.
+/// How long [`generate`] waits for the kernel to queue a request.
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Starts a generation and returns its event stream (waiting up to [`QUEUE_TIMEOUT`] for the
+/// kernel to queue it).
 pub async fn generate(
     kernel: &ActorRef<KernelMsg>,
     request: GenerateRequest,
 ) -> Result<(RequestId, tokio::sync::mpsc::UnboundedReceiver<GenerationEvent>)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let id = ractor::call!(kernel, |reply| KernelMsg::Generate {
-        request,
-        events: tx,
-        reply
-    })
-    .map_err(|e| KernelError::EngineStopped(format!("kernel actor unreachable: {e}")))??;
+    let call = kernel
+        .call(
+            |reply| KernelMsg::Generate {
+                request,
+                events: Box::new(tx),
+                reply,
+            },
+            Some(QUEUE_TIMEOUT),
+        )
+        .await;
+    let id = match call {
+        Ok(CallResult::Success(result)) => result?,
+        Ok(CallResult::Timeout) => {
+            return Err(KernelError::EngineStopped(format!(
+                "the kernel did not queue the request within {QUEUE_TIMEOUT:?}"
+            )));
+        }
+        Ok(CallResult::SenderError) | Err(_) => {
+            return Err(KernelError::EngineStopped("the kernel actor is not running".into()));
+        }
+    };
     Ok((id, rx))
 }

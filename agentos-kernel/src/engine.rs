@@ -20,12 +20,12 @@ use crate::chat::{CHATML_TEMPLATE, ChatTemplate};
 use crate::device::{DeviceChoice, SelectedDevice, select_device};
 use crate::error::{KernelError, Result};
 use crate::gguf::GgufFile;
-use crate::kv_cache::{BlockTable, KvCache, KvCacheConfig, KvStorage};
-use crate::model::transformer::SequenceSlice;
+use crate::kv_cache::{BlockTable, KvCache, KvCacheConfig, KvStorage, PrefixParent};
+use crate::model::transformer::{AttentionWanted, SequenceSlice};
 use crate::model::weights::{GgufWeights, SafetensorsWeights, WeightSource};
 use crate::model::{ModelConfig, Transformer, WeightDtype};
 use crate::model_spec::ModelSpec;
-use crate::tokenizer::{StreamDecoder, TokenId, Tokenizer};
+use crate::tokenizer::{TokenId, Tokenizer};
 
 /// Everything that tunes the engine, with documented defaults.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,6 +154,9 @@ pub struct ForwardItem {
     pub logits: LogitsWanted,
     /// Return attention probabilities of the new tokens (costs a read-back; free when false).
     pub attention: bool,
+    /// Return the entropy of every attention row of the new tokens (a small read-back: one
+    /// value per layer, head and token, whatever the context length).
+    pub entropy: bool,
     /// Return the mean-pooled final hidden state of the new tokens.
     pub embedding: bool,
 }
@@ -165,6 +168,7 @@ impl ForwardItem {
             tokens,
             logits: LogitsWanted::Last,
             attention: false,
+            entropy: false,
             embedding: false,
         }
     }
@@ -192,18 +196,46 @@ impl AttentionMaps {
     }
 }
 
-/// Tokens per window of [`Engine::analyze`].
-pub const ANALYZE_WINDOW: usize = 128;
+/// The entropy `-Σ p ln p` of the attention rows of `n_tokens` consecutive tokens, token `i`
+/// at absolute position `start_pos + i` attending to the `start_pos + i + 1` positions up to
+/// and including itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttentionEntropy {
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_tokens: usize,
+    pub start_pos: usize,
+    /// `[layer][head][token]`, row-major.
+    pub values: Vec<f32>,
+}
 
-/// A text's tokens, their text pieces and their attention (see [`Engine::analyze`]).
+impl AttentionEntropy {
+    /// The entropy of token `i`'s attention in one layer and head.
+    pub fn get(&self, layer: usize, head: usize, i: usize) -> f32 {
+        self.values[(layer * self.n_heads + head) * self.n_tokens + i]
+    }
+}
+
+/// A text's tokens, their text pieces and the entropy of their attention (see
+/// [`Engine::analyze`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TextAttention {
     pub tokens: Vec<TokenId>,
     /// One piece per token; together they are the text (a character split across tokens is in
     /// the piece of its last token).
     pub pieces: Vec<String>,
-    /// One map per window of [`ANALYZE_WINDOW`] tokens, in order; empty without attention.
-    pub attention: Vec<AttentionMaps>,
+    /// Spans in order that together cover every token; each token attended to the whole text
+    /// before it (the text is one sequence, read in chunks). Empty without attention.
+    pub entropy: Vec<AttentionEntropy>,
+}
+
+/// Embeddings of texts and the tokens it took to compute them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Embeddings {
+    /// One mean-pooled final hidden state per text.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens run through the model for them.
+    pub tokens: usize,
 }
 
 /// What a forward returns for one sequence.
@@ -212,6 +244,7 @@ pub struct ForwardOutput {
     /// One row of `vocab` logits per requested position.
     pub logits: Vec<Vec<f32>>,
     pub attention: Option<AttentionMaps>,
+    pub entropy: Option<AttentionEntropy>,
     pub embedding: Option<Vec<f32>>,
 }
 
@@ -231,11 +264,11 @@ pub struct EngineStats {
     pub prefix_cached_tokens: u64,
 }
 
-/// Where a sequence's prefix hash chain stands.
+/// Where a sequence's prefix chain stands.
 #[derive(Debug, Clone)]
 struct PrefixChain {
-    /// Hash of the prefix up to its last full block.
-    parent: u64,
+    /// The parent of its next full block (the block holding the prefix before it).
+    parent: PrefixParent,
     full_blocks: usize,
     /// Tokens of its partly filled last block.
     pending: Vec<TokenId>,
@@ -244,7 +277,7 @@ struct PrefixChain {
 impl Default for PrefixChain {
     fn default() -> Self {
         PrefixChain {
-            parent: crate::kv_cache::PREFIX_ROOT,
+            parent: PrefixParent::Root,
             full_blocks: 0,
             pending: Vec::new(),
         }
@@ -431,6 +464,37 @@ impl Engine {
         self.sequences.get(&id).map(|t| t.len)
     }
 
+    /// New KV blocks sequence `id` needs to grow by `extra` tokens (`None`: no such sequence).
+    pub fn blocks_to_extend(&self, id: SequenceId, extra: usize) -> Option<usize> {
+        self.sequences.get(&id).map(|t| self.kv.blocks_needed(t, t.len + extra))
+    }
+
+    /// KV blocks new tokens could still take (free, evictable prefix-cache blocks, and growth
+    /// left within the budget).
+    pub fn available_kv_blocks(&self) -> usize {
+        self.kv.available_blocks()
+    }
+
+    /// The most KV blocks the budget allows.
+    pub fn max_kv_blocks(&self) -> usize {
+        self.kv.max_blocks()
+    }
+
+    /// Tokens sequence `id` could add with `blocks` more KV blocks than it holds, within the
+    /// model's context length.
+    pub fn room_with(&self, id: SequenceId, blocks: usize) -> usize {
+        let Some(table) = self.sequences.get(&id) else {
+            return 0;
+        };
+        let room = (table.blocks.len() + blocks) * self.kv.block_size() - table.len;
+        room.min(self.model.config.context_length.saturating_sub(table.len))
+    }
+
+    /// Blocks needed to hold `tokens` positions.
+    pub fn kv_blocks_for(&self, tokens: usize) -> usize {
+        tokens.div_ceil(self.kv.block_size())
+    }
+
     /// Whether a sequence could grow by `extra` tokens within the KV budget and context length.
     pub fn can_extend(&self, id: SequenceId, extra: usize) -> bool {
         self.sequences
@@ -467,6 +531,12 @@ impl Engine {
                 .sequences
                 .get(&item.sequence)
                 .ok_or_else(|| KernelError::InvalidRequest(format!("unknown {:?}", item.sequence)))?;
+            if item.attention && item.entropy {
+                return Err(KernelError::InvalidRequest(format!(
+                    "{:?}: ask for attention probabilities or their entropy, not both",
+                    item.sequence
+                )));
+            }
             if table.len + item.tokens.len() > cfg.context_length {
                 return Err(KernelError::InvalidRequest(format!(
                     "{:?} would reach {} tokens, past the model's context length {}",
@@ -495,7 +565,11 @@ impl Engine {
                 table,
                 start_pos: table.len,
                 n_new: item.tokens.len(),
-                want_attention: item.attention,
+                attention: match (item.attention, item.entropy) {
+                    (true, _) => AttentionWanted::Probabilities,
+                    (false, true) => AttentionWanted::Entropy,
+                    (false, false) => AttentionWanted::None,
+                },
             })
             .collect();
         let out = self.model.forward(&tokens, &slices, &mut self.kv);
@@ -545,25 +619,33 @@ impl Engine {
             } else {
                 None
             };
-            let attention = match attention {
-                Some(layers) => {
-                    let context = slice.start_pos + n;
-                    // [layers, heads, n_new, context]
-                    let stacked = Tensor::stack::<4>(layers, 0);
-                    Some(AttentionMaps {
+            let (mut maps, mut entropy) = (None, None);
+            if let Some(layers) = attention {
+                // [layers, heads, n_new, context] (context is 1 for entropies)
+                let stacked = read_f32(Tensor::stack::<4>(layers, 0))?;
+                if item.entropy {
+                    entropy = Some(AttentionEntropy {
+                        n_layers: cfg.n_layers,
+                        n_heads: cfg.n_heads,
+                        n_tokens: n,
+                        start_pos: slice.start_pos,
+                        values: stacked,
+                    });
+                } else {
+                    maps = Some(AttentionMaps {
                         n_layers: cfg.n_layers,
                         n_heads: cfg.n_heads,
                         n_new: n,
-                        context,
+                        context: slice.start_pos + n,
                         start_pos: slice.start_pos,
-                        probs: read_f32(stacked)?,
-                    })
+                        probs: stacked,
+                    });
                 }
-                None => None,
-            };
+            }
             results.push(ForwardOutput {
                 logits: logits_rows,
-                attention,
+                attention: maps,
+                entropy,
                 embedding,
             });
             offset += n;
@@ -587,116 +669,50 @@ impl Engine {
         Ok(results)
     }
 
-    /// Embeddings of several texts in shared batched forwards: each text is its own sequence,
-    /// and texts are packed into forwards of up to `max_batch_tokens` tokens, so embedding the
-    /// pages of a turn costs about one forward instead of one per page.
-    pub fn embed_many(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        let mut encoded = Vec::with_capacity(texts.len());
-        for (i, text) in texts.iter().enumerate() {
-            let tokens = self.tokenizer.encode(text)?;
-            if tokens.is_empty() {
-                return Err(KernelError::InvalidRequest(format!(
-                    "cannot embed text {i}: it is empty"
-                )));
-            }
-            encoded.push(tokens);
+    /// Embeddings of several texts (mean-pooled final hidden states), computed in shared
+    /// batched forwards as the engine thread computes them for memory work (see
+    /// [`generate::Batcher::submit_job`]).
+    pub fn embed_many(&mut self, texts: &[String]) -> Result<Embeddings> {
+        let job = generate::Job::embed(self, texts)?;
+        match self.run_job(job)? {
+            generate::JobOutput::Embeddings(e) => Ok(e),
+            generate::JobOutput::Analysis(_) => unreachable!("an embedding job returns embeddings"),
         }
-        let limit = self.config.max_batch_tokens.max(1);
-        let mut out = vec![Vec::new(); texts.len()];
-        let mut start = 0;
-        while start < encoded.len() {
-            // Texts longer than one forward go alone through `embed`'s chunked path.
-            if encoded[start].len() > limit {
-                out[start] = self.embed(&texts[start])?;
-                start += 1;
-                continue;
-            }
-            let mut end = start;
-            let mut tokens = 0;
-            while end < encoded.len() && encoded[end].len() <= limit && tokens + encoded[end].len() <= limit {
-                tokens += encoded[end].len();
-                end += 1;
-            }
-            let seqs: Vec<SequenceId> = (start..end).map(|_| self.create_sequence()).collect();
-            let items: Vec<ForwardItem> = seqs
-                .iter()
-                .zip(&encoded[start..end])
-                .map(|(&seq, t)| {
-                    let mut item = ForwardItem::new(seq, t.clone());
-                    item.logits = LogitsWanted::None;
-                    item.embedding = true;
-                    item
-                })
-                .collect();
-            let result = self.forward(&items);
-            for seq in seqs {
-                self.release_sequence(seq);
-            }
-            for (i, o) in result?.into_iter().enumerate() {
-                out[start + i] = o.embedding.expect("asked for an embedding");
-            }
-            start = end;
-        }
-        Ok(out)
+    }
+
+    /// Mean-pooled final hidden state of `text`.
+    pub fn embed(&mut self, text: &str) -> Result<Vec<f32>> {
+        let mut e = self.embed_many(&[text.to_string()])?;
+        Ok(e.vectors.pop().expect("one text, one vector"))
     }
 
     /// The tokens of `text` as text pieces that concatenate to it and, when `with_attention`,
-    /// the attention probabilities of every token. The text is read in independent windows of
-    /// [`ANALYZE_WINDOW`] tokens (each its own context), which bounds the maps' size: one window
-    /// is `layers * heads * window²` floats (18 MB for SmolLM2-135M).
+    /// the entropy of every token's attention over the whole text before it (the text is one
+    /// sequence, prefilled in chunks: no token loses its context at a chunk edge).
     pub fn analyze(&mut self, text: &str, with_attention: bool) -> Result<TextAttention> {
-        let tokens = self.tokenizer.encode(text)?;
-        let mut pieces = Vec::with_capacity(tokens.len());
-        let mut decoder = StreamDecoder::default();
-        for &t in &tokens {
-            pieces.push(decoder.push(&self.tokenizer, t)?);
+        let job = generate::Job::analyze(self, text, with_attention)?;
+        match self.run_job(job)? {
+            generate::JobOutput::Analysis(a) => Ok(a),
+            generate::JobOutput::Embeddings(_) => unreachable!("an analysis job returns an analysis"),
         }
-        if let Some(last) = pieces.last_mut() {
-            last.push_str(&decoder.finish());
-        }
-        let mut attention = Vec::new();
-        if with_attention {
-            for window in tokens.chunks(ANALYZE_WINDOW) {
-                let seq = self.create_sequence();
-                let mut item = ForwardItem::new(seq, window.to_vec());
-                item.logits = LogitsWanted::None;
-                item.attention = true;
-                let result = self.forward(&[item]);
-                self.release_sequence(seq);
-                let maps = result?.pop().and_then(|o| o.attention).expect("asked for attention");
-                attention.push(maps);
-            }
-        }
-        Ok(TextAttention {
-            tokens,
-            pieces,
-            attention,
-        })
     }
 
-    /// Mean-pooled final hidden state of `text` (prefilled in chunks on a scratch sequence).
-    pub fn embed(&mut self, text: &str) -> Result<Vec<f32>> {
-        let tokens = self.tokenizer.encode(text)?;
-        if tokens.is_empty() {
-            return Err(KernelError::InvalidRequest("cannot embed empty text".into()));
+    /// Runs one job to its end on a batcher of its own.
+    fn run_job(&mut self, job: generate::Job) -> Result<generate::JobOutput> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut batcher = generate::Batcher::new();
+        batcher.submit_job(
+            job,
+            generate::DEFAULT_JOB_PRIORITY,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        while !batcher.is_idle() {
+            batcher.step(self);
         }
-        let seq = self.create_sequence();
-        let result = (|| {
-            let mut sum = vec![0f32; self.model.config.hidden_size];
-            for chunk in tokens.chunks(self.config.max_batch_tokens.max(1)) {
-                let mut item = ForwardItem::new(seq, chunk.to_vec());
-                item.logits = LogitsWanted::None;
-                item.embedding = true;
-                let out = self.forward(&[item])?;
-                let mean = out[0].embedding.as_ref().expect("asked for an embedding");
-                for (s, m) in sum.iter_mut().zip(mean) {
-                    *s += m * chunk.len() as f32;
-                }
-            }
-            Ok(sum.into_iter().map(|s| s / tokens.len() as f32).collect())
-        })();
-        self.release_sequence(seq);
-        result
+        rx.recv()
+            .map_err(|_| KernelError::Compute("the job ended without a result".into()))?
     }
 }
 

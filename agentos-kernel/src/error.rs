@@ -50,8 +50,34 @@ pub enum KernelError {
     },
 }
 
+/// Errors are sent to several listeners (a generation's stream and its caller); an I/O error
+/// is copied with its kind and message.
+impl Clone for KernelError {
+    fn clone(&self) -> Self {
+        match self {
+            KernelError::Gguf { path, source } => KernelError::Gguf {
+                path: path.clone(),
+                source: source.clone(),
+            },
+            KernelError::ModelFormat(m) => KernelError::ModelFormat(m.clone()),
+            KernelError::Tokenizer(m) => KernelError::Tokenizer(m.clone()),
+            KernelError::ChatTemplate(m) => KernelError::ChatTemplate(m.clone()),
+            KernelError::Device(m) => KernelError::Device(m.clone()),
+            KernelError::Fetch(m) => KernelError::Fetch(m.clone()),
+            KernelError::InvalidRequest(m) => KernelError::InvalidRequest(m.clone()),
+            KernelError::CacheFull(m) => KernelError::CacheFull(m.clone()),
+            KernelError::EngineStopped(m) => KernelError::EngineStopped(m.clone()),
+            KernelError::Compute(m) => KernelError::Compute(m.clone()),
+            KernelError::Io { path, source } => KernelError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+        }
+    }
+}
+
 /// What is wrong with a GGUF file. Offsets are byte offsets from the start of the file.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum GgufError {
     #[error("cannot read the file: {0}")]
     Io(String),

@@ -5,13 +5,17 @@
 //! resumed without recomputation, and share whole blocks of a common prefix (blocks are
 //! reference counted; [`KvCache::share`]).
 //!
-//! **Prefix cache.** Every full block a sequence has written is registered under a hash of its
-//! tokens chained with the hash of the block before it, so the key names the whole prefix up to
-//! and including that block. A new sequence whose prompt starts with registered blocks takes
-//! references to them instead of recomputing them ([`KvCache::lookup_prefix`]); the tokens are
-//! compared too, so a hash collision can never hand out the wrong keys and values. When the last
-//! sequence lets go of a registered block it stays cached, and cached blocks are evicted least
-//! recently used first, only when the budget leaves no free block.
+//! **Prefix cache.** Every full block a sequence has written is registered under the key
+//! *(its parent, its tokens)*, where the parent is the registered block holding the prefix
+//! before it (or the root), named by block id *and* the block's generation (bumped each time the
+//! block is reused for something else). A key therefore names one whole prefix exactly: lookups
+//! walk the chain from the root comparing tokens block by block, and a key never matches a block
+//! whose parent has since been evicted and reused, so no sequence is ever handed another
+//! prefix's keys and values (no hash is trusted for equality). A new sequence whose prompt starts
+//! with registered blocks takes references to them instead of recomputing them
+//! ([`KvCache::lookup_prefix`]). When the last sequence lets go of a registered block it stays
+//! cached, and cached blocks are evicted least recently used first, only when the budget leaves
+//! no free block.
 //!
 //! **Where the pools live** ([`KvStorage`]). On a GPU they are device tensors (f32), written by
 //! scatter and read by gather. On the CPU backend they are plain host vectors
@@ -87,8 +91,10 @@ pub struct KvCache {
     max_blocks: usize,
     free: Vec<u32>,
     refs: Vec<u32>,
-    /// Prefix hash → the block registered under it.
-    cached: HashMap<u64, u32>,
+    /// Per block: how many times it has been handed out (see [`PrefixParent`]).
+    generations: Vec<u64>,
+    /// Prefix key → the block registered under it.
+    cached: HashMap<BlockKey, u32>,
     /// Per block: what it is registered as, if it is.
     keys_of: Vec<Option<BlockKey>>,
     /// Registered blocks no sequence uses, by the tick they were released (oldest first).
@@ -223,30 +229,20 @@ impl PoolRows {
     }
 }
 
-/// What a registered block holds: its prefix hash, its parent's, and its tokens.
-#[derive(Debug, Clone)]
-struct BlockKey {
-    hash: u64,
-    parent: u64,
-    tokens: Vec<TokenId>,
+/// Where a block sits in a prefix: the registered block before it, or the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrefixParent {
+    /// The block is the first of its sequence.
+    Root,
+    /// The block follows block `block`, as it was in its `generation`-th use.
+    Block { block: u32, generation: u64 },
 }
 
-/// The chain hash that starts every prefix.
-pub const PREFIX_ROOT: u64 = 0x9e37_79b9_7f4a_7c15;
-
-/// The hash of a block of `tokens` following the prefix hashed as `parent`.
-pub fn prefix_hash(parent: u64, tokens: &[TokenId]) -> u64 {
-    // FNV-1a over the parent and the token ids: deterministic across runs and platforms.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in parent
-        .to_le_bytes()
-        .into_iter()
-        .chain(tokens.iter().flat_map(|t| t.to_le_bytes()))
-    {
-        h ^= byte as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+/// The key a full block is registered under: its parent and its tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BlockKey {
+    parent: PrefixParent,
+    tokens: Vec<TokenId>,
 }
 
 impl KvCache {
@@ -289,6 +285,7 @@ impl KvCache {
             max_blocks,
             free: (0..capacity_blocks as u32).rev().collect(),
             refs: vec![0; capacity_blocks],
+            generations: vec![0; capacity_blocks],
             cached: HashMap::new(),
             keys_of: vec![None; capacity_blocks],
             evictable: BTreeMap::new(),
@@ -364,71 +361,113 @@ impl KvCache {
                 None => self.evict_oldest().expect("can_grow counted the evictable blocks"),
             };
             self.refs[block as usize] = 1;
+            // A new use: keys naming the block's old contents as their parent no longer match.
+            self.generations[block as usize] += 1;
             table.blocks.push(block);
         }
         Ok(())
+    }
+
+    /// Blocks `table` would need to hold `new_len` positions, beyond those it has.
+    pub fn blocks_needed(&self, table: &BlockTable, new_len: usize) -> usize {
+        self.blocks_for(new_len).saturating_sub(table.blocks.len())
+    }
+
+    /// Blocks that new positions could still take: free ones, cached ones no sequence uses
+    /// (evicted on demand) and growth left within the budget.
+    pub fn available_blocks(&self) -> usize {
+        self.free.len() + self.evictable.len() + (self.max_blocks - self.capacity_blocks)
     }
 
     /// Takes the least recently released cached block out of the prefix cache.
     fn evict_oldest(&mut self) -> Option<u32> {
         let (_, block) = self.evictable.pop_first()?;
         if let Some(key) = self.keys_of[block as usize].take() {
-            self.cached.remove(&key.hash);
+            self.cached.remove(&key);
         }
         Some(block)
     }
 
-    /// Registers `table`'s block number `index` (full, written) as holding `tokens` after the
-    /// prefix hashed as `parent`; returns the block's prefix hash. A prefix already registered
-    /// under another block keeps that block.
-    pub fn register(&mut self, table: &BlockTable, index: usize, parent: u64, tokens: &[TokenId]) -> u64 {
-        let hash = prefix_hash(parent, tokens);
-        if !self.config.prefix_cache || index >= table.blocks.len() {
-            return hash;
-        }
+    /// The parent that the block after `table`'s block number `index` has.
+    fn parent_of(&self, table: &BlockTable, index: usize) -> PrefixParent {
         let block = table.blocks[index];
-        if self.cached.contains_key(&hash) || self.keys_of[block as usize].is_some() {
-            return hash;
+        PrefixParent::Block {
+            block,
+            generation: self.generations[block as usize],
         }
-        self.cached.insert(hash, block);
-        self.keys_of[block as usize] = Some(BlockKey {
-            hash,
+    }
+
+    /// Registers `table`'s block number `index` (full, written) as holding `tokens` after
+    /// `parent`; returns the parent of the block that follows it. A prefix already registered
+    /// under another block keeps that block, and what follows hangs under that one.
+    pub fn register(
+        &mut self,
+        table: &BlockTable,
+        index: usize,
+        parent: PrefixParent,
+        tokens: &[TokenId],
+    ) -> PrefixParent {
+        if index >= table.blocks.len() {
+            return PrefixParent::Root;
+        }
+        if !self.config.prefix_cache {
+            return self.parent_of(table, index);
+        }
+        let key = BlockKey {
             parent,
             tokens: tokens.to_vec(),
-        });
-        hash
+        };
+        if let Some(&existing) = self.cached.get(&key) {
+            return PrefixParent::Block {
+                block: existing,
+                generation: self.generations[existing as usize],
+            };
+        }
+        let block = table.blocks[index];
+        if self.keys_of[block as usize].is_some() {
+            // Already registered (as this very prefix, adopted from the cache).
+            return self.parent_of(table, index);
+        }
+        self.cached.insert(key.clone(), block);
+        self.keys_of[block as usize] = Some(key);
+        self.parent_of(table, index)
     }
 
     /// The longest run of cached whole blocks that `tokens` starts with, referenced into a new
-    /// table, and the hash of the last one (for registering what follows).
-    pub fn lookup_prefix(&mut self, tokens: &[TokenId]) -> (BlockTable, u64) {
+    /// table, and the parent of what follows (for registering it).
+    pub fn lookup_prefix(&mut self, tokens: &[TokenId]) -> (BlockTable, PrefixParent) {
         let mut table = BlockTable::default();
-        let parent = self.extend_prefix(&mut table, PREFIX_ROOT, tokens);
+        let parent = self.extend_prefix(&mut table, PrefixParent::Root, tokens);
         (table, parent)
     }
 
-    /// Appends to `table` (which must end on a block boundary, its last block hashed as
-    /// `parent`) the cached blocks that continue it with `tokens`; returns the new last hash.
-    pub fn extend_prefix(&mut self, table: &mut BlockTable, mut parent: u64, tokens: &[TokenId]) -> u64 {
+    /// Appends to `table` (which must end on a block boundary, with `parent` the parent of its
+    /// next block) the cached blocks that continue it with `tokens`; returns the new parent.
+    pub fn extend_prefix(
+        &mut self,
+        table: &mut BlockTable,
+        mut parent: PrefixParent,
+        tokens: &[TokenId],
+    ) -> PrefixParent {
         if !self.config.prefix_cache {
             return parent;
         }
         for chunk in tokens.chunks_exact(self.config.block_size) {
-            let hash = prefix_hash(parent, chunk);
-            let Some(&block) = self.cached.get(&hash) else { break };
-            let matches = self.keys_of[block as usize]
-                .as_ref()
-                .is_some_and(|k| k.parent == parent && k.tokens == chunk);
-            if !matches {
-                break;
-            }
+            let key = BlockKey {
+                parent,
+                tokens: chunk.to_vec(),
+            };
+            let Some(&block) = self.cached.get(&key) else { break };
             if self.refs[block as usize] == 0 {
                 self.evictable.remove(&self.released_at[block as usize]);
             }
             self.refs[block as usize] += 1;
             table.blocks.push(block);
             table.len += chunk.len();
-            parent = hash;
+            parent = PrefixParent::Block {
+                block,
+                generation: self.generations[block as usize],
+            };
         }
         parent
     }
@@ -483,6 +522,7 @@ impl KvCache {
         self.free
             .extend((self.capacity_blocks as u32..new_capacity as u32).rev());
         self.refs.resize(new_capacity, 0);
+        self.generations.resize(new_capacity, 0);
         self.keys_of.resize(new_capacity, None);
         self.released_at.resize(new_capacity, 0);
         self.capacity_blocks = new_capacity;
@@ -611,10 +651,66 @@ mod tests {
     fn write(kv: &mut KvCache, table: &mut BlockTable, tokens: &[TokenId]) {
         kv.reserve(table, tokens.len()).unwrap();
         table.len = tokens.len();
-        let mut parent = PREFIX_ROOT;
+        let mut parent = PrefixParent::Root;
         for (i, block) in tokens.chunks_exact(4).enumerate() {
             parent = kv.register(table, i, parent, block);
         }
+    }
+
+    #[test]
+    fn blocks_after_two_prefixes_whose_former_chain_hashes_collide_are_kept_apart() {
+        // Under the former keys (FNV-1a 64 over the parent's chain hash and the tokens), these
+        // two first blocks had the same chain hash, 0x9e4cefa62fb77928 (found by a
+        // distinguished-point search); the block cached after A was then found after B, and a
+        // sequence starting with B was handed A's keys and values.
+        const A: [TokenId; 4] = [0x7e57_0a36, 0xa275_4fb7, 0, 0];
+        const B: [TokenId; 4] = [0x1ead_0900, 0x2cce_91a5, 0, 0];
+        let mut kv = cache(8);
+        let mut a = BlockTable::default();
+        write(&mut kv, &mut a, &[A, [5; 4]].concat());
+        // A second sequence computed its own first block, B, and registers it...
+        let mut b = BlockTable::default();
+        kv.reserve(&mut b, 4).unwrap();
+        b.len = 4;
+        let parent = kv.register(&b, 0, PrefixParent::Root, &B);
+        // ...then looks for a cached block continuing B with [5; 4]: there is none.
+        kv.extend_prefix(&mut b, parent, &[5; 4]);
+        assert_eq!(b.blocks.len(), 1, "the block after A must not continue B");
+        // A's prefix is still found whole.
+        assert_eq!(kv.lookup_prefix(&[A, [5; 4]].concat()).0.len, 8);
+    }
+
+    #[test]
+    fn a_child_of_an_evicted_and_reused_parent_is_never_found() {
+        let mut kv = cache(2);
+        let mut a = BlockTable::default();
+        write(&mut kv, &mut a, &[1, 1, 1, 1, 2, 2, 2, 2]);
+        kv.release(&mut a);
+        // The budget is spent: a new block evicts the oldest cached one, a's first, and is
+        // registered for another prefix; a's second block is still cached.
+        let mut b = BlockTable::default();
+        kv.reserve(&mut b, 4).unwrap();
+        b.len = 4;
+        kv.register(&b, 0, PrefixParent::Root, &[9, 9, 9, 9]);
+        assert_eq!(kv.cached_blocks(), 1);
+        let (hit, _) = kv.lookup_prefix(&[9, 9, 9, 9, 2, 2, 2, 2]);
+        assert_eq!(
+            hit.len, 4,
+            "a's second block followed a's first, not this block: {hit:?}"
+        );
+    }
+
+    #[test]
+    fn registering_a_prefix_twice_keeps_one_block_and_chains_under_it() {
+        let mut kv = cache(8);
+        let (mut a, mut b) = (BlockTable::default(), BlockTable::default());
+        write(&mut kv, &mut a, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        // `b` computed the same prefix itself (it started before `a` registered it).
+        write(&mut kv, &mut b, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 9]);
+        kv.release(&mut a);
+        kv.release(&mut b);
+        let (hit, _) = kv.lookup_prefix(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 9]);
+        assert_eq!(hit.len, 12, "b's third block hangs under the registered chain");
     }
 
     #[test]

@@ -50,12 +50,13 @@ pub use actor::{KernelActor, KernelArgs, KernelMsg};
 pub use chat::{ChatMessage, ChatTemplate};
 pub use device::{DeviceChoice, SelectedDevice, select_device};
 pub use engine::generate::{
-    BatcherStats, FinishReason, GenerateRequest, GenerationEvent, GenerationSummary, Prompt, RequestId,
+    BatcherStats, DEFAULT_JOB_PRIORITY, EventSink, FinishReason, GenerateRequest, GenerationEvent, GenerationSummary,
+    Job, JobOutput, Prompt, RequestId,
 };
 pub use engine::sampling::SamplingParams;
 pub use engine::{
-    ANALYZE_WINDOW, AttentionMaps, Engine, EngineConfig, EngineStats, ForwardItem, ForwardOutput, LogitsWanted,
-    ModelInfo, SequenceId, TextAttention,
+    AttentionEntropy, AttentionMaps, Embeddings, Engine, EngineConfig, EngineStats, ForwardItem, ForwardOutput,
+    LogitsWanted, ModelInfo, SequenceId, TextAttention,
 };
 pub use error::{GgufError, KernelError, Result};
 pub use kv_cache::{KvCacheConfig, KvStorage};

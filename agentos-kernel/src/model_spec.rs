@@ -94,6 +94,13 @@ pub fn fetch_default_model(dir: &Path) -> Result<PathBuf> {
     if target.is_file() {
         return Ok(target);
     }
+    // Threads of one process that need the model at once fetch it once: the others wait here
+    // and find the file (their download directories would otherwise be the same one).
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCHING.lock().unwrap_or_else(|e| e.into_inner());
+    if target.is_file() {
+        return Ok(target);
+    }
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| KernelError::Io { path, source }

@@ -44,7 +44,7 @@ pub use config::{MemoryConfig, Slicing};
 pub use error::{MemoryError, Result};
 pub use model::{AttentionSource, Embedder, TextAnalysis};
 pub use page::{CognitivePage, ContentHash, PageEntry, PageId, PageView, Tier};
-pub use slicing::{AttentionSpan, SliceConfig};
+pub use slicing::{AttentionSpan, EntropySpan, SliceConfig};
 pub use tiers::l1::{ActiveContext, L1Actor, L1Args, L1Msg, L1Stats};
 pub use tiers::l2::{L2Actor, L2Args, L2Msg, L2Stats, Locate};
 pub use tiers::l3::{L3Actor, L3Msg, L3Store, OpenReport};

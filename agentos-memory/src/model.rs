@@ -4,7 +4,7 @@
 //! builds burn and its logic is testable without a model.
 
 use crate::error::Result;
-use crate::slicing::AttentionSpan;
+use crate::slicing::EntropySpan;
 
 /// Sentence embeddings and token counts.
 #[ractor::async_trait]
@@ -19,13 +19,14 @@ pub trait Embedder: Send + Sync + 'static {
 #[ractor::async_trait]
 pub trait AttentionSource: Send + Sync + 'static {
     /// The text's tokens (as text pieces that concatenate to it) and, when `with_attention`, the
-    /// attention of every token: spans in order that together cover all the pieces.
+    /// entropy of every token's attention over the text before it: spans in order that together
+    /// cover all the pieces.
     async fn analyze(&self, text: String, with_attention: bool) -> Result<TextAnalysis>;
 }
 
-/// A text cut into its tokens, with their attention.
+/// A text cut into its tokens, with the entropy of their attention.
 #[derive(Debug, Clone, Default)]
 pub struct TextAnalysis {
     pub pieces: Vec<String>,
-    pub attention: Vec<AttentionSpan>,
+    pub entropy: Vec<EntropySpan>,
 }

@@ -3,7 +3,10 @@
 //! The contextual information density `D(t)` of token `t` is the normalised entropy of its
 //! attention row, `H(p_t) / ln(context_t)`, in `[0, 1]`: near 0 when the token attends to a few
 //! positions (it continues something local), near 1 when it spreads over the whole context (it
-//! integrates or opens something new).
+//! integrates or opens something new). The kernel reads a text as one sequence, so `context_t`
+//! is everything before `t` in the text: no window edge resets it. It hands over the entropies
+//! (an [`EntropySpan`]), not the probabilities, so a long text costs one value per layer, head
+//! and token.
 //!
 //! **Aggregation.** `D(t)` is the mean over every head of the upper layers (by default the upper
 //! half, [`SliceConfig::first_layer_fraction`]). Heads specialise (positional, previous-token,
@@ -77,6 +80,74 @@ impl AttentionSpan {
     }
 }
 
+/// The entropy `H = -Σ p ln p` of the attention rows of a span of tokens, as the kernel returns
+/// it.
+///
+/// # Shapes
+/// values: `[layer][head][token]` row-major; token `i` sits at absolute position `start_pos + i`
+/// and attended to the `start_pos + i + 1` positions up to and including itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntropySpan {
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_tokens: usize,
+    pub start_pos: usize,
+    pub values: Vec<f32>,
+}
+
+impl EntropySpan {
+    /// The entropies of attention probabilities (see [`AttentionSpan`]).
+    pub fn of(span: &AttentionSpan) -> Result<EntropySpan, String> {
+        span.validate()?;
+        let mut values = Vec::with_capacity(span.n_layers * span.n_heads * span.n_tokens);
+        for layer in 0..span.n_layers {
+            for head in 0..span.n_heads {
+                for t in 0..span.n_tokens {
+                    let visible = span.start_pos + t + 1;
+                    let row = &span.row(layer, head, t)[..visible];
+                    values.push(row.iter().filter(|&&p| p > 0.0).map(|&p| -p * p.ln()).sum());
+                }
+            }
+        }
+        Ok(EntropySpan {
+            n_layers: span.n_layers,
+            n_heads: span.n_heads,
+            n_tokens: span.n_tokens,
+            start_pos: span.start_pos,
+            values,
+        })
+    }
+
+    /// Checks that the shape fields describe `values`, so malformed input is an error, not a
+    /// panic.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.n_layers == 0 || self.n_heads == 0 {
+            return Err(format!(
+                "entropy span has {} layers and {} heads; it needs at least one of each",
+                self.n_layers, self.n_heads
+            ));
+        }
+        let want = self
+            .n_layers
+            .checked_mul(self.n_heads)
+            .and_then(|v| v.checked_mul(self.n_tokens));
+        if want != Some(self.values.len()) {
+            return Err(format!(
+                "entropy span of {} layers x {} heads x {} tokens does not match {} values",
+                self.n_layers,
+                self.n_heads,
+                self.n_tokens,
+                self.values.len()
+            ));
+        }
+        Ok(())
+    }
+
+    fn get(&self, layer: usize, head: usize, token: usize) -> f32 {
+        self.values[(layer * self.n_heads + head) * self.n_tokens + token]
+    }
+}
+
 /// Tuning of [`slice_boundaries`]. Defaults suit chat turns of a small model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SliceConfig {
@@ -113,6 +184,12 @@ impl Default for SliceConfig {
 /// `D(t)` for every token of the span (see the module docs), in `[0, 1]`; an error when the
 /// span's shape does not match its values.
 pub fn density(span: &AttentionSpan, config: &SliceConfig) -> Result<Vec<f32>, String> {
+    density_of_entropy(&EntropySpan::of(span)?, config)
+}
+
+/// `D(t)` from the entropies the kernel computed: each normalised by `ln` of the positions the
+/// token saw, averaged over the heads of the upper layers.
+pub fn density_of_entropy(span: &EntropySpan, config: &SliceConfig) -> Result<Vec<f32>, String> {
     span.validate()?;
     let first_layer = ((span.n_layers as f32 * config.first_layer_fraction).floor() as usize).min(span.n_layers - 1);
     let maps = ((span.n_layers - first_layer) * span.n_heads).max(1) as f32;
@@ -126,12 +203,11 @@ pub fn density(span: &AttentionSpan, config: &SliceConfig) -> Result<Vec<f32>, S
             let mut sum = 0.0;
             for layer in first_layer..span.n_layers {
                 for head in 0..span.n_heads {
-                    let row = &span.row(layer, head, t)[..visible];
-                    let h: f32 = row.iter().filter(|&&p| p > 0.0).map(|&p| -p * p.ln()).sum();
-                    sum += h / norm;
+                    sum += span.get(layer, head, t) / norm;
                 }
             }
-            (sum / maps).clamp(0.0, 1.0)
+            let d = sum / maps;
+            if d.is_finite() { d.clamp(0.0, 1.0) } else { 0.0 }
         })
         .collect())
 }

@@ -24,15 +24,18 @@
 
 pub mod actor;
 pub mod handle;
+pub(crate) mod journal;
 pub(crate) mod record;
 
 use std::time::Duration;
 
 use agentos_kernel::{ChatMessage, FinishReason, SamplingParams};
+use ractor::RpcReplyPort;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::scheduler::Priority;
+use crate::error::RuntimeError;
+use crate::types::{AgentInfo, Priority, TaskId};
 
 /// A role an agent can play. Implemented by `#[agent]`; see the module docs.
 pub trait Agent: AgentHooks + Serialize + DeserializeOwned + Send + Sync + 'static {
@@ -110,6 +113,8 @@ pub struct TurnPrompt {
 pub struct Turn {
     /// 1-based turn number within this agent's life.
     pub number: u64,
+    /// The task this turn answered.
+    pub task_id: TaskId,
     pub task: String,
     pub reply: String,
     pub prompt_tokens: u32,
@@ -124,8 +129,10 @@ pub struct Delivered {
 }
 
 /// The answer to [`AgentHandle::ask`](handle::AgentHandle::ask).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Response {
+    /// The task this answers (its outcome is recorded under this id).
+    pub task: TaskId,
     pub text: String,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -134,8 +141,109 @@ pub struct Response {
     pub time_to_first_token: Duration,
     /// From the task being accepted to the reply.
     pub total_time: Duration,
-    /// 1 normally; 2 when the agent failed during the task and it was redelivered.
+    /// 1 normally; more when the agent (or its process) failed during the task and it was
+    /// redelivered.
     pub attempts: u32,
     /// The turn number this reply was recorded as.
     pub turn: u64,
+}
+
+/// What [`AgentHandle::stream`](handle::AgentHandle::stream) yields.
+#[derive(Debug)]
+pub enum StreamEvent {
+    /// Text that became final with one generated token.
+    Token(String),
+    /// The agent was restarted during this task; the task is being redelivered and the text
+    /// streamed so far is void (the reply starts over).
+    Restarted,
+    /// The end: the whole reply, or why there is none.
+    Done(Box<Result<Response, RuntimeError>>),
+}
+
+/// What a queued task asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum TaskInput {
+    /// Answer a prompt with the model.
+    Ask(String),
+    /// Take a message from another agent.
+    Deliver { from: String, text: String },
+}
+
+/// How a task ended, as recorded in the journal (see [`AgentOS::task_result`](crate::AgentOS::task_result)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskOutcome {
+    /// The model's reply to an `ask` or `stream`.
+    Replied(Response),
+    /// A message from `send` was taken by its recipient (shown to its model next turn).
+    Delivered,
+    /// The task ended with an error; it will not run again.
+    Failed(TaskFailure),
+}
+
+/// A recorded error: its kind and the message the caller got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFailure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+/// The kind of a [`TaskFailure`], one per [`RuntimeError`] a task can end with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    NoKernel,
+    Kernel,
+    KernelLost,
+    ShuttingDown,
+    SystemDown,
+    AgentStopped,
+    TaskFailed,
+    Hook,
+    Memory,
+    Timeout,
+    Journal,
+    Other,
+}
+
+impl From<&RuntimeError> for TaskFailure {
+    fn from(e: &RuntimeError) -> Self {
+        let kind = match e {
+            RuntimeError::NoKernel => FailureKind::NoKernel,
+            RuntimeError::Kernel(_) => FailureKind::Kernel,
+            RuntimeError::KernelLost => FailureKind::KernelLost,
+            RuntimeError::ShuttingDown => FailureKind::ShuttingDown,
+            RuntimeError::SystemDown { .. } => FailureKind::SystemDown,
+            RuntimeError::AgentStopped { .. } => FailureKind::AgentStopped,
+            RuntimeError::TaskFailed { .. } => FailureKind::TaskFailed,
+            RuntimeError::Hook { .. } => FailureKind::Hook,
+            RuntimeError::Memory(_) | RuntimeError::NoMemory { .. } => FailureKind::Memory,
+            RuntimeError::Timeout { .. } => FailureKind::Timeout,
+            RuntimeError::Journal { .. } => FailureKind::Journal,
+            _ => FailureKind::Other,
+        };
+        TaskFailure {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Where a task stands (see [`AgentOS::task_result`](crate::AgentOS::task_result)).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskStatus {
+    /// Accepted and not finished: queued, running, or waiting for its agent to be spawned again
+    /// (after a crash, a task runs again when an agent of its name is spawned).
+    Pending { agent: String, attempts: u32 },
+    /// Finished, with its recorded outcome.
+    Done { agent: String, outcome: TaskOutcome },
+    /// No such task, or its outcome is older than the journal keeps.
+    Unknown,
+}
+
+/// Messages an agent actor understands. Work arrives through the agent's record (see
+/// [`actor`]); `Run` only says which queued task to take.
+pub enum AgentMsg {
+    /// Run the queued task with this id (ignored if it is no longer queued).
+    Run(TaskId),
+    /// Reply with the agent's current status.
+    Info(RpcReplyPort<AgentInfo>),
 }

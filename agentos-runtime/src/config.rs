@@ -16,10 +16,11 @@ pub struct RuntimeConfig {
     /// default engine settings. `None` runs agents without a kernel: they can exchange messages,
     /// but their tasks fail with [`RuntimeError::NoKernel`](crate::RuntimeError::NoKernel).
     pub kernel: Option<KernelArgs>,
-    /// Where agent checkpoints live. Default `None`: a fresh directory under the system's
-    /// temporary directory, deleted by a graceful shutdown. With a directory of your own,
-    /// checkpoints survive the process and an agent spawned under a name that has a checkpoint
-    /// resumes from it (state, history and queued tasks).
+    /// Where the task journal (`journal.redb`: tasks, outcomes, agent checkpoints, history) and
+    /// the memory store live. Default `None`: a fresh directory under the system's temporary
+    /// directory, deleted by a graceful shutdown. With a directory of your own, everything
+    /// survives the process (even `kill -9`): an agent spawned under a name that has a
+    /// checkpoint resumes from it, and the tasks it had accepted and not finished run again.
     pub checkpoint_dir: Option<PathBuf>,
     /// How the agent supervisor restarts agents. Default one-for-one.
     pub agent_strategy: Strategy,
@@ -32,6 +33,21 @@ pub struct RuntimeConfig {
     pub system_intensity: RestartIntensity,
     /// How long a graceful shutdown lets queued and running tasks finish. Default 30 s.
     pub shutdown_grace: Duration,
+    /// How long a call to a system actor (supervisor, scheduler, kernel control, an agent's
+    /// status) may take before it fails with `RuntimeError::Timeout`. Default 10 s.
+    pub call_timeout: Duration,
+    /// How long a call into an agent's memory (paging in, writing a turn, recall) may take; it
+    /// includes embedding and attention work queued behind the model's other requests.
+    /// Default 120 s.
+    pub memory_timeout: Duration,
+    /// How many times a task may be started before it is answered with
+    /// `RuntimeError::TaskFailed`: each start that ends with its agent failing (a panic, or the
+    /// process dying) counts; a start cut short by a supervisor stopping the agent for a
+    /// sibling's restart does not. Default 2 (one redelivery).
+    pub max_task_attempts: u32,
+    /// Outcomes of this many of the latest tasks are kept for `AgentOS::task_result`; older
+    /// ones are pruned. Default 100,000.
+    pub task_outcomes_kept: usize,
     /// Fair-share budgets of the scheduler (see [`SchedulerConfig`]).
     pub scheduler: SchedulerConfig,
     /// The S-MMU: L1 budget, slicing, page faults, the store file (see [`MemoryConfig`]). Agents
@@ -49,6 +65,10 @@ impl Default for RuntimeConfig {
             agent_intensity: RestartIntensity::default(),
             system_intensity: RestartIntensity::default(),
             shutdown_grace: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(10),
+            memory_timeout: Duration::from_secs(120),
+            max_task_attempts: 2,
+            task_outcomes_kept: 100_000,
             scheduler: SchedulerConfig::default(),
             memory: MemoryConfig::default(),
         }

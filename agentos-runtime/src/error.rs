@@ -1,6 +1,7 @@
 //! Errors of the runtime. Each says what went wrong and, where there is one, what to do.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use agentos_kernel::KernelError;
 
@@ -29,14 +30,17 @@ pub enum RuntimeError {
     #[error("an agent named `{0}` already runs in this AgentOS; give the new one another name")]
     NameTaken(String),
 
-    #[error("agent `{agent}` failed this task twice (it was redelivered once after a restart): {reason}")]
+    #[error("agent `{agent}` could not finish this task: {reason}")]
     TaskFailed { agent: String, reason: String },
 
     #[error("agent `{agent}`: its after_turn hook rejected the reply: {reason}")]
     Hook { agent: String, reason: String },
 
-    #[error("checkpoint {path}: {reason}")]
-    Checkpoint { path: PathBuf, reason: String },
+    #[error("task journal {path}: {reason}")]
+    Journal { path: PathBuf, reason: String },
+
+    #[error("{what} did not answer within {after:?}; the system may be overloaded or stuck (see the logs)")]
+    Timeout { what: String, after: Duration },
 
     #[error("could not start {what}: {reason}")]
     Start { what: String, reason: String },
@@ -49,10 +53,4 @@ pub enum RuntimeError {
 
     #[error("actor messaging failed: {0}")]
     Messaging(String),
-}
-
-impl RuntimeError {
-    pub(crate) fn messaging(e: impl std::fmt::Display) -> Self {
-        RuntimeError::Messaging(e.to_string())
-    }
 }

@@ -2,7 +2,9 @@
 //!
 //! Declare a role with `#[agent]`, start an [`AgentOS`], spawn agents and talk to them through
 //! [`AgentHandle`]s. Every agent is an actor in one supervision tree (see [`os`]): a panicking
-//! agent is restarted from its last checkpoint and the task it was running is redelivered once.
+//! agent is restarted from its last checkpoint and the task it was running is redelivered; every
+//! task is journaled before it is acknowledged and its outcome recorded exactly once (see the
+//! delivery semantics in [`os`]).
 //!
 //! ```no_run
 //! use agentos_runtime::prelude::*;
@@ -22,36 +24,40 @@
 //! ```
 
 pub mod agent;
-pub mod checkpoint;
 pub mod config;
 pub mod error;
 mod mmu;
 pub mod os;
+mod rpc;
 pub mod scheduler;
 pub mod supervisor;
+mod system;
+pub mod types;
 
-pub use agent::actor::{AgentActor, AgentMsg};
-pub use agent::handle::{AgentHandle, StreamEvent, TokenStream};
-pub use agent::record::{AgentInfo, AgentState, Pid};
-pub use agent::{Agent, AgentHooks, AgentSpec, Delivered, Response, Turn, TurnPrompt};
+pub use agent::actor::AgentActor;
+pub use agent::handle::{AgentHandle, TokenStream};
+pub use agent::{
+    Agent, AgentHooks, AgentMsg, AgentSpec, Delivered, FailureKind, Response, StreamEvent, TaskFailure, TaskOutcome,
+    TaskStatus, Turn, TurnPrompt,
+};
 pub use agentos_kernel as kernel;
 pub use agentos_macros::agent;
 pub use agentos_memory as memory;
 pub use agentos_memory::{ActiveContext, L1Stats, L2Stats, MemoryConfig, PageId, PageView, Slicing, Tier};
-pub use checkpoint::CheckpointStore;
 pub use config::RuntimeConfig;
 pub use error::{Result, RuntimeError};
 pub use os::{AgentOS, AgentOsBuilder};
-pub use scheduler::{AgentSchedStats, Priority, SchedulerConfig, SchedulerStats};
-pub use supervisor::{RestartIntensity, Strategy, SupervisorEvent};
+pub use scheduler::{AgentSchedStats, SchedulerConfig, SchedulerStats};
+pub use supervisor::{RestartIntensity, Shutdown, Strategy, SupervisorEvent};
+pub use types::{AgentInfo, AgentState, Pid, Priority, TaskId};
 
 /// Everything a typical program needs: `use agentos_runtime::prelude::*;`.
 pub mod prelude {
     pub use crate::agent;
     pub use crate::{
         Agent, AgentHandle, AgentHooks, AgentInfo, AgentOS, AgentSpec, AgentState, Priority, Response,
-        RestartIntensity, RuntimeConfig, RuntimeError, SchedulerConfig, Strategy, StreamEvent, SupervisorEvent, Turn,
-        TurnPrompt,
+        RestartIntensity, RuntimeConfig, RuntimeError, SchedulerConfig, Strategy, StreamEvent, SupervisorEvent, TaskId,
+        TaskOutcome, TaskStatus, Turn, TurnPrompt,
     };
     pub use agentos_kernel::{ChatMessage, KernelArgs, ModelSpec, SamplingParams};
     pub use futures::StreamExt;

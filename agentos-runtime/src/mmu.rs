@@ -5,26 +5,34 @@
 //! memory  supervisor (rest-for-one)
 //! ├── l3       L3Actor: the knowledge base file (redb)
 //! ├── l2       L2Actor: page table + similarity index
-//! └── l1:NAME  L1Actor × agents with memory: each agent's active window
+//! └── l1       supervisor (one-for-one)
+//!     └── l1:NAME  L1Actor × agents with memory: each agent's active window
 //! ```
 //!
 //! Rest-for-one because each tier loads from the one before it: a restarted L3 is followed by a
-//! fresh L2 (which reloads the page table) and fresh L1s (which reload their windows).
+//! fresh L2 (which reloads the page table) and fresh L1s (which reload their windows). The L1s
+//! are independent of each other, so they sit under their own one-for-one supervisor: one
+//! agent's L1 failing restarts that L1 alone.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use agentos_kernel::{KernelError, KernelMsg};
+use agentos_kernel::{DEFAULT_JOB_PRIORITY, KernelError, KernelMsg};
 use agentos_memory::{
-    AttentionSource, AttentionSpan, Embedder, L1Actor, L1Args, L1Msg, L2Actor, L2Args, L2Msg, L3Actor, L3Msg,
+    AttentionSource, Embedder, EntropySpan, L1Actor, L1Args, L1Msg, L2Actor, L2Args, L2Msg, L3Actor, L3Msg,
     MemoryConfig, MemoryError, TextAnalysis,
 };
 use ractor::ActorRef;
 
+use crate::error::RuntimeError;
+use crate::rpc;
+use crate::scheduler::SchedulerMsg;
 use crate::supervisor::{
     ActorSlot, ChildSpec, Restart, Strategy, Supervisor, SupervisorArgs, SupervisorEvent, SupervisorMsg,
 };
+use crate::types::Pid;
 
 /// The memory tiers of one AgentOS, and how to reach them.
 pub(crate) struct MemorySystem {
@@ -33,21 +41,46 @@ pub(crate) struct MemorySystem {
     pub l3: ActorSlot<L3Msg>,
     pub l2: ActorSlot<L2Msg>,
     pub supervisor: ActorSlot<SupervisorMsg>,
-    /// `None` without a kernel: no agent gets an L1 then.
+    /// The one-for-one supervisor of the L1s.
+    l1_supervisor: ActorSlot<SupervisorMsg>,
+    /// How long a call to the memory supervisors may take.
+    call_timeout: Duration,
+    /// `None` without a kernel: no agent gets an L1 then. Counts tokens for the agents; each
+    /// L1 gets a model of its own that charges its agent's fair share.
     pub model: Option<Arc<KernelMemoryModel>>,
+    scheduler: ActorSlot<SchedulerMsg>,
+    memory_timeout: Duration,
     /// Each memory agent's L1: its slot and how to (re)start it, by agent name.
     l1: Mutex<BTreeMap<String, (ActorSlot<L1Msg>, ChildSpec)>>,
 }
 
 impl MemorySystem {
-    pub fn new(config: MemoryConfig, store_path: PathBuf, kernel: Option<ActorSlot<KernelMsg>>) -> Self {
+    pub fn new(
+        config: MemoryConfig,
+        store_path: PathBuf,
+        kernel: Option<ActorSlot<KernelMsg>>,
+        scheduler: ActorSlot<SchedulerMsg>,
+        call_timeout: Duration,
+        memory_timeout: Duration,
+    ) -> Self {
         MemorySystem {
             config,
             store_path,
             l3: ActorSlot::new(),
             l2: ActorSlot::new(),
             supervisor: ActorSlot::new(),
-            model: kernel.map(|kernel| Arc::new(KernelMemoryModel { kernel })),
+            l1_supervisor: ActorSlot::new(),
+            call_timeout,
+            model: kernel.map(|kernel| {
+                Arc::new(KernelMemoryModel {
+                    kernel,
+                    scheduler: scheduler.clone(),
+                    agent: None,
+                    timeout: memory_timeout,
+                })
+            }),
+            scheduler,
+            memory_timeout,
             l1: Mutex::new(BTreeMap::new()),
         }
     }
@@ -76,12 +109,22 @@ impl MemorySystem {
                     },
                     memory.l2.clone(),
                 );
-                let mut args = SupervisorArgs::new("memory", Strategy::RestForOne)
+                let l1_memory = memory.clone();
+                let l1_events = events.clone();
+                let l1s = Supervisor::child_spec(
+                    "l1",
+                    move || {
+                        let mut args = SupervisorArgs::new("l1", Strategy::OneForOne).events(l1_events.clone());
+                        args.children = l1_memory.l1_specs();
+                        args
+                    },
+                    memory.l1_supervisor.clone(),
+                );
+                SupervisorArgs::new("memory", Strategy::RestForOne)
                     .events(events.clone())
                     .child(l3)
-                    .child(l2);
-                args.children.extend(memory.l1_specs());
-                args
+                    .child(l2)
+                    .child(l1s)
             },
             self.supervisor.clone(),
         )
@@ -105,12 +148,19 @@ impl MemorySystem {
             .and_then(|(slot, _)| slot.get())
     }
 
-    /// Registers and starts the L1 of agent `name`. Errors when there is no kernel to embed with.
-    pub async fn start_l1(&self, name: &str) -> Result<(), String> {
-        let model = self
+    /// Registers and starts the L1 of agent `name` (`pid`, whose fair share pays for its memory
+    /// work). Errors when there is no kernel to embed with.
+    pub async fn start_l1(&self, name: &str, pid: Pid) -> Result<(), String> {
+        let shared = self
             .model
-            .clone()
+            .as_ref()
             .ok_or("memory needs a kernel for embeddings and attention; this AgentOS has none")?;
+        let model = Arc::new(KernelMemoryModel {
+            kernel: shared.kernel.clone(),
+            scheduler: self.scheduler.clone(),
+            agent: Some(pid),
+            timeout: self.memory_timeout,
+        });
         let slot = ActorSlot::new();
         let l2 = self.l2.clone();
         let spec = ChildSpec::actor_in_slot(
@@ -130,8 +180,16 @@ impl MemorySystem {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), (slot, spec.clone()));
-        let supervisor = self.supervisor.get().ok_or("the memory supervisor is not running")?;
-        match ractor::call!(supervisor, SupervisorMsg::StartChild, spec) {
+        let supervisor = self.l1_supervisor.get().ok_or("the memory supervisor is not running")?;
+        let started = rpc::call(
+            &supervisor,
+            "the L1 supervisor",
+            self.call_timeout,
+            |reply| SupervisorMsg::StartChild(spec, reply),
+            || RuntimeError::Messaging("the L1 supervisor stopped".into()),
+        )
+        .await;
+        match started {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 self.forget_l1(name);
@@ -147,8 +205,19 @@ impl MemorySystem {
     /// Stops and forgets the L1 of agent `name` (its pages stay in L2/L3).
     pub async fn stop_l1(&self, name: &str) {
         self.forget_l1(name);
-        if let Some(supervisor) = self.supervisor.get() {
-            let _ = ractor::call!(supervisor, SupervisorMsg::StopChild, format!("l1:{name}"));
+        if let Some(supervisor) = self.l1_supervisor.get() {
+            let id = format!("l1:{name}");
+            let stopped = rpc::call(
+                &supervisor,
+                "the L1 supervisor",
+                self.call_timeout,
+                |reply| SupervisorMsg::StopChild(id, reply),
+                || RuntimeError::Messaging("the L1 supervisor stopped".into()),
+            )
+            .await;
+            if let Err(e) = stopped {
+                tracing::warn!(agent = %name, error = %e, "could not stop the agent's L1");
+            }
         }
     }
 
@@ -157,80 +226,140 @@ impl MemorySystem {
     }
 }
 
-/// The kernel as the memory system's [`Embedder`] and [`AttentionSource`].
+/// The kernel as the memory system's [`Embedder`] and [`AttentionSource`]. Its work runs in the
+/// kernel's batcher as jobs of the least urgent class, and what it costs is charged to `agent`'s
+/// fair share.
 pub(crate) struct KernelMemoryModel {
     kernel: ActorSlot<KernelMsg>,
+    scheduler: ActorSlot<SchedulerMsg>,
+    agent: Option<Pid>,
+    /// How long one embedding or analysis may take (queueing behind other requests included).
+    timeout: Duration,
 }
 
 impl KernelMemoryModel {
-    fn kernel(&self, what: &'static str) -> Result<ActorRef<KernelMsg>, MemoryError> {
-        self.kernel.get().ok_or(MemoryError::Kernel {
-            what,
-            detail: "the kernel is not running (it may be restarting)".into(),
-        })
+    /// Asks the current kernel, within the timeout; every failure is a `MemoryError::Kernel`.
+    async fn call<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        msg: impl FnOnce(ractor::RpcReplyPort<Result<T, KernelError>>) -> KernelMsg,
+    ) -> Result<T, MemoryError> {
+        let error = |detail: String| MemoryError::Kernel { what, detail };
+        let kernel = self
+            .kernel
+            .get()
+            .ok_or_else(|| error("the kernel is not running (it may be restarting)".into()))?;
+        let lost = || RuntimeError::KernelLost;
+        rpc::call(&kernel, what, self.timeout, msg, lost)
+            .await
+            .map_err(|e| error(e.to_string()))?
+            .map_err(|e| error(e.to_string()))
     }
-}
 
-fn kernel_error(what: &'static str) -> impl Fn(KernelError) -> MemoryError {
-    move |e| MemoryError::Kernel {
-        what,
-        detail: e.to_string(),
-    }
-}
-
-fn lost(what: &'static str) -> impl Fn(ractor::RactorErr<KernelMsg>) -> MemoryError {
-    move |e| MemoryError::Kernel {
-        what,
-        detail: e.to_string(),
+    /// Charges `tokens` of model work to the agent's fair share.
+    fn charge(&self, tokens: usize) {
+        if let (Some(agent), Some(scheduler)) = (self.agent, self.scheduler.get()) {
+            let _ = scheduler.cast(SchedulerMsg::Charge {
+                agent,
+                tokens: tokens as u64,
+            });
+        }
     }
 }
 
 #[ractor::async_trait]
 impl Embedder for KernelMemoryModel {
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, MemoryError> {
-        const WHAT: &str = "embed text";
-        let kernel = self.kernel(WHAT)?;
-        ractor::call!(kernel, |reply| KernelMsg::Embed { texts, reply })
-            .map_err(lost(WHAT))?
-            .map_err(kernel_error(WHAT))
+        let embeddings = self
+            .call("embed text", |reply| KernelMsg::Embed {
+                texts,
+                priority: DEFAULT_JOB_PRIORITY,
+                reply,
+            })
+            .await?;
+        self.charge(embeddings.tokens);
+        Ok(embeddings.vectors)
     }
 
     async fn count_tokens(&self, text: String) -> Result<usize, MemoryError> {
-        const WHAT: &str = "tokenize text";
-        let kernel = self.kernel(WHAT)?;
-        ractor::call!(kernel, |reply| KernelMsg::Tokenize { text, reply })
-            .map_err(lost(WHAT))?
-            .map(|t| t.len())
-            .map_err(kernel_error(WHAT))
+        let tokens = self
+            .call("tokenize text", |reply| KernelMsg::Tokenize { text, reply })
+            .await?;
+        Ok(tokens.len())
     }
 }
 
 #[ractor::async_trait]
 impl AttentionSource for KernelMemoryModel {
     async fn analyze(&self, text: String, with_attention: bool) -> Result<TextAnalysis, MemoryError> {
-        const WHAT: &str = "analyze text";
-        let kernel = self.kernel(WHAT)?;
-        let analysis = ractor::call!(kernel, |reply| KernelMsg::Analyze {
-            text,
-            with_attention,
-            reply
-        })
-        .map_err(lost(WHAT))?
-        .map_err(kernel_error(WHAT))?;
+        let analysis = self
+            .call("analyze text", |reply| KernelMsg::Analyze {
+                text,
+                with_attention,
+                priority: DEFAULT_JOB_PRIORITY,
+                reply,
+            })
+            .await?;
+        if with_attention {
+            self.charge(analysis.tokens.len());
+        }
         Ok(TextAnalysis {
             pieces: analysis.pieces,
-            attention: analysis
-                .attention
+            entropy: analysis
+                .entropy
                 .into_iter()
-                .map(|m| AttentionSpan {
-                    n_layers: m.n_layers,
-                    n_heads: m.n_heads,
-                    n_tokens: m.n_new,
-                    context: m.context,
-                    start_pos: m.start_pos,
-                    probs: m.probs,
+                .map(|e| EntropySpan {
+                    n_layers: e.n_layers,
+                    n_heads: e.n_heads,
+                    n_tokens: e.n_tokens,
+                    start_pos: e.start_pos,
+                    values: e.values,
                 })
                 .collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_l1_failing_restarts_that_l1_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let timeout = Duration::from_secs(10);
+        // A kernel slot with no kernel in it: L1s start without one (they need it only to embed).
+        let memory = Arc::new(MemorySystem::new(
+            MemoryConfig::default(),
+            dir.path().join("memory.redb"),
+            Some(ActorSlot::new()),
+            ActorSlot::new(),
+            timeout,
+            timeout,
+        ));
+        let (events, mut rx) = tokio::sync::broadcast::channel(64);
+        let root = SupervisorArgs::new("root", Strategy::OneForOne).child(memory.supervisor_spec(events));
+        let (root, _) = Supervisor::spawn(root).await.unwrap();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            memory.start_l1(name, Pid(i as u64 + 1)).await.unwrap();
+        }
+        let id = |name: &str| memory.l1(name).unwrap().get_id();
+        let (a, b, c) = (id("a"), id("b"), id("c"));
+        memory.l1("b").unwrap().kill();
+        let event = tokio::time::timeout(timeout, rx.recv()).await.unwrap().unwrap();
+        assert!(
+            matches!(&event, SupervisorEvent::Restarted { child, supervisor, .. } if child == "l1:b" && supervisor == "l1"),
+            "{event:?}"
+        );
+        for _ in 0..100 {
+            if memory.l1("b").is_some_and(|l1| l1.get_id() != b) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_ne!(id("b"), b, "b's L1 was restarted");
+        assert_eq!((id("a"), id("c")), (a, c), "the other L1s were left alone");
+        assert!(rx.try_recv().is_err(), "nothing else restarted");
+        root.stop_and_wait(None, None).await.unwrap();
     }
 }

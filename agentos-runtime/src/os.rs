@@ -10,31 +10,45 @@
 //!
 //! Children start in that order and stop in the reverse order. When the root passes its restart
 //! intensity it stops everything; [`AgentOS::wait`] and every pending or later call then return
-//! [`RuntimeError::SystemDown`] with the reason.
+//! [`RuntimeError::SystemDown`] with the reason. Above the root sits a small watcher actor that
+//! notices its exit and records and answers whatever was still queued.
+//!
+//! ## Delivery semantics
+//!
+//! Tasks (`ask`, `stream`, `send`) are **at least once** in execution and **exactly once** in
+//! outcome. Each is written to the journal before the call returns; it then runs until its outcome
+//! is recorded, which happens in the same transaction as the agent state it produced. If the
+//! agent or the whole process dies before that, the task runs again (from the last checkpoint,
+//! so the model sees the same state), up to `RuntimeConfig::max_task_attempts` starts. Its outcome
+//! is recorded once under its [`TaskId`], readable with [`AgentOS::task_result`] even by a later
+//! process, and a task answered with an error (stopped agent, shutdown) is recorded as failed
+//! and never runs later.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use agentos_kernel::{KernelActor, KernelArgs, KernelMsg};
-use ractor::{Actor, ActorRef};
-use tokio::sync::{broadcast, watch};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::agent::actor::{AgentActor, AgentArgs};
 use crate::agent::handle::AgentHandle;
-use crate::agent::record::{AgentInfo, AgentRecord, AgentState, Pid, SharedRecord};
-use crate::agent::{Agent, AgentSpec};
-use crate::checkpoint::CheckpointStore;
+use crate::agent::journal::Journal;
+use crate::agent::record::{AgentRecord, SharedRecord, TaskReply};
+use crate::agent::{Agent, AgentSpec, TaskStatus};
 use crate::config::RuntimeConfig;
 use crate::error::{Result, RuntimeError};
 use crate::mmu::MemorySystem;
+use crate::rpc;
 use crate::scheduler::{SchedulerActor, SchedulerArgs, SchedulerConfig, SchedulerMsg, SchedulerStats};
 use crate::supervisor::{
-    ActorSlot, ChildSpec, Restart, RestartIntensity, Strategy, Supervisor, SupervisorArgs, SupervisorEvent,
+    ActorSlot, ChildSpec, Restart, RestartIntensity, Shutdown, Strategy, Supervisor, SupervisorArgs, SupervisorEvent,
     SupervisorMsg,
 };
+use crate::system::{System, SystemSettings};
+use crate::types::{AgentInfo, AgentState, Pid, TaskId};
 
 /// The running system. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct AgentOS {
@@ -131,25 +145,29 @@ impl AgentOS {
             .clone()
             .unwrap_or_else(|| checkpoint_dir.join("memory.redb"));
         let kernel_slot = config.kernel.as_ref().map(|_| ActorSlot::new());
+        let scheduler_slot = ActorSlot::new();
         let memory = Arc::new(MemorySystem::new(
             config.memory.clone(),
             store_path,
             kernel_slot.clone(),
+            scheduler_slot.clone(),
+            config.call_timeout,
+            config.memory_timeout,
         ));
-        let system = Arc::new(System {
-            scheduler: ActorSlot::new(),
-            kernel: kernel_slot,
-            memory: memory.clone(),
-            agent_supervisor: ActorSlot::new(),
-            checkpoints: CheckpointStore::open(checkpoint_dir)?,
-            registry: Mutex::new(Registry::default()),
-            next_pid: AtomicU64::new(1),
-            accepting: AtomicBool::new(true),
-            shutting_down: AtomicBool::new(false),
-            down: OnceLock::new(),
-            events: events.clone(),
-            live_agent_actors: AtomicUsize::new(0),
-        });
+        let journal = Journal::open(&checkpoint_dir, config.task_outcomes_kept)?;
+        let settings = SystemSettings {
+            call_timeout: config.call_timeout,
+            memory_timeout: config.memory_timeout,
+            max_task_attempts: config.max_task_attempts,
+        };
+        let system = Arc::new(System::new(
+            scheduler_slot,
+            kernel_slot,
+            memory.clone(),
+            journal,
+            events.clone(),
+            settings,
+        ));
 
         let mut root = SupervisorArgs::new("agentos", Strategy::OneForOne)
             .intensity(config.system_intensity)
@@ -198,28 +216,25 @@ impl AgentOS {
             },
             system.agent_supervisor.clone(),
         ));
-        let gave_up = root.gave_up.clone();
-
-        let (root, join) = Supervisor::spawn(root).await.map_err(|e| RuntimeError::Start {
-            what: "the supervision tree".into(),
-            reason: e.to_string(),
-        })?;
 
         let (down_tx, down) = watch::channel(false);
-        let monitor_system = system.clone();
-        tokio::spawn(async move {
-            let _ = join.await;
-            let reason = if monitor_system.shutting_down.load(Ordering::SeqCst) {
-                "AgentOS was shut down".to_string()
-            } else {
-                gave_up
-                    .get()
-                    .cloned()
-                    .unwrap_or_else(|| "the root supervisor stopped".to_string())
-            };
-            monitor_system.go_down(reason);
-            let _ = down_tx.send(true);
-        });
+        let (root_tx, root_rx) = oneshot::channel();
+        let watch_args = RootWatchArgs {
+            root,
+            system: system.clone(),
+            down: down_tx,
+            started: root_tx,
+        };
+        Actor::spawn(None, RootWatch, watch_args)
+            .await
+            .map_err(|e| RuntimeError::Start {
+                what: "the supervision tree".into(),
+                reason: e.to_string(),
+            })?;
+        let root = root_rx.await.map_err(|_| RuntimeError::Start {
+            what: "the supervision tree".into(),
+            reason: "its watcher stopped before the root started".into(),
+        })?;
 
         Ok(AgentOS {
             system,
@@ -257,7 +272,19 @@ impl AgentOS {
         let child = agent_child_spec::<R>(record.clone(), system.clone(), Arc::new(spec), Arc::new(initial));
         *record.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child.clone());
         system.registry().insert(record.clone())?;
-        if memory && let Err(reason) = system.memory.start_l1(&name).await {
+        // Tasks this name had accepted and not finished (the process ended under them) run
+        // again; their callers are gone, their outcomes are recorded for `task_result`.
+        let recovered = match system.journal.pending(&name).await {
+            Ok(pending) => pending,
+            Err(e) => {
+                system.forget_agent(&record);
+                return Err(e);
+            }
+        };
+        for (id, task) in recovered {
+            record.enqueue(id, task.input, TaskReply::Nobody, task.attempts)?;
+        }
+        if memory && let Err(reason) = system.memory.start_l1(&name, pid).await {
             system.forget_agent(&record);
             return Err(RuntimeError::Start {
                 what: format!("the memory of agent `{name}`"),
@@ -266,14 +293,20 @@ impl AgentOS {
         }
 
         let started = match system.agent_supervisor.get() {
-            Some(supervisor) => ractor::call!(supervisor, SupervisorMsg::StartChild, child)
-                .map_err(|_| system.down_error())
-                .and_then(|r| {
-                    r.map_err(|reason| RuntimeError::Start {
-                        what: format!("agent `{name}`"),
-                        reason,
-                    })
-                }),
+            Some(supervisor) => rpc::call(
+                &supervisor,
+                "the agent supervisor (spawn)",
+                system.call_timeout,
+                |reply| SupervisorMsg::StartChild(child, reply),
+                || system.down_error(),
+            )
+            .await
+            .and_then(|r| {
+                r.map_err(|reason| RuntimeError::Start {
+                    what: format!("agent `{name}`"),
+                    reason,
+                })
+            }),
             None => Err(system.down_error()),
         };
         if let Err(e) = started {
@@ -294,8 +327,7 @@ impl AgentOS {
 
     /// Every agent's pid, name, role, priority, state, turns and tokens used, in pid order.
     pub fn agents(&self) -> Vec<AgentInfo> {
-        let records: Vec<SharedRecord> = self.system.registry().by_pid.values().cloned().collect();
-        records.iter().map(|r| r.info()).collect()
+        self.system.records().iter().map(|r| r.info()).collect()
     }
 
     /// How many agent actors exist right now, restarting ones included. After agents stop (or
@@ -304,7 +336,8 @@ impl AgentOS {
         self.system.live_agent_actors.load(Ordering::Relaxed)
     }
 
-    /// Restarts, removals and escalations anywhere in the tree, as they happen.
+    /// Restarts, removals, escalations and quarantined checkpoints anywhere in the tree, as they
+    /// happen.
     pub fn events(&self) -> broadcast::Receiver<SupervisorEvent> {
         self.system.events.subscribe()
     }
@@ -314,15 +347,55 @@ impl AgentOS {
         self.system.kernel.as_ref().and_then(|slot| slot.get())
     }
 
+    /// Where task `id` stands: pending (queued, running, or waiting for its agent to be spawned
+    /// again after a crash), done with its recorded outcome, or unknown. Works for tasks of
+    /// earlier processes that used the same checkpoint directory.
+    pub async fn task_result(&self, id: TaskId) -> Result<TaskStatus> {
+        self.system.journal.status(id).await
+    }
+
+    /// Waits up to `timeout` for task `id` to have an outcome, and returns where it stands then.
+    pub async fn wait_for_task(&self, id: TaskId, timeout: Duration) -> Result<TaskStatus> {
+        self.system.journal.wait(id, timeout).await
+    }
+
+    /// The completed turns numbered `from..to` of the agent called `name` (running or not: the
+    /// journal keeps every turn of every agent that used this checkpoint directory).
+    pub async fn history(&self, name: &str, from: u64, to: u64) -> Result<Vec<crate::agent::Turn>> {
+        self.system.journal.history(name, from, to).await
+    }
+
+    /// Checkpoints of agent `name` that could not be read and were moved aside (see
+    /// [`SupervisorEvent::Quarantined`]): when (milliseconds since the Unix epoch) and why.
+    pub async fn quarantined(&self, name: &str) -> Result<Vec<(u64, String)>> {
+        self.system.journal.quarantined(name).await
+    }
+
     /// Counters of the memory system's deep context (pages per tier, demotions, faults from disk).
     pub async fn memory_stats(&self) -> Result<agentos_memory::L2Stats> {
         let l2 = self.system.memory.l2.get().ok_or_else(|| self.system.down_error())?;
-        ractor::call!(l2, agentos_memory::L2Msg::Stats).map_err(|_| self.system.down_error())
+        let gone = || self.system.down_error();
+        rpc::call(
+            &l2,
+            "L2 (stats)",
+            self.system.call_timeout,
+            agentos_memory::L2Msg::Stats,
+            gone,
+        )
+        .await
     }
 
     pub async fn scheduler_stats(&self) -> Result<SchedulerStats> {
         let scheduler = self.system.scheduler.get().ok_or_else(|| self.system.down_error())?;
-        ractor::call!(scheduler, SchedulerMsg::Stats).map_err(|_| self.system.down_error())
+        let gone = || self.system.down_error();
+        rpc::call(
+            &scheduler,
+            "the scheduler (stats)",
+            self.system.call_timeout,
+            SchedulerMsg::Stats,
+            gone,
+        )
+        .await
     }
 
     /// The reason the system went down, if it did.
@@ -342,17 +415,19 @@ impl AgentOS {
     }
 
     /// Graceful shutdown: stops accepting work, lets queued and running tasks finish (up to
-    /// `shutdown_grace`), then stops the tree children-first in reverse start order (agents
-    /// checkpoint as they stop). Tasks still queued after the grace period are answered with
-    /// [`RuntimeError::ShuttingDown`] and stay in their agent's checkpoint. Returns the reason if
-    /// the system had already gone down on its own.
+    /// `shutdown_grace`), then stops the tree children-first in reverse start order. Tasks still
+    /// queued after the grace period are answered with [`RuntimeError::ShuttingDown`], and
+    /// recorded so: they do not run when the agents are spawned again. Returns the reason if the
+    /// system had already gone down on its own.
     pub async fn shutdown(self) -> Result<()> {
         let system = self.system.clone();
         system.accepting.store(false, Ordering::SeqCst);
         let deadline = Instant::now() + self.shutdown_grace;
         loop {
-            let records: Vec<SharedRecord> = system.registry().by_pid.values().cloned().collect();
-            let busy = records.iter().any(|r| !r.is_idle() && r.state() != AgentState::Stopped);
+            let busy = system
+                .records()
+                .iter()
+                .any(|r| !r.is_idle() && r.state() != AgentState::Stopped);
             if !busy || Instant::now() >= deadline || system.down_reason().is_some() {
                 break;
             }
@@ -363,6 +438,8 @@ impl AgentOS {
         let _ = self.root.stop_and_wait(None, None).await;
         let mut down = self.down.clone();
         let _ = down.wait_for(|d| *d).await;
+        // Every outcome is on disk now; free the directory for whoever opens it next.
+        system.journal.close();
         if let Some(dir) = &self.ephemeral_dir {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -375,8 +452,9 @@ impl AgentOS {
 
 impl Drop for AgentOS {
     fn drop(&mut self) {
-        // Without a graceful shutdown the tree would outlive its owner; stop it (agents still
-        // checkpoint as they stop). The ephemeral directory is left: stopping is asynchronous.
+        // Without a graceful shutdown the tree would outlive its owner; stop it (every task
+        // accepted and not finished stays in the journal). The ephemeral directory is left:
+        // stopping is asynchronous.
         if self.system.down_reason().is_none() {
             self.system.shutting_down.store(true, Ordering::SeqCst);
             self.root.stop(None);
@@ -384,96 +462,73 @@ impl Drop for AgentOS {
     }
 }
 
-/// What every agent actor and handle of one AgentOS shares.
-pub(crate) struct System {
-    pub scheduler: ActorSlot<SchedulerMsg>,
-    pub kernel: Option<ActorSlot<KernelMsg>>,
-    pub memory: Arc<MemorySystem>,
-    pub agent_supervisor: ActorSlot<SupervisorMsg>,
-    pub checkpoints: CheckpointStore,
-    registry: Mutex<Registry>,
-    next_pid: AtomicU64,
-    accepting: AtomicBool,
-    shutting_down: AtomicBool,
-    down: OnceLock<String>,
-    pub events: broadcast::Sender<SupervisorEvent>,
-    /// Agent actors whose state is alive (see `AgentOS::live_agent_actors`).
-    pub live_agent_actors: AtomicUsize,
+/// How to start the root watcher.
+struct RootWatchArgs {
+    root: SupervisorArgs,
+    system: Arc<System>,
+    down: watch::Sender<bool>,
+    started: oneshot::Sender<ActorRef<SupervisorMsg>>,
 }
 
-#[derive(Default)]
-pub(crate) struct Registry {
-    by_pid: BTreeMap<Pid, SharedRecord>,
-    by_name: HashMap<String, Pid>,
+/// The root supervisor's own supervisor: it starts the root linked to itself, and when the root
+/// exits (a graceful shutdown, or the root giving up) it takes the system down: every task still
+/// queued is recorded and answered, and [`AgentOS::wait`] returns.
+struct RootWatch;
+
+struct RootWatchState {
+    system: Arc<System>,
+    down: watch::Sender<bool>,
+    gave_up: Arc<std::sync::OnceLock<String>>,
 }
 
-impl Registry {
-    fn insert(&mut self, record: SharedRecord) -> Result<()> {
-        if self.by_name.contains_key(&record.name) {
-            return Err(RuntimeError::NameTaken(record.name.clone()));
+#[ractor::async_trait]
+impl Actor for RootWatch {
+    type Msg = ();
+    type State = RootWatchState;
+    type Arguments = RootWatchArgs;
+
+    async fn pre_start(&self, myself: ActorRef<()>, args: RootWatchArgs) -> Result<RootWatchState, ActorProcessingErr> {
+        let gave_up = args.root.gave_up.clone();
+        let (root, _) = Supervisor::spawn_linked(args.root, myself.get_cell()).await?;
+        let _ = args.started.send(root);
+        Ok(RootWatchState {
+            system: args.system,
+            down: args.down,
+            gave_up,
+        })
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<()>,
+        event: SupervisionEvent,
+        state: &mut RootWatchState,
+    ) -> Result<(), ActorProcessingErr> {
+        if !matches!(
+            event,
+            SupervisionEvent::ActorFailed(..) | SupervisionEvent::ActorTerminated(..)
+        ) {
+            return Ok(());
         }
-        self.by_name.insert(record.name.clone(), record.pid);
-        self.by_pid.insert(record.pid, record);
+        let reason = if state.system.shutting_down.load(Ordering::SeqCst) {
+            "AgentOS was shut down".to_string()
+        } else {
+            state
+                .gave_up
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "the root supervisor stopped".to_string())
+        };
+        state.system.go_down(reason).await;
+        let _ = state.down.send(true);
+        myself.stop(None);
         Ok(())
     }
-
-    fn child_specs(&self) -> Vec<ChildSpec> {
-        self.by_pid
-            .values()
-            .filter_map(|r| r.child.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .collect()
-    }
 }
 
-impl System {
-    fn registry(&self) -> MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn forget_agent(&self, record: &AgentRecord) {
-        let mut registry = self.registry();
-        if registry.by_pid.remove(&record.pid).is_some() {
-            registry.by_name.remove(&record.name);
-        }
-    }
-
-    pub fn down_reason(&self) -> Option<String> {
-        self.down.get().cloned()
-    }
-
-    pub fn check_accepting(&self) -> Result<()> {
-        if let Some(reason) = self.down_reason() {
-            return Err(RuntimeError::SystemDown { reason });
-        }
-        if !self.accepting.load(Ordering::SeqCst) {
-            return Err(RuntimeError::ShuttingDown);
-        }
-        Ok(())
-    }
-
-    pub fn down_error(&self) -> RuntimeError {
-        RuntimeError::SystemDown {
-            reason: self
-                .down_reason()
-                .unwrap_or_else(|| "a system actor is restarting".to_string()),
-        }
-    }
-
-    /// The tree is gone: answer everything still queued, for every agent.
-    fn go_down(&self, reason: String) {
-        let _ = self.down.set(reason.clone());
-        let records: Vec<SharedRecord> = self.registry().by_pid.values().cloned().collect();
-        let graceful = self.shutting_down.load(Ordering::SeqCst);
-        for record in records {
-            record.close(match graceful {
-                true => RuntimeError::ShuttingDown,
-                false => RuntimeError::SystemDown { reason: reason.clone() },
-            });
-        }
-    }
-}
-
-/// How the agent supervisor starts (and restarts) one agent.
+/// How the agent supervisor starts (and restarts) one agent. Agents are killed, not asked, when
+/// their supervisor stops them: an agent may be in the middle of an LLM turn, everything it has
+/// is in its record and the journal, and its cut-short start is given back.
 fn agent_child_spec<R: Agent>(
     record: SharedRecord,
     system: Arc<System>,
@@ -497,9 +552,11 @@ fn agent_child_spec<R: Agent>(
             Ok(agent.get_cell())
         }
     })
+    .with_shutdown(Shutdown::Kill)
 }
 
 fn ephemeral_checkpoint_dir() -> PathBuf {
+    use std::sync::atomic::AtomicU64;
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -510,4 +567,165 @@ fn ephemeral_checkpoint_dir() -> PathBuf {
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use agentos_kernel::SamplingParams;
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::agent::{AgentHooks, TaskOutcome};
+    use crate::types::Priority;
+
+    /// Keeps what it is told; "panic" makes it panic every time it is told so.
+    #[derive(Default, Serialize, Deserialize)]
+    struct Keeper {
+        seen: Vec<String>,
+    }
+
+    impl AgentHooks for Keeper {
+        fn on_message(&mut self, _from: &str, text: &str) {
+            self.seen.push(text.to_string());
+            if text == "panic" {
+                panic!("told to panic");
+            }
+        }
+    }
+
+    impl Agent for Keeper {
+        fn spec() -> AgentSpec {
+            AgentSpec {
+                name: "Keeper".into(),
+                role: "keeper".into(),
+                system: String::new(),
+                priority: Priority::Normal,
+                sampling: SamplingParams::default(),
+                max_tokens: 16,
+                tools: Vec::new(),
+                history_turns: 2,
+                memory: false,
+            }
+        }
+    }
+
+    async fn delivered(os: &AgentOS, from: &AgentHandle, to: &AgentHandle, text: &str) -> TaskStatus {
+        let id = from.send(to, text).await.unwrap();
+        os.wait_for_task(id, Duration::from_secs(10)).await.unwrap()
+    }
+
+    fn is_delivered(status: &TaskStatus) -> bool {
+        matches!(
+            status,
+            TaskStatus::Done {
+                outcome: TaskOutcome::Delivered,
+                ..
+            }
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_checkpoint_at_spawn_is_quarantined_and_the_agent_starts_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let os = AgentOS::builder()
+            .without_kernel()
+            .checkpoint_dir(dir.path())
+            .start()
+            .await
+            .unwrap();
+        let keeper = os.spawn(Keeper::default()).await.unwrap();
+        assert!(is_delivered(&delivered(&os, &keeper, &keeper, "hello").await));
+        os.shutdown().await.unwrap();
+        // The journal is closed with the system: damage the agent's checkpoint in the file.
+        let journal = Journal::open(dir.path(), 100).unwrap();
+        journal
+            .put_raw_checkpoint("Keeper", b"AGOSCKPT\x02\0\0\0 not a checkpoint")
+            .unwrap();
+        drop(journal);
+
+        let os = AgentOS::builder()
+            .without_kernel()
+            .checkpoint_dir(dir.path())
+            .start()
+            .await
+            .unwrap();
+        let mut events = os.events();
+        let keeper = os
+            .spawn(Keeper::default())
+            .await
+            .expect("a bad checkpoint does not stop the spawn");
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        match event {
+            SupervisorEvent::Quarantined {
+                agent, path, reason, ..
+            } => {
+                assert_eq!(agent, "Keeper");
+                assert_eq!(path, dir.path().join("journal.redb"));
+                assert!(reason.contains("truncated"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let quarantined = os.quarantined("Keeper").await.unwrap();
+        assert_eq!(quarantined.len(), 1, "the bad record is kept for inspection");
+        assert!(is_delivered(&delivered(&os, &keeper, &keeper, "again").await));
+        os.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_checkpoint_met_while_the_agent_supervisor_is_rebuilt_keeps_the_others_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let os = AgentOS::builder()
+            .without_kernel()
+            .checkpoint_dir(dir.path())
+            // The agent supervisor gives up at its first failure, so the root rebuilds it with
+            // every agent from its checkpoint.
+            .agent_intensity(RestartIntensity {
+                max_restarts: 0,
+                within: Duration::from_secs(60),
+            })
+            .system_intensity(RestartIntensity {
+                max_restarts: 10,
+                within: Duration::from_secs(60),
+            })
+            .start()
+            .await
+            .unwrap();
+        let mut events = os.events();
+        let a = os.spawn_named("a", Keeper::default()).await.unwrap();
+        let b = os.spawn_named("b", Keeper::default()).await.unwrap();
+        let c = os.spawn_named("c", Keeper::default()).await.unwrap();
+        for agent in [&a, &b, &c] {
+            assert!(is_delivered(&delivered(&os, agent, agent, "note").await));
+        }
+        os.system.journal.put_raw_checkpoint("b", b"damaged").unwrap();
+
+        // `a` panics on this message every time: the agent supervisor gives up, the root
+        // rebuilds it (meeting b's damaged checkpoint), until the message fails for good.
+        let status = delivered(&os, &c, &a, "panic").await;
+        assert!(
+            matches!(&status, TaskStatus::Done { outcome: TaskOutcome::Failed(f), .. } if f.kind == crate::agent::FailureKind::TaskFailed),
+            "{status:?}"
+        );
+        assert!(
+            os.down_reason().is_none(),
+            "the system stays up: {:?}",
+            os.down_reason()
+        );
+        let mut quarantined = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            if let SupervisorEvent::Quarantined { agent, .. } = event {
+                quarantined.push(agent);
+            }
+        }
+        assert_eq!(quarantined, vec!["b".to_string()], "only b's checkpoint was set aside");
+        for agent in [&a, &b, &c] {
+            assert!(agent.status().await.is_ok(), "{} is back", agent.name());
+            assert!(is_delivered(&delivered(&os, agent, agent, "still here").await));
+        }
+        assert!(os.quarantined("c").await.unwrap().is_empty());
+        os.shutdown().await.unwrap();
+    }
 }

@@ -16,58 +16,23 @@
 //!   memory admission makes requests wait rather than fail; shared prompt prefixes are computed
 //!   once (prefix cache). See `agentos_kernel::engine::generate::Batcher`.
 //!
-//! The scheduler watches every generation's events on their way to the agent, so its statistics
-//! (queue time, time to first token, tokens/s, preemptions, budget use) are per agent and global.
+//! The scheduler meters every generation on its way to the agent (the kernel streams into a
+//! sink that reports the generation's usage back here when it ends, however it ends), so its
+//! statistics (queue time, time to first token, tokens/s, preemptions, budget use) are per
+//! agent and global.
 //! The kernel may be restarted by its supervisor; the scheduler reads the current `KernelActor`
 //! from an [`ActorSlot`] at every request, so it never talks to a dead one.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use agentos_kernel::{GenerateRequest, GenerationEvent, KernelMsg, RequestId};
+use agentos_kernel::{EventSink, GenerateRequest, GenerationEvent, KernelError, KernelMsg, RequestId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio::sync::mpsc::UnboundedSender;
 
-use crate::agent::record::Pid;
-use crate::error::RuntimeError;
 use crate::supervisor::ActorSlot;
-
-/// Scheduling class of an agent, most urgent first. Set with `#[agent(priority = High)]` and
-/// changeable at run time with [`AgentHandle::set_priority`](crate::AgentHandle::set_priority).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
-#[repr(u8)]
-pub enum Priority {
-    Realtime = 0,
-    High = 1,
-    #[default]
-    Normal = 2,
-    Low = 3,
-    Background = 4,
-}
-
-impl Priority {
-    pub(crate) fn from_u8(v: u8) -> Self {
-        match v {
-            0 => Priority::Realtime,
-            1 => Priority::High,
-            2 => Priority::Normal,
-            3 => Priority::Low,
-            _ => Priority::Background,
-        }
-    }
-
-    /// Fair-share weight: how many budget units an agent of this class gets per window.
-    pub fn weight(self) -> u64 {
-        match self {
-            Priority::Realtime => 16,
-            Priority::High => 8,
-            Priority::Normal => 4,
-            Priority::Low => 2,
-            Priority::Background => 1,
-        }
-    }
-}
+use crate::types::{Pid, Priority};
 
 /// Fair-share settings (part of [`RuntimeConfig`](crate::RuntimeConfig)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,14 +55,14 @@ impl Default for SchedulerConfig {
 
 /// Messages the scheduler understands.
 pub enum SchedulerMsg {
-    /// Start a generation for `agent`; tokens stream to `events`. The reply comes once the kernel
-    /// has queued it (a throttled agent's reply waits for its budget).
+    /// Start a generation for `agent`; its events stream to `events`, which ends with
+    /// `Finished` or `Failed` (or closes, when the kernel is lost). A throttled agent's request
+    /// waits here for its budget.
     Submit {
         agent: Pid,
         priority: Priority,
         request: GenerateRequest,
         events: UnboundedSender<GenerationEvent>,
-        reply: RpcReplyPort<Result<RequestId, RuntimeError>>,
     },
     /// Stop a generation early.
     Cancel(RequestId),
@@ -109,6 +74,14 @@ pub enum SchedulerMsg {
     },
     /// Re-examine throttled requests (sent to itself while any wait).
     Tick,
+    /// `tokens` of memory work (embeddings, attention analysis) done for `agent`: they count
+    /// against its fair share like the tokens of its generations.
+    Charge {
+        agent: Pid,
+        tokens: u64,
+    },
+    /// `agent` stopped for good: drop its account and statistics (pids are never reused).
+    Forget(Pid),
 }
 
 /// What one finished generation cost and how it went.
@@ -143,6 +116,8 @@ pub struct AgentSchedStats {
     pub preemptions: u64,
     /// Requests held back because the agent was over its budget.
     pub throttled: u64,
+    /// Tokens of memory work done for the agent (charged to its budget).
+    pub memory_tokens: u64,
     /// Budget of the current window and how much of it is used.
     pub budget_tokens: u64,
     pub budget_used: u64,
@@ -192,6 +167,7 @@ impl SchedulerStats {
             t.generation_seconds += a.generation_seconds;
             t.preemptions += a.preemptions;
             t.throttled += a.throttled;
+            t.memory_tokens += a.memory_tokens;
             t.budget_tokens += a.budget_tokens;
             t.budget_used += a.budget_used;
         }
@@ -215,7 +191,6 @@ struct Held {
     priority: Priority,
     request: GenerateRequest,
     events: UnboundedSender<GenerationEvent>,
-    reply: RpcReplyPort<Result<RequestId, RuntimeError>>,
     since: Instant,
 }
 
@@ -260,9 +235,8 @@ impl Actor for SchedulerActor {
         _myself: ActorRef<SchedulerMsg>,
         state: &mut SchedulerState,
     ) -> Result<(), ActorProcessingErr> {
-        for held in state.held.drain(..) {
-            let _ = held.reply.send(Err(RuntimeError::KernelLost));
-        }
+        // Dropping a held request closes its event channel: its agent sees the kernel lost.
+        state.held.clear();
         Ok(())
     }
 
@@ -278,10 +252,11 @@ impl Actor for SchedulerActor {
                 priority,
                 request,
                 events,
-                reply,
             } => {
                 if state.kernel.is_none() {
-                    let _ = reply.send(Err(RuntimeError::NoKernel));
+                    let _ = events.send(GenerationEvent::Failed(KernelError::EngineStopped(
+                        "this AgentOS has no kernel".into(),
+                    )));
                     return Ok(());
                 }
                 state.stats.submitted += 1;
@@ -294,7 +269,6 @@ impl Actor for SchedulerActor {
                     priority,
                     request,
                     events,
-                    reply,
                     since: Instant::now(),
                 };
                 if state.may_run(agent, priority) {
@@ -324,6 +298,16 @@ impl Actor for SchedulerActor {
                 s.generation_seconds += usage.generation_time.as_secs_f64();
                 s.preemptions += usage.preemptions as u64;
                 state.release_held(&myself);
+            }
+            SchedulerMsg::Forget(agent) => {
+                if state.accounts.get(&agent).is_none_or(|a| a.in_flight == 0) {
+                    state.accounts.remove(&agent);
+                }
+                state.stats.by_agent.remove(&agent);
+            }
+            SchedulerMsg::Charge { agent, tokens } => {
+                state.account(agent).used += tokens;
+                state.stats.by_agent.entry(agent).or_default().memory_tokens += tokens;
             }
             SchedulerMsg::Tick => {
                 state.ticking = false;
@@ -409,19 +393,18 @@ impl SchedulerState {
         }
     }
 
-    /// Sends a request to the current kernel, relaying its events to the agent and reporting its
-    /// usage back here when it ends.
+    /// Sends a request to the current kernel; its events go to the agent through a
+    /// [`MeteredSink`], which reports the usage back here when the generation ends.
     fn forward(&mut self, myself: &ActorRef<SchedulerMsg>, held: Held) {
         let Held {
             agent,
             priority,
             mut request,
             events,
-            reply,
             since,
         } = held;
         let Some(kernel) = self.kernel.as_ref().and_then(|slot| slot.get()) else {
-            let _ = reply.send(Err(RuntimeError::KernelLost));
+            // Dropping `events` tells the agent the kernel is lost (it is restarting).
             return;
         };
         self.stats.by_agent.entry(agent).or_default().queue_seconds += since.elapsed().as_secs_f64();
@@ -429,48 +412,59 @@ impl SchedulerState {
         self.stats.in_flight += 1;
         // The kernel's batcher orders and preempts by this class (0 most urgent).
         request.priority = priority as u8;
-        let (relay_tx, mut relay_rx) = mpsc::unbounded_channel();
-        let scheduler = myself.clone();
-        tokio::spawn(async move {
-            let result = ractor::call!(kernel, |reply| KernelMsg::Generate {
-                request,
-                events: relay_tx,
-                reply
-            });
-            let result = match result {
-                Ok(Ok(id)) => Ok(id),
-                Ok(Err(e)) => Err(RuntimeError::Kernel(e)),
-                Err(_) => Err(RuntimeError::KernelLost),
-            };
-            let accepted = result.is_ok();
-            let _ = reply.send(result);
-            let mut usage = Usage {
+        let sink = MeteredSink {
+            events,
+            scheduler: myself.clone(),
+            agent,
+            usage: Usage {
                 failed: true,
                 ..Usage::default()
+            },
+        };
+        // The kernel answers a rejected request on the sink too, so the reply is not needed.
+        let (reply, _) = ractor::concurrency::oneshot();
+        // A dead kernel drops the message, and with it the sink, which reports the failure.
+        let _ = kernel.cast(KernelMsg::Generate {
+            request,
+            events: Box::new(sink),
+            reply: RpcReplyPort::from(reply),
+        });
+    }
+}
+
+/// Where the kernel streams a metered generation: every event goes on to the agent, and when
+/// the kernel lets go of the sink (the generation finished, failed, was cancelled, or the kernel
+/// died) its usage goes back to the scheduler, exactly once.
+struct MeteredSink {
+    events: UnboundedSender<GenerationEvent>,
+    scheduler: ActorRef<SchedulerMsg>,
+    agent: Pid,
+    usage: Usage,
+}
+
+impl EventSink for MeteredSink {
+    fn send(&mut self, event: GenerationEvent) -> bool {
+        if let GenerationEvent::Finished { summary, .. } = &event {
+            self.usage = Usage {
+                prompt_tokens: summary.prompt_tokens as u64,
+                cached_prompt_tokens: summary.cached_prompt_tokens as u64,
+                generated_tokens: summary.tokens.len() as u64,
+                time_to_first_token: summary.time_to_first_token,
+                generation_time: summary.total_time,
+                preemptions: summary.preemptions,
+                failed: false,
             };
-            if accepted {
-                while let Some(event) = relay_rx.recv().await {
-                    match &event {
-                        GenerationEvent::Finished { summary, .. } => {
-                            usage = Usage {
-                                prompt_tokens: summary.prompt_tokens as u64,
-                                cached_prompt_tokens: summary.cached_prompt_tokens as u64,
-                                generated_tokens: summary.tokens.len() as u64,
-                                time_to_first_token: summary.time_to_first_token,
-                                generation_time: summary.total_time,
-                                preemptions: summary.preemptions,
-                                failed: false,
-                            };
-                        }
-                        GenerationEvent::Failed(_) | GenerationEvent::Token { .. } => {}
-                    }
-                    if events.send(event).is_err() {
-                        // The agent is gone; dropping the relay cancels the generation.
-                        break;
-                    }
-                }
-            }
-            let _ = scheduler.cast(SchedulerMsg::Finished { agent, usage });
+        }
+        // The agent gone: returning false cancels the generation and frees its KV blocks.
+        self.events.send(event).is_ok()
+    }
+}
+
+impl Drop for MeteredSink {
+    fn drop(&mut self) {
+        let _ = self.scheduler.cast(SchedulerMsg::Finished {
+            agent: self.agent,
+            usage: self.usage,
         });
     }
 }

@@ -13,12 +13,16 @@
 //!   so its own parent sees an `ActorFailed` and applies *its* strategy (escalation). The reason is
 //!   stored in [`SupervisorArgs::gave_up`] for whoever watches the root.
 //! - **Ordered shutdown**: stopping a supervisor stops its children newest first, each waited
-//!   for, before it exits.
+//!   for, before it exits. How a child is stopped is its [`Shutdown`] policy: asked to stop and
+//!   waited for up to a timeout (then killed), or killed at once (OTP's `brutal_kill`) for
+//!   children whose handlers can run for long and whose state lives outside the actor (agents
+//!   in the middle of an LLM turn), so a restart never waits for a sibling's turn.
 //!
-//! Semantics worth knowing: a child that fails while starting during a restart counts as another
-//! restart; messages queued in a dead child's mailbox are gone (callers that must not lose work
-//! keep it outside the actor, as the agents do); exits of children the supervisor stopped itself
-//! are ignored.
+//! Semantics worth knowing: restart intensity counts failure *events*, as OTP does: one failure
+//! that makes a one-for-all supervisor restart five children is one restart, not five; a child
+//! that fails while starting during a restart counts as another. Messages queued in a dead
+//! child's mailbox are gone (callers that must not lose work keep it outside the actor, as the
+//! agents do); exits of children the supervisor stopped itself are ignored.
 //!
 //! ```no_run
 //! use agentos_runtime::supervisor::{ChildSpec, Restart, Strategy, Supervisor, SupervisorArgs};
@@ -69,6 +73,16 @@ pub enum Restart {
     Temporary,
 }
 
+/// How a supervisor stops a child (for a sibling's restart, its own exit or `StopChild`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Ask it to stop, wait up to this long, then kill it.
+    Timeout(Duration),
+    /// Kill it at once: the message it is handling is cut short and `post_stop` does not run.
+    /// For children that keep their state elsewhere and whose handlers may run for a long time.
+    Kill,
+}
+
 /// At most `max_restarts` restarts within `within`; one more and the supervisor escalates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestartIntensity {
@@ -96,6 +110,8 @@ type StartFn = Arc<dyn Fn(ActorCell) -> StartFuture + Send + Sync>;
 pub struct ChildSpec {
     pub id: String,
     pub restart: Restart,
+    /// How it is stopped; `None`: asked, and waited for up to the supervisor's `stop_timeout`.
+    pub shutdown: Option<Shutdown>,
     start: StartFn,
 }
 
@@ -104,6 +120,7 @@ impl std::fmt::Debug for ChildSpec {
         f.debug_struct("ChildSpec")
             .field("id", &self.id)
             .field("restart", &self.restart)
+            .field("shutdown", &self.shutdown)
             .finish()
     }
 }
@@ -118,8 +135,15 @@ impl ChildSpec {
         ChildSpec {
             id: id.into(),
             restart,
+            shutdown: None,
             start: Arc::new(move |supervisor| Box::pin(start(supervisor))),
         }
+    }
+
+    /// Sets how the supervisor stops this child.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = Some(shutdown);
+        self
     }
 
     /// A child that is one actor, restarted from clones of the same handler and arguments.
@@ -209,6 +233,14 @@ pub enum SupervisorEvent {
     },
     /// The intensity limit was passed: the supervisor stopped its children and failed.
     GaveUp { supervisor: String, reason: String },
+    /// Agent `agent`'s checkpoint could not be read; it was moved aside to `key` of the journal
+    /// at `path` (kept for inspection) and the agent started from its initial state.
+    Quarantined {
+        agent: String,
+        path: std::path::PathBuf,
+        key: String,
+        reason: String,
+    },
 }
 
 /// How to start a supervisor.
@@ -456,15 +488,26 @@ impl SupervisorState {
         }
     }
 
-    /// Stops one child and waits for it (killing it after `stop_timeout`).
+    /// Stops one child by its shutdown policy and waits for it.
     async fn stop_child(&mut self, seq: u64) {
-        let Some(cell) = self.children.get_mut(&seq).and_then(|c| c.cell.take()) else {
+        let Some(child) = self.children.get_mut(&seq) else {
             return;
         };
+        let Some(cell) = child.cell.take() else {
+            return;
+        };
+        let shutdown = child.spec.shutdown.unwrap_or(Shutdown::Timeout(self.stop_timeout));
         self.by_actor.remove(&cell.get_id());
-        let reason = Some(format!("stopped by supervisor `{}`", self.name));
-        if cell.stop_and_wait(reason, Some(self.stop_timeout)).await.is_err() {
-            let _ = cell.kill_and_wait(Some(self.stop_timeout)).await;
+        match shutdown {
+            Shutdown::Kill => {
+                let _ = cell.kill_and_wait(Some(self.stop_timeout)).await;
+            }
+            Shutdown::Timeout(timeout) => {
+                let reason = Some(format!("stopped by supervisor `{}`", self.name));
+                if cell.stop_and_wait(reason, Some(timeout)).await.is_err() {
+                    let _ = cell.kill_and_wait(Some(self.stop_timeout)).await;
+                }
+            }
         }
     }
 
@@ -527,6 +570,11 @@ impl SupervisorState {
             _ => self.children.range(first..).map(|(s, _)| *s).collect(),
         };
         let mut reason = format!("child `{id}`: {reason}");
+        // One failure is one restart, however many children the strategy restarts for it.
+        if let Err(message) = self.count_restart(&reason) {
+            self.stop_children(None).await;
+            return Err(message.into());
+        }
         for restart_seq in to_restart {
             // Temporary siblings stopped by the strategy are not brought back.
             if self.children.get(&restart_seq).map(|c| c.spec.restart) == Some(Restart::Temporary) {
@@ -534,10 +582,6 @@ impl SupervisorState {
                 continue;
             }
             loop {
-                if let Err(message) = self.count_restart(&reason) {
-                    self.stop_children(None).await;
-                    return Err(message.into());
-                }
                 let child = &self.children[&restart_seq];
                 let child_id = child.spec.id.clone();
                 match (child.spec.start)(myself.get_cell()).await {
@@ -558,6 +602,12 @@ impl SupervisorState {
                     Err(e) => {
                         tracing::warn!(supervisor = %self.name, child = %child_id, error = %e, "restart failed");
                         reason = format!("child `{child_id}` failed to restart: {e}");
+                        // A failed start is another failure: it counts, so a child that cannot
+                        // start escalates instead of looping.
+                        if let Err(message) = self.count_restart(&reason) {
+                            self.stop_children(None).await;
+                            return Err(message.into());
+                        }
                     }
                 }
             }

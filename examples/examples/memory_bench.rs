@@ -431,7 +431,7 @@ async fn generate(
     let started = Instant::now();
     ractor::call!(kernel, |reply| KernelMsg::Generate {
         request,
-        events: tx,
+        events: Box::new(tx),
         reply
     })??;
     loop {

@@ -34,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let assistant = os.spawn(Assistant).await?;
 
     println!("> {question}");
-    let mut reply = assistant.stream(question)?;
+    let mut reply = assistant.stream(question).await?;
     while let Some(event) = reply.next().await {
         match event {
             StreamEvent::Token(text) => {

@@ -338,7 +338,7 @@ async fn jain_index(kernel: KernelArgs) -> Result<(f64, serde_json::Value), Runt
         let mut stream_tokens = 0usize;
         let mut turn = 0;
         while Instant::now() < deadline {
-            let mut stream = agent.stream(turn_question(i, turn))?;
+            let mut stream = agent.stream(turn_question(i, turn)).await?;
             // Count tokens as they are served, so an unfinished turn counts too.
             while let Some(event) = stream.next().await {
                 match event {

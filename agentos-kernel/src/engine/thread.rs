@@ -6,15 +6,15 @@ use std::thread::JoinHandle;
 
 use crossbeam::channel::{Receiver, Sender, TryRecvError};
 
-use super::generate::{Batcher, EventSink, PreparedRequest, RequestId};
-use super::{Engine, EngineConfig, EngineStats, ModelInfo, TextAttention};
+use super::generate::{Batcher, EventSink, Job, JobOutput, PreparedRequest, RequestId};
+use super::{Embeddings, Engine, EngineConfig, EngineStats, ModelInfo, TextAttention};
 use crate::chat::ChatTemplate;
 use crate::error::{KernelError, Result};
 use crate::model_spec::ModelSpec;
 use crate::tokenizer::Tokenizer;
 
 /// Receives the embeddings of an `Embed` command.
-pub type EmbedReply = Box<dyn FnOnce(Result<Vec<Vec<f32>>>) + Send>;
+pub type EmbedReply = Box<dyn FnOnce(Result<Embeddings>) + Send>;
 
 /// A request to the engine thread.
 pub enum EngineCommand {
@@ -24,13 +24,16 @@ pub enum EngineCommand {
         queued: Box<dyn FnOnce(RequestId) + Send>,
     },
     Cancel(RequestId),
+    /// Memory work, run by the batcher as a job at class `priority`.
     Embed {
         texts: Vec<String>,
+        priority: u8,
         reply: EmbedReply,
     },
     Analyze {
         text: String,
         with_attention: bool,
+        priority: u8,
         reply: Box<dyn FnOnce(Result<TextAttention>) + Send>,
     },
     Stats {
@@ -154,14 +157,41 @@ fn run(mut engine: Engine, rx: Receiver<EngineCommand>) {
                     queued(id);
                 }
                 EngineCommand::Cancel(id) => batcher.cancel(&mut engine, id),
-                EngineCommand::Embed { texts, reply } => {
-                    reply(engine.embed_many(&texts));
-                }
+                EngineCommand::Embed { texts, priority, reply } => match Job::embed(&engine, &texts) {
+                    Ok(job) => {
+                        batcher.submit_job(
+                            job,
+                            priority,
+                            Box::new(move |r| {
+                                reply(r.map(|out| match out {
+                                    JobOutput::Embeddings(e) => e,
+                                    JobOutput::Analysis(_) => unreachable!("an embedding job returns embeddings"),
+                                }))
+                            }),
+                        );
+                    }
+                    Err(e) => reply(Err(e)),
+                },
                 EngineCommand::Analyze {
                     text,
                     with_attention,
+                    priority,
                     reply,
-                } => reply(engine.analyze(&text, with_attention)),
+                } => match Job::analyze(&engine, &text, with_attention) {
+                    Ok(job) => {
+                        batcher.submit_job(
+                            job,
+                            priority,
+                            Box::new(move |r| {
+                                reply(r.map(|out| match out {
+                                    JobOutput::Analysis(a) => a,
+                                    JobOutput::Embeddings(_) => unreachable!("an analysis job returns an analysis"),
+                                }))
+                            }),
+                        );
+                    }
+                    Err(e) => reply(Err(e)),
+                },
                 EngineCommand::Stats { reply } => reply(engine.stats()),
                 EngineCommand::Shutdown => return,
             }

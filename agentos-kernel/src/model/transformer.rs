@@ -35,15 +35,42 @@ pub struct SequenceSlice<'a> {
     /// Absolute position of the first new token (= tokens already cached).
     pub start_pos: usize,
     pub n_new: usize,
-    pub want_attention: bool,
+    pub attention: AttentionWanted,
+}
+
+/// What a sequence wants to know of its attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionWanted {
+    None,
+    /// The probabilities, `[heads, n_new, context]` per layer.
+    Probabilities,
+    /// The entropy of each probability row, `[heads, n_new, 1]` per layer: what the memory
+    /// system reads, reduced inside each layer so long contexts cost no big maps.
+    Entropy,
 }
 
 /// Result of a batched forward before any host read-back.
 pub struct ForwardTensors {
     /// Final-normed hidden states of every new token, `[total_tokens, hidden]`.
     pub hidden: Tensor<2>,
-    /// Per sequence (in batch order), per layer: `[heads, n_new, context]` when requested.
+    /// Per sequence (in batch order), per layer, as its [`AttentionWanted`] asked.
     pub attention: Vec<Option<Vec<Tensor<3>>>>,
+}
+
+/// `-Σ p ln p` of each row of `probs` (zeros contribute nothing).
+///
+/// # Shapes
+/// probs: `[heads, n, context]` → `[heads, n, 1]`
+fn row_entropy(probs: Tensor<3>) -> Tensor<3> {
+    probs.clone().mul(probs.add_scalar(1e-30).log()).sum_dim(2).neg()
+}
+
+/// Keeps what `wanted` asks of one layer's probabilities.
+fn keep(wanted: AttentionWanted, probs: Tensor<3>) -> Tensor<3> {
+    match wanted {
+        AttentionWanted::Entropy => row_entropy(probs),
+        _ => probs,
+    }
 }
 
 pub struct Transformer {
@@ -189,7 +216,7 @@ impl Transformer {
         let mut x = self.embedding.clone().select(0, ids).cast(DType::F32);
         let mut attention: Vec<Option<Vec<Tensor<3>>>> = slices
             .iter()
-            .map(|s| s.want_attention.then(|| Vec::with_capacity(cfg.n_layers)))
+            .map(|s| (s.attention != AttentionWanted::None).then(|| Vec::with_capacity(cfg.n_layers)))
             .collect();
 
         for (li, layer) in self.layers.iter().enumerate() {
@@ -217,7 +244,10 @@ impl Transformer {
             let mut outs = Vec::with_capacity(plan.others.len() + 1);
             if let Some(group) = &plan.decode {
                 let q_g = q.clone().select(0, group.token_rows.clone());
-                let want = group.members.iter().any(|&m| slices[m].want_attention);
+                let want = group
+                    .members
+                    .iter()
+                    .any(|&m| slices[m].attention != AttentionWanted::None);
                 // `[batch, q_dim]`, and when asked `[batch][heads, 1, context_b]` per member.
                 let (out, probs): (Tensor<2>, Option<Vec<Tensor<3>>>) = match &group.contexts {
                     DecodeContexts::Padded(padded) => {
@@ -271,7 +301,7 @@ impl Transformer {
                 if let Some(probs) = probs {
                     for (&m, p) in group.members.iter().zip(probs) {
                         if let Some(maps) = attention[m].as_mut() {
-                            maps.push(p);
+                            maps.push(keep(slices[m].attention, p));
                         }
                     }
                 }
@@ -289,12 +319,12 @@ impl Transformer {
                     values,
                     s.start_pos,
                     cfg.n_kv_heads,
-                    s.want_attention,
+                    s.attention != AttentionWanted::None,
                     &self.device,
                 );
                 outs.push(out);
                 if let (Some(p), Some(maps)) = (probs, attention[*m].as_mut()) {
-                    maps.push(p);
+                    maps.push(keep(s.attention, p));
                 }
             }
             // [total, q_dim] in plan order, then back to token order if they differ.

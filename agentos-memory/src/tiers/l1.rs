@@ -18,7 +18,7 @@ use crate::config::{MemoryConfig, Slicing};
 use crate::error::{MemoryError, Result};
 use crate::model::{AttentionSource, Embedder};
 use crate::page::{CognitivePage, PageEntry, PageId, PageView, Tier};
-use crate::slicing::{boundaries, density, fixed_chunks, slice_boundaries};
+use crate::slicing::{boundaries, density_of_entropy, fixed_chunks, slice_boundaries};
 use crate::tiers::l2::{L2Msg, Locate, PageDraft, Query};
 
 /// The context L1 hands an agent for one turn.
@@ -337,8 +337,8 @@ impl L1State {
             Slicing::Fixed(size) => (fixed_chunks(n, size), vec![0.0; n]),
             Slicing::Attention => {
                 let mut d = Vec::with_capacity(n);
-                for span in &analysis.attention {
-                    d.extend(density(span, &cfg.slice).map_err(|e| MemoryError::Kernel {
+                for span in &analysis.entropy {
+                    d.extend(density_of_entropy(span, &cfg.slice).map_err(|e| MemoryError::Kernel {
                         what: "return attention",
                         detail: e,
                     })?);

@@ -4,48 +4,55 @@
 //! (system prompt, recent turns, messages from other agents, the task), let the role's
 //! [`prepare`](crate::AgentHooks::prepare) hook edit it, submit it to the kernel through the
 //! scheduler, stream tokens to the caller, let [`after_turn`](crate::AgentHooks::after_turn)
-//! see the reply, record the turn and checkpoint the state. Only then is the task removed from
-//! the record and answered.
+//! see the reply, then record the task's outcome together with the new checkpoint (state, the
+//! recent turns, the inbox) and the turn's history entry in one journal transaction. Only then is
+//! the task removed from the record and its caller answered: nothing is answered that is not on
+//! disk.
 //!
 //! On a panic anywhere in that loop the actor fails; its supervisor starts a new one, which loads
 //! the last checkpoint and re-reads the record's queue: the task that was running is redelivered
-//! (its stream gets [`StreamEvent::Restarted`]) and, should it fail again, answered with
-//! [`RuntimeError::TaskFailed`] instead of being run a third time.
+//! (its stream gets [`StreamEvent::Restarted`]). Every start counts, in the journal too, so a
+//! task that keeps failing its agent (or crashing its process) is answered with
+//! [`RuntimeError::TaskFailed`] after `RuntimeConfig::max_task_attempts` starts; a start cut
+//! short because a supervisor stopped the agent for a sibling's restart is given back.
+//!
+//! A checkpoint that cannot be read (damaged, or written by a role struct that has changed since)
+//! is quarantined: moved aside in the journal with the reason, reported as
+//! [`SupervisorEvent::Quarantined`](crate::SupervisorEvent::Quarantined), and the agent starts from
+//! the state it was spawned with, so one bad record never keeps the other agents from coming back.
 
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use agentos_kernel::{ChatMessage, GenerateRequest, GenerationEvent, KernelMsg, Prompt};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::concurrency::OneshotReceiver;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::agent::handle::StreamEvent;
-use crate::agent::record::{AgentInfo, AgentState, SharedRecord, TaskId, TaskInput, TaskReply};
-use crate::agent::{Agent, AgentSpec, Delivered, Response, Turn, TurnPrompt};
+use crate::agent::journal::{Applied, Completion, InboxChange, Journal};
+use crate::agent::record::{SharedRecord, TaskReply};
+use crate::agent::{
+    Agent, AgentMsg, AgentSpec, Delivered, Response, StreamEvent, TaskInput, TaskOutcome, Turn, TurnPrompt,
+};
 use crate::error::RuntimeError;
-use crate::os::System;
+use crate::rpc;
 use crate::scheduler::SchedulerMsg;
-use agentos_memory::{ActiveContext, Embedder, L1Msg};
+use crate::supervisor::SupervisorEvent;
+use crate::system::System;
+use crate::types::{AgentState, TaskId};
+use agentos_memory::{ActiveContext, Embedder, L1Msg, PageId};
 
 /// Put between the system prompt and the L1 pages of an agent with memory.
 const MEMORY_HEADER: &str = "\n\nNotes from earlier in this conversation:";
 /// Chat-template markers (SmolLM2's template adds about 5 tokens per message) and page
 /// separators, on top of the counted texts: the first estimate; the rendered prompt is checked.
 const PROMPT_OVERHEAD_TOKENS: usize = 24;
-
-/// Messages an agent actor understands. Work arrives through the record (see the module docs);
-/// `Run` only says which queued task to take.
-pub enum AgentMsg {
-    /// Run the queued task with this id (ignored if it is no longer queued).
-    Run(TaskId),
-    /// Reply with the agent's current status.
-    Info(RpcReplyPort<AgentInfo>),
-}
 
 /// How the runtime starts an agent actor (built by `AgentOS::spawn`; opaque to users).
 pub struct AgentArgs {
@@ -67,12 +74,16 @@ impl<R> AgentActor<R> {
 
 pub struct AgentActorState<R> {
     role: R,
-    turns: Vec<Turn>,
+    /// The most recent turns, at most `history_turns` of them (older ones are in the journal's
+    /// history): all a prompt shows, so a checkpoint stays bounded.
+    turns: VecDeque<Turn>,
     turn_count: u64,
     inbox: Vec<Delivered>,
     record: SharedRecord,
     system: Arc<System>,
     spec: Arc<AgentSpec>,
+    /// The L1's answer to the last turn written to memory; read at the next memory turn.
+    pending_ingest: Option<OneshotReceiver<agentos_memory::Result<Vec<PageId>>>>,
     _live: LiveActor,
 }
 
@@ -93,27 +104,49 @@ impl Drop for LiveActor {
     }
 }
 
-/// What a checkpoint holds. The borrowed twin below writes the same bytes without cloning.
+/// What a checkpoint holds (the inbox is in the journal's inbox table, a record per message).
+/// The borrowed twin below writes the same bytes without cloning.
 #[derive(Deserialize)]
 #[serde(bound = "R: DeserializeOwned")]
 struct Checkpoint<R> {
     role: R,
-    turns: Vec<Turn>,
+    turns: VecDeque<Turn>,
     turn_count: u64,
-    inbox: Vec<Delivered>,
     tokens_used: u64,
-    /// Tasks queued but not finished when it was written; a resumed agent runs them.
-    pending: Vec<TaskInput>,
 }
 
 #[derive(Serialize)]
 struct CheckpointRef<'a, R> {
     role: &'a R,
-    turns: &'a [Turn],
+    turns: &'a VecDeque<Turn>,
     turn_count: u64,
-    inbox: &'a [Delivered],
     tokens_used: u64,
-    pending: &'a [TaskInput],
+}
+
+/// Gives a task's start back when the actor is stopped in the middle of it by a supervisor (the
+/// task's future is dropped without a panic): that start was no fault of the task's.
+struct StartGuard {
+    record: SharedRecord,
+    journal: Arc<Journal>,
+    id: TaskId,
+    armed: bool,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if !self.armed || std::thread::panicking() {
+            return;
+        }
+        let mut queue = self.record.queue();
+        if let Some(task) = queue.tasks.get_mut(&self.id) {
+            task.attempts = task.attempts.saturating_sub(1);
+        }
+        if queue.running == Some(self.id) {
+            queue.running = None;
+        }
+        drop(queue);
+        self.journal.refund(self.id);
+    }
 }
 
 #[ractor::async_trait]
@@ -133,62 +166,55 @@ impl<R: Agent> Actor for AgentActor<R> {
             spec,
             initial,
         } = args;
-        let checkpoint: Option<Checkpoint<R>> = system.checkpoints.load(&record.name)?;
-        let (mut state, pending) = match checkpoint {
+        let checkpoint = match system.journal.load_checkpoint::<Checkpoint<R>>(&record.name).await? {
+            None => None,
+            Some(Ok(checkpoint)) => Some(checkpoint),
+            Some(Err(reason)) => {
+                quarantine(&system, &record.name, &reason).await?;
+                None
+            }
+        };
+        // Messages delivered since the last turn, kept beside the checkpoint.
+        let inbox: Vec<Delivered> = system.journal.inbox(&record.name).await?;
+        let mut state = match checkpoint {
             Some(c) => {
                 record.tokens_used.store(c.tokens_used, Ordering::Relaxed);
-                let state = AgentActorState {
+                AgentActorState {
                     role: c.role,
                     turns: c.turns,
                     turn_count: c.turn_count,
-                    inbox: c.inbox,
+                    inbox,
                     record: record.clone(),
                     system: system.clone(),
                     spec,
+                    pending_ingest: None,
                     _live: LiveActor::new(&system),
-                };
-                (state, c.pending)
+                }
             }
             None => {
                 let (role, _) = bincode::serde::decode_from_slice::<R, _>(&initial, bincode::config::standard())
                     .map_err(|e| format!("cannot decode the initial state of `{}`: {e}", record.name))?;
-                let state = AgentActorState {
+                AgentActorState {
                     role,
-                    turns: Vec::new(),
+                    turns: VecDeque::new(),
                     turn_count: 0,
-                    inbox: Vec::new(),
+                    inbox,
                     record: record.clone(),
                     system: system.clone(),
                     spec,
+                    pending_ingest: None,
                     _live: LiveActor::new(&system),
-                };
-                (state, Vec::new())
+                }
             }
         };
         record.turns.store(state.turn_count, Ordering::Relaxed);
 
         let mut queue = record.queue();
         let restart = queue.actor.is_some();
-        if restart {
-            for task in queue.tasks.values() {
-                if let (TaskReply::Stream(events), true) = (&task.reply, task.attempts > 0) {
-                    let _ = events.send(StreamEvent::Restarted);
-                }
-            }
-        } else {
-            // A fresh start from a checkpoint written with work still queued: run that work.
-            for input in pending {
-                let id = queue.next_id;
-                queue.next_id += 1;
-                queue.tasks.insert(
-                    id,
-                    crate::agent::record::Task {
-                        input,
-                        reply: TaskReply::Nobody,
-                        attempts: 0,
-                        accepted: Instant::now(),
-                    },
-                );
+        queue.running = None;
+        for task in queue.tasks.values() {
+            if let (TaskReply::Stream(events), true) = (&task.reply, task.starts > 0) {
+                let _ = events.send(StreamEvent::Restarted);
             }
         }
         // Publishing the new actor and re-sending the queue under one lock: a task queued by a
@@ -208,19 +234,6 @@ impl<R: Agent> Actor for AgentActor<R> {
         Ok(state)
     }
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<AgentMsg>,
-        state: &mut AgentActorState<R>,
-    ) -> Result<(), ActorProcessingErr> {
-        // A graceful stop (shutdown, a handle's stop, or a sibling's restart) keeps queued work in
-        // the checkpoint, so nothing is lost even if the process ends now.
-        if state.turn_count > 0 || !state.inbox.is_empty() || !state.record.is_idle() {
-            state.checkpoint(None);
-        }
-        Ok(())
-    }
-
     async fn handle(
         &self,
         _myself: ActorRef<AgentMsg>,
@@ -229,8 +242,9 @@ impl<R: Agent> Actor for AgentActor<R> {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             AgentMsg::Run(id) => {
-                let span = tracing::info_span!("task", agent = %state.record.name, pid = %state.record.pid, task = id);
-                state.run_task(id).instrument(span).await
+                let span =
+                    tracing::info_span!("task", agent = %state.record.name, pid = %state.record.pid, task = id.0);
+                state.run_task(id).instrument(span).await?;
             }
             AgentMsg::Info(reply) => {
                 let _ = reply.send(state.record.info());
@@ -240,61 +254,137 @@ impl<R: Agent> Actor for AgentActor<R> {
     }
 }
 
+/// Moves an unreadable checkpoint aside and says so on the event stream.
+async fn quarantine(system: &System, agent: &str, reason: &str) -> Result<(), RuntimeError> {
+    tracing::error!(%agent, %reason, "checkpoint unreadable: quarantined; the agent starts from its initial state");
+    system.journal.quarantine(agent, reason).await?;
+    let _ = system.events.send(SupervisorEvent::Quarantined {
+        agent: agent.to_string(),
+        path: system.journal.path().to_path_buf(),
+        key: format!("quarantine/{agent}"),
+        reason: reason.to_string(),
+    });
+    Ok(())
+}
+
 impl<R: Agent> AgentActorState<R> {
-    async fn run_task(&mut self, id: TaskId) {
+    /// Runs queued task `id`. An error fails the agent (its supervisor restarts it and the task
+    /// is redelivered): only a journal that cannot record an outcome does that.
+    async fn run_task(&mut self, id: TaskId) -> Result<(), RuntimeError> {
         let record = self.record.clone();
-        let taken = {
+        let max = self.system.max_task_attempts;
+        let start = {
             let mut queue = record.queue();
-            match queue.tasks.get_mut(&id) {
-                None => None,
-                Some(task) if task.attempts >= 2 => {
-                    let task = queue.tasks.remove(&id).expect("present");
-                    Some(Err(task))
-                }
+            let started = match queue.tasks.get_mut(&id) {
+                None => return Ok(()),
+                Some(task) if task.attempts >= max => None,
                 Some(task) => {
                     task.attempts += 1;
+                    task.starts += 1;
                     let events = match &task.reply {
                         TaskReply::Stream(events) => Some(events.clone()),
-                        _ => None,
+                        TaskReply::Nobody => None,
                     };
-                    Some(Ok((task.input.clone(), task.attempts, task.accepted, events)))
+                    Some((task.input.clone(), task.attempts, task.accepted, events))
+                }
+            };
+            if started.is_some() {
+                queue.running = Some(id);
+            }
+            started
+        };
+        let Some((input, attempts, accepted, events)) = start else {
+            let error = RuntimeError::TaskFailed {
+                agent: record.name.clone(),
+                reason: format!("it was started {max} times and each time its agent failed"),
+            };
+            return self.finish(id, Err(error), Completion::none()).await;
+        };
+        if let Err(e) = self.system.journal.started(id).await {
+            tracing::warn!(error = %e, "could not count the start in the journal");
+        }
+        let mut guard = StartGuard {
+            record: record.clone(),
+            journal: self.system.journal.clone(),
+            id,
+            armed: true,
+        };
+        let mut memory_text = None;
+        let (outcome, completion) = match input {
+            TaskInput::Ask(prompt) => {
+                record.set_state(AgentState::Waiting);
+                match self.run_turn(id, prompt, attempts, accepted, events).await {
+                    Ok((response, completion, text)) => {
+                        memory_text = text;
+                        (Ok(Some(response)), completion)
+                    }
+                    Err(e) => (Err(e), Completion::none()),
                 }
             }
-        };
-        let outcome = match taken {
-            None => return,
-            Some(Err(task)) => {
-                task.finish(Err(RuntimeError::TaskFailed {
-                    agent: record.name.clone(),
-                    reason: "the agent failed while running it, twice".to_string(),
-                }));
-                self.after_task();
-                return;
-            }
-            Some(Ok((TaskInput::Ask(prompt), attempts, accepted, events))) => {
-                record.set_state(AgentState::Waiting);
-                self.run_turn(id, prompt, attempts, accepted, events).await.map(Some)
-            }
-            Some(Ok((TaskInput::Deliver { from, text }, _, _, _))) => {
+            TaskInput::Deliver { from, text } => {
                 self.role.on_message(&from, &text);
-                self.inbox.push(Delivered { from, text });
-                self.checkpoint(Some(id));
-                Ok(None)
+                let delivered = Delivered { from, text };
+                let completion = Completion {
+                    checkpoint: Some(self.encode_checkpoint()?),
+                    turn: None,
+                    inbox: InboxChange::Add(self.system.journal.encode(&delivered)?),
+                };
+                self.inbox.push(delivered);
+                (Ok(None), completion)
             }
         };
-        let task = record.queue().tasks.remove(&id);
-        if let Some(task) = task {
-            task.finish(outcome);
+        guard.armed = false;
+        self.finish(id, outcome, completion).await?;
+        if let Some(text) = memory_text {
+            self.write_turn_to_memory(text);
         }
-        self.after_task();
+        Ok(())
     }
 
-    fn after_task(&self) {
-        self.record.set_state(if self.record.is_idle() {
-            AgentState::Sleeping
-        } else {
-            AgentState::Waiting
-        });
+    /// Records task `id`'s outcome with the state it leaves, then answers its caller.
+    async fn finish(
+        &self,
+        id: TaskId,
+        outcome: Result<Option<Response>, RuntimeError>,
+        completion: Completion,
+    ) -> Result<(), RuntimeError> {
+        let record = &self.record;
+        let recorded = match &outcome {
+            Ok(Some(response)) => TaskOutcome::Replied(response.clone()),
+            Ok(None) => TaskOutcome::Delivered,
+            Err(e) => TaskOutcome::Failed(e.into()),
+        };
+        match self
+            .system
+            .journal
+            .complete(id, &record.name, &recorded, completion)
+            .await
+        {
+            Ok(Applied::Yes) => {}
+            Ok(Applied::AlreadyRecorded) => {
+                tracing::error!(task = %id, "the task already had a recorded outcome; this run's result is dropped");
+            }
+            Err(e) => {
+                record.journal_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(task = %id, error = %e, "could not record the task's outcome; failing the agent");
+                return Err(e);
+            }
+        }
+        if let Some(task) = record.take(id) {
+            task.finish(outcome);
+        }
+        Ok(())
+    }
+
+    /// The agent's state as checkpoint bytes.
+    fn encode_checkpoint(&self) -> Result<Vec<u8>, RuntimeError> {
+        let checkpoint = CheckpointRef {
+            role: &self.role,
+            turns: &self.turns,
+            turn_count: self.turn_count,
+            tokens_used: self.record.tokens_used.load(Ordering::Relaxed),
+        };
+        self.system.journal.encode_checkpoint(&checkpoint)
     }
 
     fn assemble(&self, task: &str) -> TurnPrompt {
@@ -304,7 +394,7 @@ impl<R: Agent> AgentActorState<R> {
             messages.push(ChatMessage::system(spec.system.clone()));
         }
         let skip = self.turns.len().saturating_sub(spec.history_turns);
-        for turn in &self.turns[skip..] {
+        for turn in self.turns.iter().skip(skip) {
             messages.push(ChatMessage::user(turn.task.clone()));
             messages.push(ChatMessage::assistant(turn.reply.clone()));
         }
@@ -328,12 +418,20 @@ impl<R: Agent> AgentActorState<R> {
             + model.count_tokens(content.clone()).await?
             + PROMPT_OVERHEAD_TOKENS;
         let query = task.to_string();
-        let mut context = ractor::call!(l1, |reply| L1Msg::Assemble {
-            query,
-            reserved_tokens: reserved,
-            reply
-        })
-        .map_err(RuntimeError::messaging)??;
+        let timeout = self.system.memory_timeout;
+        let gone = || RuntimeError::Messaging("the agent's memory is restarting".into());
+        let mut context = rpc::call(
+            &l1,
+            "the agent's memory (paging in)",
+            timeout,
+            |reply| L1Msg::Assemble {
+                query,
+                reserved_tokens: reserved,
+                reply,
+            },
+            gone,
+        )
+        .await??;
         // The reservation is an estimate (page separators, re-tokenised page edges); the rendered
         // prompt is what counts. Over budget, the window is shrunk by the excess: the
         // context-full interrupt, handled by eviction.
@@ -345,8 +443,8 @@ impl<R: Agent> AgentActorState<R> {
                 return Ok(self.turn_prompt(messages));
             }
             let page_budget = context.tokens.saturating_sub(tokens - budget);
-            context =
-                ractor::call!(l1, |reply| L1Msg::Shrink { page_budget, reply }).map_err(RuntimeError::messaging)??;
+            let shrink = |reply| L1Msg::Shrink { page_budget, reply };
+            context = rpc::call(&l1, "the agent's memory (shrinking)", timeout, shrink, gone).await??;
         }
     }
 
@@ -377,10 +475,12 @@ impl<R: Agent> AgentActorState<R> {
             .and_then(|slot| slot.get())
             .ok_or(RuntimeError::KernelLost)?;
         let messages = messages.to_vec();
-        let text = ractor::call!(kernel, |reply| KernelMsg::RenderChat { messages, reply })
-            .map_err(|_| RuntimeError::KernelLost)??;
-        let tokens = ractor::call!(kernel, |reply| KernelMsg::Tokenize { text, reply })
-            .map_err(|_| RuntimeError::KernelLost)??;
+        let timeout = self.system.call_timeout;
+        let lost = || RuntimeError::KernelLost;
+        let render = |reply| KernelMsg::RenderChat { messages, reply };
+        let text = rpc::call(&kernel, "the kernel (chat template)", timeout, render, lost).await??;
+        let tokenize = |reply| KernelMsg::Tokenize { text, reply };
+        let tokens = rpc::call(&kernel, "the kernel (tokenizer)", timeout, tokenize, lost).await??;
         Ok(tokens.len())
     }
 
@@ -408,8 +508,9 @@ impl<R: Agent> AgentActorState<R> {
     }
 
     /// Hands a finished turn to the agent's L1 to be sliced into pages. The L1 handles messages
-    /// in order, so the next turn's context already includes it; the agent does not wait.
-    fn write_turn_to_memory(&self, text: String) {
+    /// in order, so the next turn's context already includes it; the agent does not wait here,
+    /// but reads the answer at its next memory turn.
+    fn write_turn_to_memory(&mut self, text: String) {
         let Some(l1) = self.system.memory.l1(&self.record.name) else {
             return;
         };
@@ -418,14 +519,23 @@ impl<R: Agent> AgentActorState<R> {
             tracing::warn!(agent = %self.record.name, "memory is restarting; this turn was not written to it");
             return;
         }
-        let agent = self.record.name.clone();
-        tokio::spawn(async move {
-            match rx.await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(%agent, error = %e, "writing the turn to memory failed"),
-                Err(_) => tracing::warn!(%agent, "memory stopped while writing the turn"),
+        self.pending_ingest = Some(rx);
+    }
+
+    /// Reports how writing the previous turn to memory went (it is done by now or soon: the L1
+    /// takes it before this turn's request).
+    async fn check_previous_ingest(&mut self) {
+        let Some(rx) = self.pending_ingest.take() else {
+            return;
+        };
+        match tokio::time::timeout(self.system.memory_timeout, rx).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(agent = %self.record.name, error = %e, "writing the last turn to memory failed")
             }
-        });
+            Ok(Err(_)) => tracing::warn!(agent = %self.record.name, "memory restarted while writing the last turn"),
+            Err(_) => tracing::warn!(agent = %self.record.name, "writing the last turn to memory timed out"),
+        }
     }
 
     async fn run_turn(
@@ -435,13 +545,17 @@ impl<R: Agent> AgentActorState<R> {
         attempts: u32,
         accepted: Instant,
         events: Option<mpsc::UnboundedSender<StreamEvent>>,
-    ) -> Result<Response, RuntimeError> {
+    ) -> Result<(Response, Completion, Option<String>), RuntimeError> {
         let mut prompt = if self.spec.memory {
+            self.check_previous_ingest().await;
             self.assemble_from_memory(&task).await?
         } else {
             self.assemble(&task)
         };
         self.role.prepare(&mut prompt);
+        if self.system.kernel.is_none() {
+            return Err(RuntimeError::NoKernel);
+        }
         let request = GenerateRequest {
             prompt: Prompt::Chat(prompt.messages),
             max_tokens: prompt.max_tokens,
@@ -452,16 +566,14 @@ impl<R: Agent> AgentActorState<R> {
         };
         let scheduler = self.system.scheduler.get().ok_or_else(|| self.system.down_error())?;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let record = &self.record;
-        let (pid, priority) = (record.pid, record.priority());
-        ractor::call!(scheduler, |reply| SchedulerMsg::Submit {
-            agent: pid,
-            priority,
+        let record = self.record.clone();
+        let submit = SchedulerMsg::Submit {
+            agent: record.pid,
+            priority: record.priority(),
             request,
             events: tx,
-            reply
-        })
-        .map_err(|_| self.system.down_error())??;
+        };
+        scheduler.cast(submit).map_err(|_| self.system.down_error())?;
 
         let mut first_token = None;
         let summary = loop {
@@ -492,6 +604,7 @@ impl<R: Agent> AgentActorState<R> {
             .then(|| format!("User: {}\nAssistant: {}", task, summary.text));
         let turn = Turn {
             number: self.turn_count + 1,
+            task_id: id,
             task,
             reply: summary.text.clone(),
             prompt_tokens: summary.prompt_tokens as u32,
@@ -505,13 +618,23 @@ impl<R: Agent> AgentActorState<R> {
         record.tokens_used.fetch_add(used, Ordering::Relaxed);
         self.turn_count = turn.number;
         record.turns.store(self.turn_count, Ordering::Relaxed);
-        self.turns.push(turn);
-        self.inbox.clear();
-        self.checkpoint(Some(id));
-        if let Some(text) = memory_text {
-            self.write_turn_to_memory(text);
+        let history = self.system.journal.encode(&turn)?;
+        self.turns.push_back(turn);
+        while self.turns.len() > self.spec.history_turns {
+            self.turns.pop_front();
         }
-        Ok(Response {
+        let inbox = match self.inbox.is_empty() {
+            true => InboxChange::Keep,
+            false => InboxChange::Clear,
+        };
+        self.inbox.clear();
+        let completion = Completion {
+            checkpoint: Some(self.encode_checkpoint()?),
+            turn: Some((self.turn_count, history)),
+            inbox,
+        };
+        let response = Response {
+            task: id,
             text: summary.text,
             prompt_tokens: summary.prompt_tokens,
             completion_tokens: summary.tokens.len(),
@@ -520,31 +643,7 @@ impl<R: Agent> AgentActorState<R> {
             total_time: accepted.elapsed(),
             attempts,
             turn: self.turn_count,
-        })
-    }
-
-    /// Writes the checkpoint: state, history, and every queued task except `done`. A failed
-    /// write is logged and counted (visible in `AgentOS::agents()`); the turn itself stands.
-    fn checkpoint(&self, done: Option<TaskId>) {
-        let pending: Vec<TaskInput> = self
-            .record
-            .queue()
-            .tasks
-            .iter()
-            .filter(|(id, _)| Some(**id) != done)
-            .map(|(_, t)| t.input.clone())
-            .collect();
-        let checkpoint = CheckpointRef {
-            role: &self.role,
-            turns: &self.turns,
-            turn_count: self.turn_count,
-            inbox: &self.inbox,
-            tokens_used: self.record.tokens_used.load(Ordering::Relaxed),
-            pending: &pending,
         };
-        if let Err(e) = self.system.checkpoints.save(&self.record.name, &checkpoint) {
-            self.record.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(agent = %self.record.name, error = %e, "checkpoint failed");
-        }
+        Ok((response, completion, memory_text))
     }
 }

@@ -9,37 +9,33 @@ use std::task::{Context, Poll};
 
 use agentos_memory::{ActiveContext, L1Msg, L1Stats, PageId, PageView};
 use futures::Stream;
-use ractor::ActorRef;
-use tokio::sync::{mpsc, oneshot};
+use ractor::{ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
 
-use crate::agent::Response;
-use crate::agent::actor::AgentMsg;
-use crate::agent::record::{AgentInfo, AgentState, Pid, SharedRecord, TaskInput, TaskReply};
+use crate::agent::journal::Completion;
+use crate::agent::record::{SharedRecord, TaskReply, fail_tasks};
+use crate::agent::{AgentMsg, Response, StreamEvent, TaskFailure, TaskInput, TaskOutcome, Turn};
 use crate::error::{Result, RuntimeError};
-use crate::os::System;
-use crate::scheduler::Priority;
+use crate::rpc;
 use crate::supervisor::SupervisorMsg;
-
-/// What [`AgentHandle::stream`] yields.
-#[derive(Debug)]
-pub enum StreamEvent {
-    /// Text that became final with one generated token.
-    Token(String),
-    /// The agent failed during this task and was restarted; the task is being redelivered and
-    /// the text streamed so far is void (the reply starts over).
-    Restarted,
-    /// The end: the whole reply, or why there is none.
-    Done(Box<Result<Response>>),
-}
+use crate::system::System;
+use crate::types::{AgentInfo, AgentState, Pid, Priority, TaskId};
 
 /// A live reply: a [`Stream`] of [`StreamEvent`]s ending with `Done`.
 pub struct TokenStream {
+    task: TaskId,
     events: mpsc::UnboundedReceiver<StreamEvent>,
     system: Arc<System>,
     agent: String,
 }
 
 impl TokenStream {
+    /// The task's id: its outcome is recorded under it (see
+    /// [`AgentOS::task_result`](crate::AgentOS::task_result)), even if this stream is dropped.
+    pub fn task_id(&self) -> TaskId {
+        self.task
+    }
+
     /// Waits for the end and returns the reply, ignoring the tokens.
     pub async fn response(mut self) -> Result<Response> {
         while let Some(event) = self.events.recv().await {
@@ -103,54 +99,84 @@ impl AgentHandle {
     }
 
     /// The agent's status, answered by the agent actor itself (a round trip through its mailbox:
-    /// it waits until the agent finishes its current task).
-    /// While the agent is being restarted this waits for the new instance (up to 10 s).
+    /// it waits until the agent finishes its current task, up to `RuntimeConfig::call_timeout`).
+    /// While the agent is being restarted this waits for the new instance.
     pub async fn status(&self) -> Result<AgentInfo> {
-        for _ in 0..1000 {
+        let timeout = self.system.call_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
             let actor = self.record.queue().actor.clone().ok_or_else(|| self.stopped())?;
-            if let Ok(info) = ractor::call!(actor, AgentMsg::Info) {
-                return Ok(info);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let gone = || RuntimeError::AgentStopped {
+                agent: self.record.name.clone(),
+            };
+            match rpc::call(&actor, "the agent (status)", left, AgentMsg::Info, gone).await {
+                Ok(info) => return Ok(info),
+                Err(RuntimeError::AgentStopped { .. }) if self.record.state() != AgentState::Stopped => {
+                    // The instance died under us; its supervisor is starting the next one.
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(RuntimeError::Timeout {
+                            what: "the agent (status, while it restarts)".into(),
+                            after: timeout,
+                        });
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(RuntimeError::AgentStopped { .. }) => return Err(self.stopped()),
+                Err(e) => return Err(e),
             }
-            if self.record.state() == AgentState::Stopped {
-                break;
-            }
-            // The instance died under us; its supervisor is starting the next one.
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        Err(self.stopped())
     }
 
     /// Asks the agent to answer `prompt` and waits for the whole reply.
     pub async fn ask(&self, prompt: impl Into<String>) -> Result<Response> {
-        self.stream(prompt)?.response().await
+        self.stream(prompt).await?.response().await
     }
 
-    /// Asks the agent to answer `prompt`, streaming the reply token by token. Dropping the
-    /// stream does not cancel the task: the turn still completes and is recorded in the agent's
-    /// history (it is the agent's work, not only the caller's).
-    pub fn stream(&self, prompt: impl Into<String>) -> Result<TokenStream> {
-        self.system.check_accepting()?;
+    /// Asks the agent to answer `prompt`, streaming the reply token by token. Returns once the
+    /// task is written to the journal (it survives a crash from then on). Dropping the stream
+    /// does not cancel the task: the turn still completes and is recorded in the agent's history
+    /// and the journal (it is the agent's work, not only the caller's).
+    pub async fn stream(&self, prompt: impl Into<String>) -> Result<TokenStream> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.record
-            .enqueue(TaskInput::Ask(prompt.into()), TaskReply::Stream(tx))?;
+        let task = self
+            .submit(&self.record, TaskInput::Ask(prompt.into()), TaskReply::Stream(tx))
+            .await?;
         Ok(TokenStream {
+            task,
             events: rx,
             system: self.system.clone(),
             agent: self.record.name.clone(),
         })
     }
 
-    /// Sends `text` from this agent to `to`. Returns once `to` has taken it (and checkpointed
-    /// it); the model sees it at the start of `to`'s next turn.
-    pub async fn send(&self, to: &AgentHandle, text: impl Into<String>) -> Result<()> {
-        self.system.check_accepting()?;
-        let (tx, rx) = oneshot::channel();
+    /// Sends `text` from this agent to `to`. Returns once the message is written to the journal
+    /// (it survives a crash from then on); `to` takes it after the task it is running, and its
+    /// model sees it at the start of its next turn. The returned task id records the delivery.
+    pub async fn send(&self, to: &AgentHandle, text: impl Into<String>) -> Result<TaskId> {
         let input = TaskInput::Deliver {
             from: self.record.name.clone(),
             text: text.into(),
         };
-        to.record.enqueue(input, TaskReply::Delivered(tx))?;
-        rx.await.map_err(|_| to.stopped())?
+        self.submit(&to.record, input, TaskReply::Nobody).await
+    }
+
+    /// Journals a task for `target`, then queues it there.
+    async fn submit(&self, target: &SharedRecord, input: TaskInput, reply: TaskReply) -> Result<TaskId> {
+        self.system.check_accepting()?;
+        target.check_open()?;
+        let journal = &self.system.journal;
+        let id = journal.next_id();
+        journal.append(id, &target.name, &input).await?;
+        if let Err(e) = target.enqueue(id, input, reply, 0) {
+            // Closed while the task was being written: record that it will not run.
+            let outcome = TaskOutcome::Failed(TaskFailure::from(&e));
+            if let Err(j) = journal.complete(id, &target.name, &outcome, Completion::none()).await {
+                tracing::error!(task = %id, error = %j, "could not record a refused task");
+            }
+            return Err(e);
+        }
+        Ok(id)
     }
 
     /// Changes the agent's scheduling class from its next request on.
@@ -158,68 +184,105 @@ impl AgentHandle {
         self.record.set_priority(priority);
     }
 
-    /// Stops the agent for good: it finishes the task it is running, checkpoints, and stops;
-    /// tasks still queued are answered with [`RuntimeError::AgentStopped`] (and kept in its
-    /// checkpoint).
+    /// Stops the agent for good: it finishes the task it is running, and stops; tasks still
+    /// queued are answered with [`RuntimeError::AgentStopped`] (recorded so, they never run).
+    /// Its checkpoint and history stay in the journal: an agent spawned later under the same
+    /// name resumes from them.
     pub async fn stop(&self) -> Result<()> {
+        let record = &self.record;
+        let queued = record.close(
+            RuntimeError::AgentStopped {
+                agent: record.name.clone(),
+            },
+            true,
+        );
+        fail_tasks(&self.system.journal, record, queued).await;
+        // The task running goes on to its end, outside the supervisor, which stays free.
+        record.idle().await;
         if let Some(supervisor) = self.system.agent_supervisor.get() {
-            ractor::call!(supervisor, SupervisorMsg::StopChild, self.record.name.clone())
-                .map_err(RuntimeError::messaging)?;
+            let id = record.name.clone();
+            let stop = |reply: RpcReplyPort<bool>| SupervisorMsg::StopChild(id, reply);
+            let gone = || self.system.down_error();
+            rpc::call(
+                &supervisor,
+                "the agent supervisor (stop)",
+                self.system.call_timeout,
+                stop,
+                gone,
+            )
+            .await?;
         }
-        self.record.close(RuntimeError::AgentStopped {
-            agent: self.record.name.clone(),
-        });
-        self.system.forget_agent(&self.record);
-        self.system.memory.stop_l1(&self.record.name).await;
+        let late = record.close(
+            RuntimeError::AgentStopped {
+                agent: record.name.clone(),
+            },
+            false,
+        );
+        fail_tasks(&self.system.journal, record, late).await;
+        if let Some(scheduler) = self.system.scheduler.get() {
+            let _ = scheduler.cast(crate::scheduler::SchedulerMsg::Forget(record.pid));
+        }
+        self.system.forget_agent(record);
+        self.system.memory.stop_l1(&record.name).await;
+        // The start function refers to the record: let go of it, or the two keep each other.
+        record.child.lock().unwrap_or_else(|e| e.into_inner()).take();
         Ok(())
+    }
+
+    /// The agent's completed turns numbered `from..to` (1-based, across its whole life: older
+    /// turns than its prompts show are kept in the journal's history).
+    pub async fn history(&self, from: u64, to: u64) -> Result<Vec<Turn>> {
+        self.system.journal.history(&self.record.name, from, to).await
     }
 
     /// Writes `text` into the agent's memory: it is sliced into pages (from the model's
     /// attention), embedded and stored durably; returns the page ids once they are on disk.
     /// Needs an agent declared with `#[agent(memory = true)]`.
     pub async fn remember(&self, text: impl Into<String>) -> Result<Vec<PageId>> {
-        let l1 = self.l1()?;
         let text = text.into();
-        ractor::call!(l1, |reply| L1Msg::Ingest { text, reply })
-            .map_err(RuntimeError::messaging)?
-            .map_err(RuntimeError::from)
+        Ok(self
+            .ask_memory("the agent's memory (remember)", |reply| L1Msg::Ingest { text, reply })
+            .await??)
     }
 
     /// The `k` pages of the agent's memory most relevant to `query`, from any tier (the active
     /// window, deep context or disk), best first. Reading moves nothing between tiers.
     pub async fn recall(&self, query: impl Into<String>, k: usize) -> Result<Vec<PageView>> {
-        let l1 = self.l1()?;
         let query = query.into();
-        ractor::call!(l1, |reply| L1Msg::Recall { query, k, reply })
-            .map_err(RuntimeError::messaging)?
-            .map_err(RuntimeError::from)
+        Ok(self
+            .ask_memory("the agent's memory (recall)", |reply| L1Msg::Recall { query, k, reply })
+            .await??)
     }
 
     /// Starts a memory turn by hand: pages relevant to `query` are faulted into the agent's L1
     /// window and the least important evicted, leaving `reserved_tokens` of the L1 budget free.
     /// Returns the window. (The agent does this itself at the start of every task.)
     pub async fn page_in(&self, query: impl Into<String>, reserved_tokens: usize) -> Result<ActiveContext> {
-        let l1 = self.l1()?;
         let query = query.into();
-        ractor::call!(l1, |reply| L1Msg::Assemble {
+        let assemble = |reply| L1Msg::Assemble {
             query,
             reserved_tokens,
-            reply
-        })
-        .map_err(RuntimeError::messaging)?
-        .map_err(RuntimeError::from)
+            reply,
+        };
+        Ok(self.ask_memory("the agent's memory (page in)", assemble).await??)
     }
 
     /// The L1 window the agent's latest turn was given (its pages are what the model saw).
     pub async fn last_context(&self) -> Result<Option<ActiveContext>> {
-        let l1 = self.l1()?;
-        ractor::call!(l1, L1Msg::LastContext).map_err(RuntimeError::messaging)
+        self.ask_memory("the agent's memory (last context)", L1Msg::LastContext)
+            .await
     }
 
     /// Counters of the agent's active window (pages, tokens, faults, evictions, interrupts).
     pub async fn memory_stats(&self) -> Result<L1Stats> {
+        self.ask_memory("the agent's memory (stats)", L1Msg::Stats).await
+    }
+
+    /// A call to the agent's L1, within `RuntimeConfig::memory_timeout`.
+    async fn ask_memory<T: Send + 'static>(&self, what: &str, msg: impl FnOnce(RpcReplyPort<T>) -> L1Msg) -> Result<T> {
         let l1 = self.l1()?;
-        ractor::call!(l1, L1Msg::Stats).map_err(RuntimeError::messaging)
+        let gone = || RuntimeError::Messaging("the agent's memory is restarting; try again".into());
+        rpc::call(&l1, what, self.system.memory_timeout, msg, gone).await
     }
 
     fn l1(&self) -> Result<ActorRef<L1Msg>> {

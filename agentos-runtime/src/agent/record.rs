@@ -1,11 +1,12 @@
 //! `AgentRecord`: the part of an agent that outlives its actor.
 //!
 //! An actor's mailbox dies with it, so work sent to an agent is kept here instead: a task is
-//! queued in the record (with the channel its caller listens on) *before* the actor is told to
-//! run it, and removed only when the caller has its answer. A restarted actor re-reads the queue,
-//! so no task is lost; a task's `attempts` count makes sure it is redelivered once, never run
-//! again after a second failure. The record also keeps the counters `AgentOS::agents()` lists,
-//! so listing 10,000 agents sends no messages.
+//! written to the journal, then queued in the record (with the channel its caller listens on),
+//! and only then is the actor told to run it; it leaves the record when its outcome is recorded
+//! and its caller answered. A restarted actor re-reads the queue, so no task is lost; a task's
+//! `attempts` (also in the journal) make sure it is not run forever when it keeps failing its
+//! agent. The record also keeps the counters `AgentOS::agents()` lists, so listing 10,000 agents
+//! sends no messages.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -13,103 +14,38 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use ractor::ActorRef;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, watch};
 
-use crate::agent::actor::AgentMsg;
-use crate::agent::handle::StreamEvent;
+use crate::agent::journal::{Completion, Journal};
+use crate::agent::{AgentMsg, Response, StreamEvent, TaskFailure, TaskInput, TaskOutcome};
 use crate::error::RuntimeError;
-use crate::scheduler::Priority;
 use crate::supervisor::ChildSpec;
-
-/// A process id: unique within one AgentOS, stable across restarts (unlike the actor id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-pub struct Pid(pub u64);
-
-impl std::fmt::Display for Pid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "<{}>", self.0)
-    }
-}
-
-/// What an agent is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[repr(u8)]
-pub enum AgentState {
-    /// Idle, nothing queued.
-    Sleeping = 0,
-    /// Has work queued, or waits for the kernel to start its turn.
-    Waiting = 1,
-    /// The model is generating its reply.
-    Running = 2,
-    /// Failed; its supervisor is restarting it from its last checkpoint.
-    Restarting = 3,
-    /// Stopped for good.
-    Stopped = 4,
-}
-
-impl AgentState {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            0 => AgentState::Sleeping,
-            1 => AgentState::Waiting,
-            2 => AgentState::Running,
-            3 => AgentState::Restarting,
-            _ => AgentState::Stopped,
-        }
-    }
-}
-
-/// One line of `AgentOS::agents()`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AgentInfo {
-    pub pid: Pid,
-    pub name: String,
-    pub role: String,
-    pub priority: Priority,
-    pub state: AgentState,
-    /// Completed turns (across restarts).
-    pub turns: u64,
-    /// Prompt plus generated tokens over all turns.
-    pub tokens_used: u64,
-    /// Times its supervisor restarted it.
-    pub restarts: u32,
-    /// Tasks and messages waiting, including the one running.
-    pub queued_tasks: usize,
-    /// Checkpoint writes that failed (each also logged as an error).
-    pub checkpoint_failures: u32,
-}
-
-pub(crate) type TaskId = u64;
-
-/// What a queued task asks for.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) enum TaskInput {
-    /// Answer a prompt with the model.
-    Ask(String),
-    /// Take a message from another agent.
-    Deliver { from: String, text: String },
-}
+use crate::types::{AgentInfo, AgentState, Pid, Priority, TaskId};
 
 /// Where a task's outcome goes.
 pub(crate) enum TaskReply {
     Stream(mpsc::UnboundedSender<StreamEvent>),
-    Delivered(oneshot::Sender<Result<(), RuntimeError>>),
-    /// Restored from a checkpoint after a shutdown: its caller is gone, the turn is still recorded.
+    /// Nobody waits: a delivered message (its sender had its acknowledgement when it was
+    /// journaled), or a task recovered from the journal after a crash (its caller is gone; its
+    /// outcome is recorded for `AgentOS::task_result`).
     Nobody,
 }
 
 pub(crate) struct Task {
     pub input: TaskInput,
     pub reply: TaskReply,
-    /// How many times an actor started it.
+    /// Starts that count towards the attempt limit (a start a supervisor's stop cut short is
+    /// given back).
     pub attempts: u32,
+    /// Times an actor started it in this process (a stream is told each restart).
+    pub starts: u32,
     pub accepted: Instant,
 }
 
 impl Task {
-    /// Sends the task's final outcome to its caller.
-    /// `Ok(None)` is the outcome of a delivery, which has no model reply.
-    pub fn finish(self, outcome: Result<Option<crate::agent::Response>, RuntimeError>) {
+    /// Sends the task's final outcome to its caller. `Ok(None)` is the outcome of a delivery,
+    /// which has no model reply.
+    pub fn finish(self, outcome: Result<Option<Response>, RuntimeError>) {
         match self.reply {
             TaskReply::Stream(events) => {
                 let outcome = outcome.and_then(|r| {
@@ -117,21 +53,19 @@ impl Task {
                 });
                 let _ = events.send(StreamEvent::Done(Box::new(outcome)));
             }
-            TaskReply::Delivered(done) => {
-                let _ = done.send(outcome.map(|_| ()));
-            }
             TaskReply::Nobody => {}
         }
     }
 }
 
 pub(crate) struct TaskQueue {
-    pub next_id: TaskId,
     pub tasks: BTreeMap<TaskId, Task>,
     /// The current actor; None before the first start and after the agent stopped.
     pub actor: Option<ActorRef<AgentMsg>>,
     /// Set when the agent stopped for good: no more tasks are accepted.
     pub closed: Option<RuntimeError>,
+    /// The task an actor is running now.
+    pub running: Option<TaskId>,
 }
 
 pub(crate) struct AgentRecord {
@@ -143,8 +77,10 @@ pub(crate) struct AgentRecord {
     pub turns: AtomicU64,
     pub tokens_used: AtomicU64,
     pub restarts: AtomicU32,
-    pub checkpoint_failures: AtomicU32,
+    pub journal_failures: AtomicU32,
     queue: Mutex<TaskQueue>,
+    /// How many tasks are queued (waiters for an idle agent watch it).
+    queued: watch::Sender<usize>,
     /// How the agent supervisor (re)starts this agent; also used to rebuild the supervisor.
     pub child: Mutex<Option<ChildSpec>>,
 }
@@ -160,13 +96,14 @@ impl AgentRecord {
             turns: AtomicU64::new(0),
             tokens_used: AtomicU64::new(0),
             restarts: AtomicU32::new(0),
-            checkpoint_failures: AtomicU32::new(0),
+            journal_failures: AtomicU32::new(0),
             queue: Mutex::new(TaskQueue {
-                next_id: 0,
                 tasks: BTreeMap::new(),
                 actor: None,
                 closed: None,
+                running: None,
             }),
+            queued: watch::Sender::new(0),
             child: Mutex::new(None),
         }
     }
@@ -176,11 +113,11 @@ impl AgentRecord {
     }
 
     pub fn state(&self) -> AgentState {
-        AgentState::from_u8(self.state.load(Ordering::Relaxed))
+        AgentState::from_u8(self.state.load(Ordering::Acquire))
     }
 
     pub fn set_state(&self, state: AgentState) {
-        self.state.store(state as u8, Ordering::Relaxed);
+        self.state.store(state as u8, Ordering::Release);
     }
 
     pub fn priority(&self) -> Priority {
@@ -191,24 +128,33 @@ impl AgentRecord {
         self.priority.store(priority as u8, Ordering::Relaxed);
     }
 
-    /// Queues a task and tells the current actor to run it. The queue lock is held across both so
-    /// a restarting actor (which re-sends the queue under the same lock) cannot miss it.
-    pub fn enqueue(&self, input: TaskInput, reply: TaskReply) -> Result<TaskId, RuntimeError> {
+    /// The error a caller gets when the record no longer takes tasks.
+    pub fn check_open(&self) -> Result<(), RuntimeError> {
+        match &self.queue().closed {
+            Some(closed) => Err(clone_closed(closed, &self.name)),
+            None => Ok(()),
+        }
+    }
+
+    /// Queues a journaled task and tells the current actor to run it. The queue lock is held
+    /// across both so a restarting actor (which re-sends the queue under the same lock) cannot
+    /// miss it.
+    pub fn enqueue(&self, id: TaskId, input: TaskInput, reply: TaskReply, attempts: u32) -> Result<(), RuntimeError> {
         let mut queue = self.queue();
         if let Some(closed) = &queue.closed {
             return Err(clone_closed(closed, &self.name));
         }
-        let id = queue.next_id;
-        queue.next_id += 1;
         queue.tasks.insert(
             id,
             Task {
                 input,
                 reply,
-                attempts: 0,
+                attempts,
+                starts: 0,
                 accepted: Instant::now(),
             },
         );
+        self.queued.send_replace(queue.tasks.len());
         if self.state() == AgentState::Sleeping {
             self.set_state(AgentState::Waiting);
         }
@@ -216,24 +162,59 @@ impl AgentRecord {
         if let Some(actor) = &queue.actor {
             let _ = actor.cast(AgentMsg::Run(id));
         }
-        Ok(id)
+        Ok(())
     }
 
-    /// Closes the record for good and fails everything still queued with `reason`.
-    pub fn close(&self, reason: RuntimeError) {
-        let failed: Vec<(Task, RuntimeError)> = {
+    /// Takes task `id` out of the queue, leaving the agent's state as the rest of the queue
+    /// says: done before its caller is answered, so a caller that sees its answer also sees
+    /// the agent idle (or busy with the next task).
+    pub fn take(&self, id: TaskId) -> Option<Task> {
+        let mut queue = self.queue();
+        let task = queue.tasks.remove(&id);
+        if queue.running == Some(id) {
+            queue.running = None;
+        }
+        self.queued.send_replace(queue.tasks.len());
+        if self.state() != AgentState::Stopped {
+            self.set_state(if queue.tasks.is_empty() {
+                AgentState::Sleeping
+            } else {
+                AgentState::Waiting
+            });
+        }
+        task
+    }
+
+    /// Closes the record for good: no task is accepted any more, and every queued task (but the
+    /// one running, when `keep_running`) is taken out to be failed with `reason`.
+    pub fn close(&self, reason: RuntimeError, keep_running: bool) -> Vec<(TaskId, Task, RuntimeError)> {
+        let failed: Vec<(TaskId, Task, RuntimeError)> = {
             let mut guard = self.queue();
             let queue = &mut *guard;
-            queue.actor = None;
+            let keep = queue.running.filter(|_| keep_running);
+            if !keep_running {
+                queue.actor = None;
+            }
             let closed = queue.closed.get_or_insert(reason);
-            let errors = std::iter::repeat_with(|| clone_closed(closed, &self.name));
-            let tasks = std::mem::take(&mut queue.tasks);
-            tasks.into_values().zip(errors).collect()
+            let ids: Vec<TaskId> = queue.tasks.keys().copied().filter(|id| Some(*id) != keep).collect();
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let task = queue.tasks.remove(&id).expect("listed above");
+                out.push((id, task, clone_closed(closed, &self.name)));
+            }
+            self.queued.send_replace(queue.tasks.len());
+            out
         };
-        self.set_state(AgentState::Stopped);
-        for (task, error) in failed {
-            task.finish(Err(error));
+        if !keep_running {
+            self.set_state(AgentState::Stopped);
         }
+        failed
+    }
+
+    /// Waits until no task is queued.
+    pub async fn idle(&self) {
+        let mut queued = self.queued.subscribe();
+        let _ = queued.wait_for(|n| *n == 0).await;
     }
 
     /// A snapshot for `AgentOS::agents()` (no message to the actor).
@@ -248,12 +229,34 @@ impl AgentRecord {
             tokens_used: self.tokens_used.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
             queued_tasks: self.queue().tasks.len(),
-            checkpoint_failures: self.checkpoint_failures.load(Ordering::Relaxed),
+            journal_failures: self.journal_failures.load(Ordering::Relaxed),
         }
     }
 
     pub fn is_idle(&self) -> bool {
         self.queue().tasks.is_empty()
+    }
+}
+
+/// Records each task's error as its outcome, then answers its caller: a task answered with an
+/// error is never run later, not even by a new process reading the journal.
+pub(crate) async fn fail_tasks(journal: &Journal, record: &AgentRecord, tasks: Vec<(TaskId, Task, RuntimeError)>) {
+    let outcomes: Vec<TaskOutcome> = tasks
+        .iter()
+        .map(|(_, _, error)| TaskOutcome::Failed(TaskFailure::from(error)))
+        .collect();
+    // Submitted together, they share one commit.
+    let writes = tasks
+        .iter()
+        .zip(&outcomes)
+        .map(|((id, _, _), outcome)| journal.complete(*id, &record.name, outcome, Completion::none()));
+    let results = futures::future::join_all(writes).await;
+    for ((id, task, error), result) in tasks.into_iter().zip(results) {
+        if let Err(e) = result {
+            record.journal_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(agent = %record.name, task = %id, error = %e, "could not record a failed task");
+        }
+        task.finish(Err(error));
     }
 }
 

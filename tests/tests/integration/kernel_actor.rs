@@ -31,6 +31,7 @@ async fn kernel_actor_streams_and_survives_bad_requests() {
     assert!(err.to_string().contains("vocabulary"), "{err}");
     let err = ractor::call!(kernel, |reply| KernelMsg::Embed {
         texts: vec![String::new()],
+        priority: agentos_kernel::DEFAULT_JOB_PRIORITY,
         reply
     })
     .unwrap();
@@ -73,11 +74,13 @@ async fn kernel_actor_streams_and_survives_bad_requests() {
 
     let embeddings = ractor::call!(kernel, |reply| KernelMsg::Embed {
         texts: vec!["a".into(), "b".into()],
+        priority: agentos_kernel::DEFAULT_JOB_PRIORITY,
         reply
     })
     .unwrap()
     .unwrap();
-    assert_eq!(embeddings.len(), 2);
+    assert_eq!(embeddings.vectors.len(), 2);
+    assert!(embeddings.tokens >= 2, "the tokens the work took are reported");
     let stats = ractor::call!(kernel, KernelMsg::Stats).unwrap().unwrap();
     assert!(stats.forwards > 0);
     assert_eq!(stats.sequences, 0);

@@ -207,7 +207,7 @@ fn batched_embeddings_equal_one_text_at_a_time() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let batched = engine.embed_many(&texts).unwrap();
+    let batched = engine.embed_many(&texts).unwrap().vectors;
     assert_eq!(batched.len(), 3);
     for (text, vector) in texts.iter().zip(&batched) {
         let single = engine.embed(text).unwrap();
@@ -217,7 +217,7 @@ fn batched_embeddings_equal_one_text_at_a_time() {
     assert!(err.to_string().contains("text 1"), "{err}");
 }
 
-fn generate(engine: &mut Engine, requests: Vec<GenerateRequest>) -> Vec<(String, GenerationSummary)> {
+pub(crate) fn generate(engine: &mut Engine, requests: Vec<GenerateRequest>) -> Vec<(String, GenerationSummary)> {
     let mut batcher = Batcher::new();
     let mut receivers = Vec::new();
     for r in requests {
@@ -395,7 +395,7 @@ fn malformed_requests_are_rejected_with_reasons() {
 }
 
 /// Submits `request` to `batcher` and returns a receiver of its events.
-fn submit(
+pub(crate) fn submit(
     engine: &Engine,
     batcher: &mut Batcher,
     request: GenerateRequest,
@@ -406,7 +406,7 @@ fn submit(
     rx
 }
 
-fn finished(rx: &std::sync::mpsc::Receiver<GenerationEvent>) -> Option<GenerationSummary> {
+pub(crate) fn finished(rx: &std::sync::mpsc::Receiver<GenerationEvent>) -> Option<GenerationSummary> {
     rx.try_iter().find_map(|e| match e {
         GenerationEvent::Finished { summary, .. } => Some(summary),
         GenerationEvent::Failed(e) => panic!("generation failed: {e}"),

@@ -3,7 +3,11 @@
 //! Tests that need the default model fetch it on first use (into `AGENTOS_HOME`) and share
 //! one loaded engine per weight dtype.
 
+#[macro_use]
+mod support;
+
 mod kernel_actor;
+mod kernel_batcher;
 mod kernel_engine;
 mod kernel_files;
 mod kernel_parity;
@@ -12,8 +16,9 @@ mod memory_model;
 mod memory_store;
 mod memory_tiers;
 mod runtime_agents;
+mod runtime_crash;
+mod runtime_load;
 mod runtime_macro;
 mod runtime_model;
 mod runtime_scheduler;
 mod runtime_supervisor;
-mod support;

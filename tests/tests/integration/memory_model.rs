@@ -32,30 +32,55 @@ async fn os_with_budget(budget: usize, dir: &std::path::Path) -> AgentOS {
 }
 
 #[tokio::test]
-async fn the_kernel_returns_pieces_that_rebuild_the_text_and_attention_for_every_token() {
+async fn the_kernel_returns_pieces_that_rebuild_the_text_and_the_attention_of_every_token_over_all_before_it() {
     let os = AgentOS::builder().kernel(kernel_args()).start().await.unwrap();
     let kernel = os.kernel().unwrap();
-    let text = "Memory pages: naïve café – 東京. ".repeat(12);
+    let text = "Memory pages: naïve café – 東京. ".repeat(24);
     let analysis = ractor::call!(kernel, |reply| KernelMsg::Analyze {
         text: text.clone(),
         with_attention: true,
+        priority: agentos_kernel::DEFAULT_JOB_PRIORITY,
         reply
     })
     .unwrap()
     .unwrap();
     assert_eq!(analysis.pieces.concat(), text);
     assert_eq!(analysis.pieces.len(), analysis.tokens.len());
-    let covered: usize = analysis.attention.iter().map(|m| m.n_new).sum();
-    assert_eq!(covered, analysis.tokens.len(), "attention for every token");
-    assert!(analysis.attention.len() >= 2, "long texts are read in windows");
-    for map in &analysis.attention {
-        for t in 0..map.n_new {
-            let row = map.row(map.n_layers - 1, 0, t);
-            let sum: f32 = row.iter().sum();
-            assert!((sum - 1.0).abs() < 1e-3, "a probability row sums to 1: {sum}");
-        }
+    let n = analysis.tokens.len();
+    assert!(n > 300, "long enough to be read in several chunks: {n} tokens");
+    let covered: usize = analysis.entropy.iter().map(|e| e.n_tokens).sum();
+    assert_eq!(covered, n, "entropy for every token");
+    assert!(analysis.entropy.len() >= 2, "read in chunks");
+    // One sequence: every span continues where the last ended, so no token's context is cut.
+    let mut next = 0;
+    for span in &analysis.entropy {
+        assert_eq!(span.start_pos, next, "spans follow each other in one sequence");
+        next += span.n_tokens;
     }
     os.shutdown().await.unwrap();
+
+    // The same entropies as one forward over the whole text, read from its probabilities.
+    let mut engine = crate::support::engine_f16();
+    let sequence = engine.create_sequence();
+    let mut item = agentos_kernel::ForwardItem::new(sequence, analysis.tokens.clone());
+    item.logits = agentos_kernel::LogitsWanted::None;
+    item.attention = true;
+    let out = engine.forward(&[item]).unwrap().pop().unwrap();
+    engine.release_sequence(sequence);
+    let maps = out.attention.unwrap();
+    let last = maps.n_layers - 1;
+    for span in &analysis.entropy {
+        for i in (0..span.n_tokens).step_by(17) {
+            let t = span.start_pos + i;
+            let row = maps.row(last, 0, t);
+            let h: f32 = row[..=t].iter().filter(|&&p| p > 0.0).map(|&p| -p * p.ln()).sum();
+            assert!(
+                (h - span.get(last, 0, i)).abs() < 2e-2,
+                "token {t}: entropy {} from the chunks, {h} from one forward",
+                span.get(last, 0, i)
+            );
+        }
+    }
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use agentos_runtime::memory::{
-    AttentionSource, AttentionSpan, Embedder, L1Actor, L1Args, L1Msg, L2Actor, L2Args, L2Msg, L3Actor, L3Msg,
+    AttentionSource, Embedder, EntropySpan, L1Actor, L1Args, L1Msg, L2Actor, L2Args, L2Msg, L3Actor, L3Msg,
     MemoryConfig, MemoryError, Slicing, TextAnalysis, Tier,
 };
 use ractor::{Actor, ActorRef};
@@ -62,28 +62,23 @@ impl AttentionSource for WordModel {
     async fn analyze(&self, text: String, with_attention: bool) -> Result<TextAnalysis, MemoryError> {
         let pieces = pieces(&text);
         let n = pieces.len();
-        let mut attention = Vec::new();
+        let mut entropy = Vec::new();
         if with_attention {
-            // Uniform causal attention: density is flat, so only max_tokens cuts.
-            let mut probs = vec![0f32; n * n];
-            for t in 0..n {
-                for j in 0..=t {
-                    probs[t * n + j] = 1.0 / (t + 1) as f32;
-                }
-            }
+            // Uniform causal attention (entropy ln(t + 1)): density is flat, so only max_tokens
+            // cuts.
+            let mut values: Vec<f32> = (0..n).map(|t| ((t + 1) as f32).ln()).collect();
             if self.malformed_attention.load(Ordering::Relaxed) {
-                probs.truncate(n);
+                values.truncate(n / 2);
             }
-            attention.push(AttentionSpan {
+            entropy.push(EntropySpan {
                 n_layers: 1,
                 n_heads: 1,
                 n_tokens: n,
-                context: n,
                 start_pos: 0,
-                probs,
+                values,
             });
         }
-        Ok(TextAnalysis { pieces, attention })
+        Ok(TextAnalysis { pieces, entropy })
     }
 }
 

@@ -45,7 +45,7 @@ async fn an_agent_asks_the_model_what_the_kernel_would_answer_and_streams_it() {
         }
     };
 
-    let mut stream = agent.stream("What is the capital of France?").unwrap();
+    let mut stream = agent.stream("What is the capital of France?").await.unwrap();
     let mut streamed = String::new();
     let response = loop {
         match stream.next().await.expect("the stream ends with Done") {
@@ -117,7 +117,7 @@ async fn a_restarted_agent_resumes_from_its_checkpoint_and_runs_the_task_once_mo
     let first = agent.ask("Name a colour.").await.unwrap();
     assert_eq!(first.attempts, 1);
 
-    let mut stream = agent.stream("Name an animal.").unwrap();
+    let mut stream = agent.stream("Name an animal.").await.unwrap();
     let mut restarted = 0;
     let second = loop {
         match stream.next().await.unwrap() {
@@ -157,9 +157,9 @@ async fn graceful_shutdown_finishes_work_in_flight() {
     let a = os.spawn_named("a", Plain).await.unwrap();
     let b = os.spawn_named("b", Plain).await.unwrap();
     let in_flight = vec![
-        a.stream("Say hello.").unwrap(),
-        b.stream("Say goodbye.").unwrap(),
-        a.stream("Count to three.").unwrap(),
+        a.stream("Say hello.").await.unwrap(),
+        b.stream("Say goodbye.").await.unwrap(),
+        a.stream("Count to three.").await.unwrap(),
     ];
     let late = a.clone();
     os.shutdown().await.unwrap();
@@ -173,8 +173,8 @@ async fn graceful_shutdown_finishes_work_in_flight() {
     ));
 }
 
-#[tokio::test]
-async fn work_left_at_the_end_of_the_grace_period_is_kept_and_resumed() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn work_left_at_the_end_of_the_grace_period_is_answered_and_never_run_later() {
     let dir = tempfile::tempdir().unwrap();
     let os = AgentOS::builder()
         .kernel(kernel_args())
@@ -184,10 +184,11 @@ async fn work_left_at_the_end_of_the_grace_period_is_kept_and_resumed() {
         .await
         .unwrap();
     let agent = os.spawn(Plain).await.unwrap();
-    let streams: Vec<_> = ["One.", "Two.", "Three."]
-        .iter()
-        .map(|q| agent.stream(*q).unwrap())
-        .collect();
+    let mut streams = Vec::new();
+    for q in ["One.", "Two.", "Three."] {
+        streams.push(agent.stream(q).await.unwrap());
+    }
+    let ids: Vec<TaskId> = streams.iter().map(|s| s.task_id()).collect();
     // Let the first task start, then shut down at once.
     tokio::time::sleep(Duration::from_millis(50)).await;
     os.shutdown().await.unwrap();
@@ -201,7 +202,8 @@ async fn work_left_at_the_end_of_the_grace_period_is_kept_and_resumed() {
     }
     assert!(done < 3, "a zero grace period cannot finish three turns");
 
-    // A new AgentOS over the same directory resumes the agent and runs what was left.
+    // A new AgentOS over the same directory resumes the agent; what was answered with
+    // ShuttingDown stays answered: it is recorded as failed and does not run.
     let os = AgentOS::builder()
         .kernel(kernel_args())
         .checkpoint_dir(dir.path())
@@ -209,13 +211,27 @@ async fn work_left_at_the_end_of_the_grace_period_is_kept_and_resumed() {
         .await
         .unwrap();
     let agent = os.spawn(Plain).await.unwrap();
-    for _ in 0..600 {
-        if agent.info().turns == 3 && agent.info().queued_tasks == 0 {
-            break;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(agent.info().queued_tasks, 0, "nothing was left to run");
+    assert_eq!(agent.info().turns, done as u64, "no task ran behind its caller's back");
+    let mut failed = 0;
+    for id in ids {
+        match os.task_result(id).await.unwrap() {
+            TaskStatus::Done {
+                outcome: TaskOutcome::Replied(_),
+                ..
+            } => {}
+            TaskStatus::Done {
+                outcome: TaskOutcome::Failed(f),
+                ..
+            } => {
+                assert_eq!(f.kind, agentos_runtime::FailureKind::ShuttingDown);
+                failed += 1;
+            }
+            other => panic!("{id}: {other:?}"),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(agent.info().turns, 3, "every task ran exactly once across the two runs");
+    assert_eq!(failed, 3 - done);
     os.shutdown().await.unwrap();
 }
 
@@ -241,5 +257,112 @@ async fn a_killed_kernel_is_restarted_and_agents_keep_working() {
     let after = agent.ask("Say yes.").await.unwrap();
     assert_eq!(after.turn, before.turn + 1);
     assert_eq!(agent.info().restarts, 0, "the agent itself never failed");
+    os.shutdown().await.unwrap();
+}
+
+/// Tell stories.
+#[agent(name = "Storyteller", max_tokens = 48)]
+#[derive(Default, Serialize, Deserialize)]
+struct Storyteller;
+
+static FLAKY_PANICS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Panics in `prepare` while `FLAKY_PANICS` lasts.
+#[agent(name = "Flaky", custom_hooks)]
+#[derive(Default, Serialize, Deserialize)]
+struct Flaky;
+
+impl AgentHooks for Flaky {
+    fn prepare(&mut self, _prompt: &mut TurnPrompt) {
+        use std::sync::atomic::Ordering;
+        if FLAKY_PANICS
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("injected fault in prepare");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sibling_stopped_mid_turn_for_a_restart_loses_no_attempt_and_holds_nothing_up() {
+    FLAKY_PANICS.store(2, std::sync::atomic::Ordering::SeqCst);
+    let os = AgentOS::builder()
+        .kernel(kernel_args())
+        .agent_strategy(Strategy::OneForAll)
+        .start()
+        .await
+        .unwrap();
+    let steady = os.spawn_named("steady", Storyteller).await.unwrap();
+    let flaky = os.spawn_named("flaky", Flaky).await.unwrap();
+    let mut story = steady
+        .stream("Tell me a long story about a lighthouse keeper.")
+        .await
+        .unwrap();
+    loop {
+        match story.next().await.unwrap() {
+            StreamEvent::Token(t) if !t.is_empty() => break,
+            StreamEvent::Done(outcome) => panic!("the story ended before the fault: {outcome:?}"),
+            _ => {}
+        }
+    }
+    // Two panics, each a one-for-all restart that stops the storyteller in the middle of its
+    // turn; the flaky task then fails for good (two starts is the default limit).
+    let failed = flaky.ask("Say hi.").await.unwrap_err();
+    assert!(matches!(failed, RuntimeError::TaskFailed { .. }), "{failed}");
+    assert_eq!(steady.info().restarts, 2);
+    assert_ne!(
+        steady.info().state,
+        AgentState::Sleeping,
+        "the restarts did not wait for the storyteller's turn to end"
+    );
+    let mut restarted = 0;
+    let response = loop {
+        match story.next().await.unwrap() {
+            StreamEvent::Restarted => restarted += 1,
+            StreamEvent::Token(_) => {}
+            StreamEvent::Done(outcome) => break (*outcome).expect("the healthy agent's task completes"),
+        }
+    };
+    assert_eq!(restarted, 2, "stopped mid-turn twice, restarted twice");
+    assert_eq!(
+        response.attempts, 1,
+        "starts cut short by a sibling's restart are given back"
+    );
+    os.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_turn_is_kept_in_the_history_while_prompts_show_the_recent_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let os = AgentOS::builder()
+        .kernel(kernel_args())
+        .checkpoint_dir(dir.path())
+        .start()
+        .await
+        .unwrap();
+    let agent = os.spawn(Plain).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(agent.ask(format!("Say the number {i}.")).await.unwrap().task);
+    }
+    let history = agent.history(1, 100).await.unwrap();
+    assert_eq!(
+        history.iter().map(|t| t.number).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(history.iter().map(|t| t.task_id).collect::<Vec<_>>(), ids);
+    assert_eq!(history[0].task, "Say the number 0.");
+    os.shutdown().await.unwrap();
+    // The history outlives the process, the agent resumes at turn 7.
+    let os = AgentOS::builder()
+        .kernel(kernel_args())
+        .checkpoint_dir(dir.path())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(os.history("Plain", 1, 100).await.unwrap(), history);
+    let agent = os.spawn(Plain).await.unwrap();
+    assert_eq!(agent.ask("Again.").await.unwrap().turn, 7);
     os.shutdown().await.unwrap();
 }

@@ -41,13 +41,14 @@ async fn an_urgent_agent_overtakes_queued_normal_work() {
     let urgent = os.spawn_named("urgent", Worker).await.unwrap();
     urgent.set_priority(Priority::Realtime);
 
-    let mut streams: Vec<_> = normals
-        .iter()
-        .map(|n| {
+    let mut streams = Vec::new();
+    for n in &normals {
+        streams.push(
             n.stream("Tell me a long story about a dragon who learns to fly.")
-                .unwrap()
-        })
-        .collect();
+                .await
+                .unwrap(),
+        );
+    }
     // Once the first normal request is generating, the urgent one arrives behind the others.
     let mut first_text = String::new();
     while first_text.is_empty() {

@@ -1,4 +1,30 @@
-//! Shared fixtures: the default model, loaded once per dtype, and the reference file.
+//! Shared fixtures: the default model, loaded once per dtype, the reference file, and
+//! `runtime_test!` for tests that must hold on any runtime.
+
+/// Defines a test that runs its body twice: on tokio's current-thread runtime and on a
+/// multi-threaded one with 4 workers, where actors run in parallel as in production and races
+/// between them show.
+macro_rules! runtime_test {
+    ($(#[$meta:meta])* async fn $name:ident() $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body() $body
+
+            #[tokio::test]
+            async fn current_thread() {
+                body().await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn multi_thread() {
+                body().await
+            }
+        }
+    };
+}
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -85,4 +111,24 @@ pub fn kernel_args() -> agentos_kernel::KernelArgs {
             ..EngineConfig::default()
         },
     }
+}
+
+/// f32 weights on flex with a KV cache of only 24 blocks (192 tokens): a few sequences fill it.
+pub fn engine_f32_small_kv() -> MutexGuard<'static, Engine> {
+    static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            // SmolLM2-135M: 30 layers x 3 KV heads x 64 dims, keys and values, f32 host pools.
+            let bytes_per_block = 8 * 30 * 3 * 64 * 2 * 4;
+            load_with(EngineConfig {
+                dtype: WeightDtype::F32,
+                kv_cache: agentos_kernel::KvCacheConfig {
+                    max_bytes: 24 * bytes_per_block,
+                    ..Default::default()
+                },
+                ..EngineConfig::default()
+            })
+        })
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }

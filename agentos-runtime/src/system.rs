@@ -1,0 +1,159 @@
+//! `System`: what every agent actor and handle of one AgentOS shares.
+//!
+//! The slots of the system actors (each restart publishes the new instance), the agent
+//! registry, the task journal and the settings calls need. [`AgentOS`](crate::AgentOS) builds it;
+//! the actors and handles only read it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use agentos_kernel::KernelMsg;
+use tokio::sync::broadcast;
+
+use crate::agent::journal::Journal;
+use crate::agent::record::{AgentRecord, SharedRecord, fail_tasks};
+use crate::error::{Result, RuntimeError};
+use crate::mmu::MemorySystem;
+use crate::scheduler::SchedulerMsg;
+use crate::supervisor::{ActorSlot, ChildSpec, SupervisorEvent, SupervisorMsg};
+use crate::types::Pid;
+
+pub(crate) struct System {
+    pub scheduler: ActorSlot<SchedulerMsg>,
+    pub kernel: Option<ActorSlot<KernelMsg>>,
+    pub memory: Arc<MemorySystem>,
+    pub agent_supervisor: ActorSlot<SupervisorMsg>,
+    pub journal: Arc<Journal>,
+    pub registry: Mutex<Registry>,
+    pub next_pid: AtomicU64,
+    pub accepting: AtomicBool,
+    pub shutting_down: AtomicBool,
+    down: OnceLock<String>,
+    pub events: broadcast::Sender<SupervisorEvent>,
+    /// Agent actors whose state is alive (see `AgentOS::live_agent_actors`).
+    pub live_agent_actors: AtomicUsize,
+    /// How long a call to a system actor may take (see `RuntimeConfig::call_timeout`).
+    pub call_timeout: Duration,
+    /// How long a call into memory may take (see `RuntimeConfig::memory_timeout`).
+    pub memory_timeout: Duration,
+    /// Starts after which a task that keeps failing its agent is answered with `TaskFailed`.
+    pub max_task_attempts: u32,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    pub by_pid: BTreeMap<Pid, SharedRecord>,
+    pub by_name: HashMap<String, Pid>,
+}
+
+impl Registry {
+    pub fn insert(&mut self, record: SharedRecord) -> Result<()> {
+        if self.by_name.contains_key(&record.name) {
+            return Err(RuntimeError::NameTaken(record.name.clone()));
+        }
+        self.by_name.insert(record.name.clone(), record.pid);
+        self.by_pid.insert(record.pid, record);
+        Ok(())
+    }
+
+    pub fn child_specs(&self) -> Vec<ChildSpec> {
+        self.by_pid
+            .values()
+            .filter_map(|r| r.child.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+}
+
+/// The settings `System` takes from the configuration.
+pub(crate) struct SystemSettings {
+    pub call_timeout: Duration,
+    pub memory_timeout: Duration,
+    pub max_task_attempts: u32,
+}
+
+impl System {
+    pub fn new(
+        scheduler: ActorSlot<SchedulerMsg>,
+        kernel: Option<ActorSlot<KernelMsg>>,
+        memory: Arc<MemorySystem>,
+        journal: Arc<Journal>,
+        events: broadcast::Sender<SupervisorEvent>,
+        settings: SystemSettings,
+    ) -> Self {
+        System {
+            scheduler,
+            kernel,
+            memory,
+            agent_supervisor: ActorSlot::new(),
+            journal,
+            registry: Mutex::new(Registry::default()),
+            next_pid: AtomicU64::new(1),
+            accepting: AtomicBool::new(true),
+            shutting_down: AtomicBool::new(false),
+            down: OnceLock::new(),
+            events,
+            live_agent_actors: AtomicUsize::new(0),
+            call_timeout: settings.call_timeout,
+            memory_timeout: settings.memory_timeout,
+            max_task_attempts: settings.max_task_attempts.max(1),
+        }
+    }
+
+    pub fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn records(&self) -> Vec<SharedRecord> {
+        self.registry().by_pid.values().cloned().collect()
+    }
+
+    pub fn forget_agent(&self, record: &AgentRecord) {
+        let mut registry = self.registry();
+        if registry.by_pid.remove(&record.pid).is_some() {
+            registry.by_name.remove(&record.name);
+        }
+    }
+
+    pub fn down_reason(&self) -> Option<String> {
+        self.down.get().cloned()
+    }
+
+    pub fn check_accepting(&self) -> Result<()> {
+        if let Some(reason) = self.down_reason() {
+            return Err(RuntimeError::SystemDown { reason });
+        }
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(RuntimeError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    pub fn down_error(&self) -> RuntimeError {
+        RuntimeError::SystemDown {
+            reason: self
+                .down_reason()
+                .unwrap_or_else(|| "a system actor is restarting".to_string()),
+        }
+    }
+
+    /// The tree is gone: record and answer everything still queued, for every agent.
+    pub async fn go_down(&self, reason: String) {
+        let _ = self.down.set(reason.clone());
+        let graceful = self.shutting_down.load(Ordering::SeqCst);
+        for record in self.records() {
+            let error = match graceful {
+                true => RuntimeError::ShuttingDown,
+                false => RuntimeError::SystemDown { reason: reason.clone() },
+            };
+            let failed = record.close(error, false);
+            fail_tasks(&self.journal, &record, failed).await;
+            // The start function refers to the record and the system: break the cycle.
+            record.child.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+        if let Err(e) = self.journal.flush().await {
+            tracing::error!(error = %e, "the journal could not be flushed at shutdown");
+        }
+    }
+}

@@ -12,7 +12,8 @@ use crate::slicing::SliceConfig;
 pub enum Slicing {
     /// At the attention density's sharp changes (the S-MMU's semantic slicing).
     Attention,
-    /// Every `n` tokens (the baseline).
+    /// About every `n` tokens, each cut snapped to a sentence start as attention cuts are (the
+    /// baseline).
     Fixed(usize),
 }
 

@@ -325,17 +325,7 @@ pub fn slice_boundaries(density: &[f32], boundaries: &[Boundary], config: &Slice
             } else {
                 (t + config.sentence_snap).min(start + max).min(n - 1)
             };
-            let sentence = (lo..=hi)
-                .filter(|&c| kind(c) == Boundary::Sentence)
-                .min_by_key(|&c| c.abs_diff(t));
-            let word = || {
-                if forced {
-                    (lo..=t).rev().find(|&c| kind(c) >= Boundary::Word)
-                } else {
-                    (t..=(t + config.word_snap).min(hi)).find(|&c| kind(c) >= Boundary::Word)
-                }
-            };
-            let at = sentence.or_else(word).unwrap_or(t).max(start + 1);
+            let at = snap(t, lo..=hi, forced, &kind, config).max(start + 1);
             slices.push(start..at);
             start = at;
             t = at + 1;
@@ -357,13 +347,52 @@ pub fn slice_boundaries(density: &[f32], boundaries: &[Boundary], config: &Slice
     slices
 }
 
-/// Fixed-size chunks: the baseline that attention slicing is compared with.
-pub fn fixed_chunks(n_tokens: usize, size: usize) -> Vec<std::ops::Range<usize>> {
+/// Where a cut aimed before token `t` lands: the sentence start in `candidates` nearest `t`;
+/// else a word start (forward within `word_snap`, or for a `forced` cut, which may not grow the
+/// slice, backward); else `t` itself.
+fn snap(
+    t: usize,
+    candidates: std::ops::RangeInclusive<usize>,
+    forced: bool,
+    kind: &impl Fn(usize) -> Boundary,
+    config: &SliceConfig,
+) -> usize {
+    let (lo, hi) = (*candidates.start(), *candidates.end());
+    let sentence = candidates
+        .filter(|&c| kind(c) == Boundary::Sentence)
+        .min_by_key(|&c| c.abs_diff(t));
+    let word = || {
+        if forced {
+            (lo..=t).rev().find(|&c| kind(c) >= Boundary::Word)
+        } else {
+            (t..=(t + config.word_snap).min(hi)).find(|&c| kind(c) >= Boundary::Word)
+        }
+    };
+    sentence.or_else(word).unwrap_or(t)
+}
+
+/// Chunks of about `size` tokens: the baseline attention slicing is compared with. Each cut is
+/// aimed every `size` tokens and snapped exactly as attention cuts are (the nearest sentence
+/// start within `sentence_snap`, else a word start), so the comparison is of where the cuts are
+/// aimed, not of how they are snapped.
+pub fn fixed_slices(boundaries: &[Boundary], size: usize, config: &SliceConfig) -> Vec<std::ops::Range<usize>> {
+    let n = boundaries.len();
     let size = size.max(1);
-    (0..n_tokens)
-        .step_by(size)
-        .map(|s| s..(s + size).min(n_tokens))
-        .collect()
+    let kind = |t: usize| boundaries.get(t).copied().unwrap_or(Boundary::Word);
+    let mut slices = Vec::new();
+    let mut start = 0;
+    while n - start > size {
+        let t = start + size;
+        let lo = (start + 1).max(t.saturating_sub(config.sentence_snap));
+        let hi = (t + config.sentence_snap).min(n - 1);
+        let at = snap(t, lo..=hi, false, &kind, config).max(start + 1);
+        slices.push(start..at);
+        start = at;
+    }
+    if start < n {
+        slices.push(start..n);
+    }
+    slices
 }
 
 #[cfg(test)]
@@ -520,8 +549,14 @@ mod tests {
     }
 
     #[test]
-    fn fixed_chunks_cover_everything() {
-        assert_eq!(fixed_chunks(10, 4), vec![0..4, 4..8, 8..10]);
-        assert!(fixed_chunks(0, 4).is_empty());
+    fn fixed_slices_cover_everything_and_snap_to_sentences() {
+        let config = SliceConfig::default();
+        let words = vec![Boundary::Word; 10];
+        assert_eq!(fixed_slices(&words, 4, &config), vec![0..4, 4..8, 8..10]);
+        assert!(fixed_slices(&[], 4, &config).is_empty());
+        // A sentence starts at 6: the cut aimed at 4 moves there, as an attention cut would.
+        let mut kinds = vec![Boundary::None; 12];
+        kinds[6] = Boundary::Sentence;
+        assert_eq!(fixed_slices(&kinds, 4, &config)[0], 0..6);
     }
 }

@@ -18,7 +18,7 @@ use crate::config::{MemoryConfig, Slicing};
 use crate::error::{MemoryError, Result};
 use crate::model::{AttentionSource, Embedder};
 use crate::page::{CognitivePage, PageEntry, PageId, PageView, Tier};
-use crate::slicing::{boundaries, density_of_entropy, fixed_chunks, slice_boundaries};
+use crate::slicing::{boundaries, density_of_entropy, fixed_slices, slice_boundaries};
 use crate::tiers::l2::{L2Msg, Locate, PageDraft, Query};
 
 /// The context L1 hands an agent for one turn.
@@ -334,7 +334,7 @@ impl L1State {
             return Ok(Vec::new());
         }
         let (ranges, densities) = match cfg.slicing {
-            Slicing::Fixed(size) => (fixed_chunks(n, size), vec![0.0; n]),
+            Slicing::Fixed(size) => (fixed_slices(&boundaries(&analysis.pieces), size, &cfg.slice), vec![0.0; n]),
             Slicing::Attention => {
                 let mut d = Vec::with_capacity(n);
                 for span in &analysis.entropy {
@@ -395,7 +395,11 @@ impl L1State {
             entry.last_access_turn = turn;
             self.window.push((page, entry));
         }
-        self.evict_to(cfg.l1_budget_tokens).await?;
+        // Evict to what the next turn will have for pages (its reservation is like the last
+        // one), not to the whole budget: the window then changes once, here, instead of again
+        // when that turn assembles it, so the prompt prefix the kernel caches lasts longer.
+        let reserved = self.last_context.as_ref().map_or(0, |c| c.reserved_tokens);
+        self.evict_to(cfg.l1_budget_tokens.saturating_sub(reserved)).await?;
         Ok(ids)
     }
 

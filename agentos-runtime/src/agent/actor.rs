@@ -38,7 +38,8 @@ use tracing::Instrument;
 use crate::agent::journal::{Applied, Completion, InboxChange, Journal};
 use crate::agent::record::{SharedRecord, TaskReply};
 use crate::agent::{
-    Agent, AgentMsg, AgentSpec, Delivered, Response, StreamEvent, TaskInput, TaskOutcome, Turn, TurnPrompt,
+    Agent, AgentMsg, AgentSpec, Delivered, Response, StreamEvent, TaskInput, TaskOutcome, TaskStatus, Turn,
+    TurnPrompt,
 };
 use crate::error::RuntimeError;
 use crate::rpc;
@@ -362,7 +363,31 @@ impl<R: Agent> AgentActorState<R> {
         {
             Ok(Applied::Yes) => {}
             Ok(Applied::AlreadyRecorded) => {
-                tracing::error!(task = %id, "the task already had a recorded outcome; this run's result is dropped");
+                // An earlier run's completion reached the disk after that run was cut short (a
+                // supervisor's stop during the commit). What is recorded stands: its caller gets
+                // that, and the agent restarts from the checkpoint recorded with it, so this
+                // run's state changes are dropped with its result.
+                tracing::warn!(task = %id, "the task already had a recorded outcome; restarting from it");
+                let recorded = match self.system.journal.status(id).await? {
+                    TaskStatus::Done {
+                        outcome: TaskOutcome::Replied(response),
+                        ..
+                    } => Ok(Some(response)),
+                    TaskStatus::Done {
+                        outcome: TaskOutcome::Delivered,
+                        ..
+                    } => Ok(None),
+                    other => Err(RuntimeError::TaskFailed {
+                        agent: record.name.clone(),
+                        reason: format!("{other:?}"),
+                    }),
+                };
+                if let Some(task) = record.take(id) {
+                    task.finish(recorded);
+                }
+                return Err(RuntimeError::Messaging(format!(
+                    "{id} completed twice; reloading the agent from its recorded state"
+                )));
             }
             Err(e) => {
                 record.journal_failures.fetch_add(1, Ordering::Relaxed);

@@ -14,76 +14,27 @@ use std::collections::{HashMap, HashSet};
 
 use crate::page::PageId;
 
-/// Words that carry no topic.
+/// Words that carry no topic: NLTK's English stopword list (`nltk.corpus.stopwords.words("english")`,
+/// the 179 words of nltk_data's `corpora/stopwords/english`), verbatim and in its order, nothing
+/// added. Entries with an apostrophe never match a word of [`content_words`] (it splits at the
+/// apostrophe, and the list has the pieces, "don", "t", on their own); they are kept so that the
+/// list stays the standard one.
+#[rustfmt::skip]
 const STOPWORDS: &[&str] = &[
-    "a",
-    "an",
-    "and",
-    "are",
-    "as",
-    "at",
-    "be",
-    "but",
-    "by",
-    "can",
-    "did",
-    "do",
-    "does",
-    "for",
-    "from",
-    "had",
-    "has",
-    "have",
-    "he",
-    "her",
-    "his",
-    "how",
-    "i",
-    "in",
-    "is",
-    "it",
-    "its",
-    "me",
-    "my",
-    "of",
-    "on",
-    "or",
-    "our",
-    "she",
-    "so",
-    "that",
-    "the",
-    "their",
-    "them",
-    "then",
-    "there",
-    "these",
-    "they",
-    "this",
-    "to",
-    "was",
-    "we",
-    "were",
-    "what",
-    "when",
-    "where",
-    "which",
-    "who",
-    "why",
-    "will",
-    "with",
-    "you",
-    "your",
-    "about",
-    "tell",
-    "please",
-    "remember",
-    "user",
-    "assistant",
-    "again",
-    "know",
-    "just",
-    "let",
+    "i", "me", "my", "myself", "we", "our", "ours", "ourselves", "you", "you're", "you've", "you'll", "you'd", "your",
+    "yours", "yourself", "yourselves", "he", "him", "his", "himself", "she", "she's", "her", "hers", "herself", "it",
+    "it's", "its", "itself", "they", "them", "their", "theirs", "themselves", "what", "which", "who", "whom", "this",
+    "that", "that'll", "these", "those", "am", "is", "are", "was", "were", "be", "been", "being", "have", "has",
+    "had", "having", "do", "does", "did", "doing", "a", "an", "the", "and", "but", "if", "or", "because", "as",
+    "until", "while", "of", "at", "by", "for", "with", "about", "against", "between", "into", "through", "during",
+    "before", "after", "above", "below", "to", "from", "up", "down", "in", "out", "on", "off", "over", "under",
+    "again", "further", "then", "once", "here", "there", "when", "where", "why", "how", "all", "any", "both", "each",
+    "few", "more", "most", "other", "some", "such", "no", "nor", "not", "only", "own", "same", "so", "than", "too",
+    "very", "s", "t", "can", "will", "just", "don", "don't", "should", "should've", "now", "d", "ll", "m", "o", "re",
+    "ve", "y", "ain", "aren", "aren't", "couldn", "couldn't", "didn", "didn't", "doesn", "doesn't", "hadn", "hadn't",
+    "hasn", "hasn't", "haven", "haven't", "isn", "isn't", "ma", "mightn", "mightn't", "mustn", "mustn't", "needn",
+    "needn't", "shan", "shan't", "shouldn", "shouldn't", "wasn", "wasn't", "weren", "weren't", "won", "won't",
+    "wouldn", "wouldn't",
 ];
 
 /// Lower-cased content words of a text (alphanumeric runs of two or more characters, stopwords
@@ -289,5 +240,18 @@ mod tests {
         assert!(hits[0].relevance > 0.9);
         assert_eq!(hits[1].id, PageId(2));
         assert!(hits[1].relevance < 0.1);
+    }
+
+    #[test]
+    fn stopwords_are_the_standard_list_and_nothing_else() {
+        assert_eq!(STOPWORDS.len(), 179);
+        // Ordinary words of requests and chat transcripts are content, whatever a script uses.
+        let words = content_words("Please remember: tell the user and the assistant what you know, let it be.");
+        for w in ["please", "remember", "tell", "user", "assistant", "know", "let"] {
+            assert!(words.contains(w), "{w} is a content word: {words:?}");
+        }
+        for w in ["the", "and", "what", "you", "it", "be"] {
+            assert!(!words.contains(w), "{w} is a stopword: {words:?}");
+        }
     }
 }

@@ -88,7 +88,7 @@ pub enum L2Msg {
         reply: RpcReplyPort<Result<()>>,
     },
     /// The owner's pages currently in `tier` (an L1 restarting reloads its window), oldest first,
-    /// and the owner's latest turn.
+    /// and the owner's latest turn (the highest turn any of its pages was written or used in).
     Owned {
         owner: String,
         tier: Tier,

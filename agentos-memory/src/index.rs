@@ -83,7 +83,7 @@ pub fn content_words(text: &str) -> HashSet<String> {
 /// Every distinct lower-cased word of a text (alphanumeric runs of two or more characters),
 /// stopwords included, sorted: what the store keeps of a page's text for its index record, so a
 /// changed stopword list needs no migration of the store.
-pub fn words(text: &str) -> Vec<String> {
+pub(crate) fn words(text: &str) -> Vec<String> {
     let mut out: Vec<String> = text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| w.chars().count() >= 2)
@@ -99,7 +99,7 @@ fn is_stopword(word: &str) -> bool {
 }
 
 /// Half-precision bits of an embedding, as the index and the store keep it.
-pub fn embedding_to_f16(embedding: &[f32]) -> Vec<u16> {
+pub(crate) fn embedding_to_f16(embedding: &[f32]) -> Vec<u16> {
     embedding.iter().map(|&x| f16::from_f32(x)).collect()
 }
 
@@ -169,9 +169,12 @@ impl PageIndex {
         self.slots.contains_key(&id)
     }
 
-    /// Approximate bytes held by the index.
-    pub fn heap_bytes(&self) -> usize {
-        self.vectors.heap_bytes() + self.ids.capacity() * 24 + self.owner_of.capacity() * 4
+    /// Makes room for `pages` more pages (the store knows how many it holds).
+    pub(crate) fn reserve(&mut self, pages: usize) {
+        self.ids.reserve(pages);
+        self.slots.reserve(pages);
+        self.owner_of.reserve(pages);
+        self.vectors.reserve(pages);
     }
 
     /// Indexes a page (once: a second insert of the same id changes nothing).
@@ -183,7 +186,7 @@ impl PageIndex {
 
     /// Indexes a page from what its store record keeps: every word of [`words`] and the
     /// embedding in half precision ([`embedding_to_f16`]).
-    pub fn insert_words(&mut self, id: PageId, owner: &str, words: &[&str], embedding: &[u16]) {
+    pub(crate) fn insert_words(&mut self, id: PageId, owner: &str, words: &[&str], embedding: &[u16]) {
         if self.slots.contains_key(&id) {
             return;
         }

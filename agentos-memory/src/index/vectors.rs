@@ -46,6 +46,10 @@ pub(crate) struct Vectors {
     snapshot: [f32; PROJECTED],
     /// Pages indexed when the snapshot was taken.
     snapshot_len: usize,
+    /// Pages to make room for once the dimension is known.
+    reserved: usize,
+    /// The row being pushed, in f32.
+    row: Vec<f32>,
 }
 
 /// A query prepared against the current mean.
@@ -73,13 +77,17 @@ impl Vectors {
             norms: Vec::new(),
             snapshot: [0.0; PROJECTED],
             snapshot_len: 0,
+            reserved: 0,
+            row: Vec::new(),
         }
     }
 
-    /// Bytes held, for the caller's accounting.
-    pub(crate) fn heap_bytes(&self) -> usize {
-        (self.rows.capacity() + self.projected.capacity()) * 2
-            + (self.norms.capacity() + self.projection.capacity()) * 4
+    /// Makes room for `pages` more rows.
+    pub(crate) fn reserve(&mut self, pages: usize) {
+        self.reserved = pages;
+        self.rows.reserve(pages * self.dim);
+        self.projected.reserve(pages * PROJECTED);
+        self.norms.reserve(pages);
     }
 
     /// Appends one page's embedding (f16 bits). Every row has the index's dimension, that of the
@@ -95,7 +103,9 @@ impl Vectors {
         let n = embedding.len().min(dim);
         self.rows[start..start + n].copy_from_slice(&embedding[..n]);
         let table = f16::table();
-        let row: Vec<f32> = self.rows[start..].iter().map(|&h| table[h as usize]).collect();
+        let mut row = std::mem::take(&mut self.row);
+        row.clear();
+        row.extend(self.rows[start..].iter().map(|&h| table[h as usize]));
         for (s, x) in self.sum.iter_mut().zip(&row) {
             *s += *x as f64;
         }
@@ -105,6 +115,7 @@ impl Vectors {
         if dim > 0 {
             project(&self.projection, &row, &mut projected);
         }
+        self.row = row;
         for (s, v) in self.projected_sum.iter_mut().zip(&mut projected) {
             let h = f16::from_f32(*v);
             *v = table[h as usize];
@@ -124,7 +135,8 @@ impl Vectors {
         // Rows pushed before (empty embeddings) become zero rows of the new dimension; their
         // projections are already zero.
         self.dim = dim;
-        self.rows = vec![0; self.len * dim];
+        self.rows = Vec::with_capacity((self.len + self.reserved) * dim);
+        self.rows.resize(self.len * dim, 0);
         self.sum = vec![0.0; dim];
         self.projection = random_projection(dim);
     }

@@ -242,6 +242,7 @@ impl L3Store {
         let entries = self.read_entries()?;
         let txn = self.db.begin_read().map_err(|e| self.store_error(e))?;
         let table = txn.open_table(INDEX).map_err(|e| self.store_error(e))?;
+        index.reserve(table.len().map_err(|e| self.store_error(e))? as usize);
         for row in table.iter().map_err(|e| self.store_error(e))? {
             let (id, value) = row.map_err(|e| self.store_error(e))?;
             let id = PageId(id.value());

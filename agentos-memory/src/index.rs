@@ -110,7 +110,6 @@ pub struct PageIndex {
     /// Pages in the order they were inserted: a page's slot is its position here.
     ids: Vec<PageId>,
     slots: std::collections::HashMap<PageId, u32>,
-    owner_of: Vec<u32>,
     owners: std::collections::HashMap<String, u32>,
     /// Each owner's slots, ascending.
     owner_slots: Vec<Vec<u32>>,
@@ -146,7 +145,6 @@ impl PageIndex {
             alpha: alpha.clamp(0.0, 1.0),
             ids: Vec::new(),
             slots: Default::default(),
-            owner_of: Vec::new(),
             owners: Default::default(),
             owner_slots: Vec::new(),
             keywords: Keywords::new(),
@@ -173,7 +171,6 @@ impl PageIndex {
     pub(crate) fn reserve(&mut self, pages: usize) {
         self.ids.reserve(pages);
         self.slots.reserve(pages);
-        self.owner_of.reserve(pages);
         self.vectors.reserve(pages);
     }
 
@@ -202,7 +199,6 @@ impl PageIndex {
                 o
             }
         };
-        self.owner_of.push(owner);
         self.owner_slots[owner as usize].push(slot);
         self.keywords
             .insert(slot, words.iter().copied().filter(|w| !is_stopword(w)));
@@ -277,6 +273,7 @@ impl PageIndex {
         };
         let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let scratch = &mut *guard;
+        scratch.clear();
         let n = self.ids.len();
         if scratch.keyword.len() < n {
             scratch.keyword.resize(n, 0.0);
@@ -357,14 +354,20 @@ impl PageIndex {
             .collect();
         hits.sort_by(|a, b| b.relevance.total_cmp(&a.relevance).then(a.id.cmp(&b.id)));
         hits.truncate(k);
-
-        for &s in &scratch.touched {
-            scratch.keyword[s as usize] = 0.0;
-            scratch.stamp[s as usize] = 0;
-        }
-        scratch.touched.clear();
-        scratch.candidates.clear();
         hits
+    }
+}
+
+impl Scratch {
+    /// Undoes the last search's marks (at the start of the next, so a search that panicked
+    /// leaves nothing behind).
+    fn clear(&mut self) {
+        for &s in &self.touched {
+            self.keyword[s as usize] = 0.0;
+            self.stamp[s as usize] = 0;
+        }
+        self.touched.clear();
+        self.candidates.clear();
     }
 }
 

@@ -16,6 +16,12 @@ pub enum MemoryError {
     /// A request or configuration that cannot be served.
     #[error("invalid memory request: {0}")]
     Invalid(String),
+    /// What a turn reserves outside memory (system prompt, task, prompt overhead) is more than the
+    /// whole L1 budget, so no prompt of this turn can fit it.
+    #[error(
+        "the system prompt and the turn need {needed} tokens, more than the L1 budget of {budget}; shorten the task or the system prompt, or raise l1_budget_tokens"
+    )]
+    OverBudget { needed: usize, budget: usize },
     /// A memory actor is gone (the system is shutting down or restarting it).
     #[error("memory tier {0} is not running")]
     Unavailable(&'static str),

@@ -230,7 +230,7 @@ pub fn boundaries(pieces: &[String]) -> Vec<Boundary> {
     let mut before = String::new();
     for piece in pieces {
         let first = piece.chars().next();
-        let kind = if before.is_empty() || ends_sentence(&before) || first == Some('\n') {
+        let kind = if before.is_empty() || ends_sentence(&before, piece) || first == Some('\n') {
             Boundary::Sentence
         } else if first.is_none_or(|c| c.is_whitespace() || c.is_ascii_punctuation()) {
             Boundary::Word
@@ -250,31 +250,72 @@ pub fn boundaries(pieces: &[String]) -> Vec<Boundary> {
     out
 }
 
-/// Whether text ending like this ends a sentence ("Dr." and "e.g." do not).
-fn ends_sentence(text: &str) -> bool {
-    const ABBREVIATIONS: &[&str] = &[
-        "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "no",
-    ];
-    match text.chars().last() {
+/// Whether the text `before` (trimmed of trailing spaces) ends a sentence, given the piece that
+/// follows it. `?`, `!` and a line break end one. A period ends one unless:
+/// - the next piece goes on without a space ("3.5", "example.com"): the period is inside a word;
+/// - the word before it is an abbreviation that English writes before what follows it (a title
+///   before a name, a month before a day, ...: [`ABBREVIATIONS`]), or one of [`NUMBER_PREFIXES`]
+///   and a number follows ("No. 5"; "the answer is no." ends a sentence);
+/// - it closes an initial ("J."), a capital letter alone, or an acronym written with periods
+///   ("U.S.", "Ph.D.").
+///
+/// These are the rules of common sentence splitters (the Moses toolkit's `split-sentences.perl`
+/// and its non-breaking prefixes, Unicode's sentence-break suppressions).
+fn ends_sentence(before: &str, next: &str) -> bool {
+    match before.chars().last() {
         Some('\n' | '?' | '!') => true,
         Some('.') => {
-            let body = &text[..text.len() - 1];
-            let word: String = body
-                .chars()
+            if next.chars().next().is_some_and(|c| !c.is_whitespace()) {
+                return false;
+            }
+            let body = &before[..before.len() - 1];
+            let start = body
+                .char_indices()
                 .rev()
-                .take_while(|c| c.is_alphanumeric() || *c == '.')
-                .collect::<String>()
-                .chars()
-                .rev()
-                .collect::<String>()
-                .to_lowercase();
-            // A single letter ("J.") or a known abbreviation, or a decimal number, continues.
-            let decimal = word.chars().last().is_some_and(|c| c.is_ascii_digit()) && word.contains('.');
-            !(ABBREVIATIONS.contains(&word.as_str()) || word.chars().count() == 1 || decimal)
+                .find(|(_, c)| !(c.is_alphanumeric() || *c == '.'))
+                .map_or(0, |(i, c)| i + c.len_utf8());
+            let word = &body[start..];
+            let number_follows = next.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit());
+            let initial = {
+                let mut chars = word.chars();
+                chars.next().is_some_and(char::is_uppercase) && chars.next().is_none()
+            };
+            // "U.S", "Ph.D": letters with periods inside, ending in a capital.
+            let acronym = word.contains('.')
+                && word.chars().any(char::is_alphabetic)
+                && word
+                    .rsplit('.')
+                    .next()
+                    .is_some_and(|last| !last.is_empty() && last.chars().all(char::is_uppercase));
+            !(ABBREVIATIONS.contains(&word)
+                || (number_follows && NUMBER_PREFIXES.contains(&word))
+                || initial
+                || acronym)
         }
         _ => false,
     }
 }
+
+/// Abbreviations that English writes before the word they belong to, so their period is not a
+/// sentence end; matched case-sensitively, as written. Chosen by category of general usage (the
+/// categories of the Moses toolkit's English non-breaking prefixes), not by any text's content.
+/// Left out on purpose: abbreviations that commonly end a sentence ("etc.", "Inc.", "Ltd.",
+/// "a.m.", "p.m.") and day names, which are words too ("Sun.", "Sat.").
+#[rustfmt::skip]
+const ABBREVIATIONS: &[&str] = &[
+    // Titles and honorifics before a name, and the same in capitals.
+    "Mr", "Mrs", "Ms", "Messrs", "Mme", "Mlle", "Dr", "Drs", "Prof", "Rev", "Hon", "Msgr", "Fr", "St", "Sr", "Jr",
+    "MR", "MRS", "MS", "DR",
+    // Military and civil ranks before a name.
+    "Gen", "Col", "Maj", "Capt", "Lt", "Sgt", "Cpl", "Pvt", "Adm", "Cmdr", "Gov", "Sen", "Rep", "Pres", "Supt",
+    // Months before a day or a year ("May" and the rest are written out).
+    "Jan", "Feb", "Mar", "Apr", "Jun", "Jul", "Aug", "Sep", "Sept", "Oct", "Nov", "Dec",
+    // Latin and comparison abbreviations, always followed by more of the sentence.
+    "e.g", "i.e", "cf", "vs", "viz",
+];
+
+/// Abbreviations that go before a number ("No. 5", "pp. 10-12"), and end a sentence otherwise.
+const NUMBER_PREFIXES: &[&str] = &["No", "Nos", "no", "Vol", "vol", "Fig", "fig", "pp", "p", "Art", "ch"];
 
 /// Cuts `0..density.len()` into slices at the density's sharp changes (see the module docs).
 /// `boundaries[t]` says what boundary lies before token `t`: a cut moves to the nearest sentence
@@ -526,6 +567,45 @@ mod tests {
         let b = boundaries(&pieces);
         assert_eq!(b[4], Boundary::Word, "{b:?}");
         assert_eq!(b[6], Boundary::Sentence, "{b:?}");
+    }
+
+    /// Whether a sentence starts at the piece after `text`'s last word (pieces are words with
+    /// their leading space, and the periods on their own).
+    fn starts_sentence_after(text: &str, next: &str) -> bool {
+        let mut pieces: Vec<String> = Vec::new();
+        for word in text.split(' ') {
+            let word = if pieces.is_empty() {
+                word.to_string()
+            } else {
+                format!(" {word}")
+            };
+            match word.strip_suffix('.') {
+                Some(w) => pieces.extend([w.to_string(), ".".to_string()]),
+                None => pieces.push(word),
+            }
+        }
+        pieces.push(next.to_string());
+        *boundaries(&pieces).last().unwrap() == Boundary::Sentence
+    }
+
+    #[test]
+    fn periods_end_sentences_except_after_abbreviations_initials_and_inside_words() {
+        // A number, a lone digit, a common word: the period ends the sentence.
+        assert!(starts_sentence_after("My car is on level 3.", " Next"));
+        assert!(starts_sentence_after("The code is 4417.", " Next"));
+        assert!(starts_sentence_after("The answer is no.", " Next"));
+        assert!(starts_sentence_after("We packed tents, pots, etc.", " Then"));
+        assert!(starts_sentence_after("She was born in the sun.", " It"));
+        // Titles, months, Latin abbreviations, "No." before a number, initials and acronyms do not.
+        assert!(!starts_sentence_after("Her dentist is Dr.", " Okafor"));
+        assert!(!starts_sentence_after("We met Capt.", " Haddock"));
+        assert!(!starts_sentence_after("It is due on Jan.", " 5"));
+        assert!(!starts_sentence_after("Bring fruit, e.g.", " apples"));
+        assert!(!starts_sentence_after("Room No.", " 5"));
+        assert!(!starts_sentence_after("Written by J.", " Tolkien"));
+        assert!(!starts_sentence_after("He served in the U.S.", " Army"));
+        // A period followed by more of the word is not an end: "3.5".
+        assert!(!starts_sentence_after("It costs 3.", "5"));
     }
 
     #[test]

@@ -6,3 +6,5 @@
 pub mod l1;
 pub mod l2;
 pub mod l3;
+#[cfg(test)]
+pub(crate) mod test_tiers;

@@ -56,7 +56,9 @@ pub struct L1Stats {
 
 pub enum L1Msg {
     /// Start a turn: the context for `query`, leaving `reserved_tokens` of the budget for the
-    /// system prompt and the turn itself.
+    /// system prompt and the turn itself. When `reserved_tokens` alone exceeds
+    /// `l1_budget_tokens`, the reply is [`MemoryError::OverBudget`] and nothing changes (the turn
+    /// is not counted, no page moves): a prompt built anyway would overrun the budget.
     Assemble {
         query: String,
         reserved_tokens: usize,
@@ -64,7 +66,9 @@ pub enum L1Msg {
     },
     /// The context-full interrupt raised by the caller: the assembled prompt came out larger than
     /// estimated, so evict until the window's pages fit `page_budget` tokens; returns the new
-    /// window (also the new `LastContext`).
+    /// window (also the new `LastContext`). Every `page_budget` can be met (at worst by evicting
+    /// every page), so this has no over-budget error of its own: a prompt still over budget with
+    /// no pages left is over budget by its reservation, which the caller knows best.
     Shrink {
         page_budget: usize,
         reply: RpcReplyPort<Result<ActiveContext>>,
@@ -211,6 +215,13 @@ impl L1State {
     }
 
     async fn assemble(&mut self, query: String, reserved_tokens: usize) -> Result<ActiveContext> {
+        let budget = self.args.config.l1_budget_tokens;
+        if reserved_tokens > budget {
+            return Err(MemoryError::OverBudget {
+                needed: reserved_tokens,
+                budget,
+            });
+        }
         self.turn += 1;
         self.stats.turns += 1;
         let (k, min_relevance) = (self.args.config.fault_pages, self.args.config.min_relevance);
@@ -241,15 +252,7 @@ impl L1State {
         }
         self.stats.page_faults += faults as u64;
 
-        let budget = self.args.config.l1_budget_tokens.saturating_sub(reserved_tokens);
-        if reserved_tokens > self.args.config.l1_budget_tokens {
-            tracing::warn!(
-                agent = %self.args.owner,
-                reserved_tokens,
-                budget = self.args.config.l1_budget_tokens,
-                "the system prompt and the turn alone exceed the L1 budget; no pages fit"
-            );
-        }
+        let budget = budget - reserved_tokens;
         let evicted = self.evict_to(budget).await?;
         Ok(self.context(faults, evicted, budget, reserved_tokens))
     }
@@ -431,5 +434,55 @@ impl L1State {
             fault,
         };
         ractor::call!(l2, |reply| L2Msg::Search { query: q, reply }).map_err(|_| MemoryError::Unavailable("L2"))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Slicing;
+    use crate::tiers::test_tiers::Tiers;
+
+    fn config() -> MemoryConfig {
+        let mut config = MemoryConfig {
+            l1_budget_tokens: 64,
+            slicing: Slicing::Fixed(8),
+            ..MemoryConfig::default()
+        };
+        config.slice.max_tokens = 16;
+        config
+    }
+
+    async fn assemble(l1: &ActorRef<L1Msg>, query: &str, reserved_tokens: usize) -> Result<ActiveContext> {
+        let query = query.to_string();
+        ractor::call!(l1, |reply| L1Msg::Assemble {
+            query,
+            reserved_tokens,
+            reply
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reservation_over_the_budget_is_an_error_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let tiers = Tiers::start(&dir.path().join("kb.redb"), config()).await;
+        let text = "The vault opens with 2468 and the code is kept safe".to_string();
+        ractor::call!(tiers.l1, |reply| L1Msg::Ingest { text, reply })
+            .unwrap()
+            .unwrap();
+        let before = ractor::call!(tiers.l1, L1Msg::Stats).unwrap();
+
+        let err = assemble(&tiers.l1, "vault code", 65).await.unwrap_err();
+        assert_eq!(err, MemoryError::OverBudget { needed: 65, budget: 64 });
+        assert!(err.to_string().contains("raise l1_budget_tokens"), "{err}");
+        assert_eq!(ractor::call!(tiers.l1, L1Msg::Stats).unwrap(), before);
+        assert_eq!(ractor::call!(tiers.l1, L1Msg::LastContext).unwrap(), None);
+
+        // A reservation of the whole budget leaves no room for pages, and is not an error.
+        let context = assemble(&tiers.l1, "vault code", 64).await.unwrap();
+        assert_eq!((context.page_budget, context.tokens), (0, 0));
+        assert!(context.pages.is_empty());
+        tiers.stop().await;
     }
 }

@@ -3,10 +3,19 @@
 //!
 //! Every page is written through to L3 before it is acknowledged, so L2 and L1 only decide where
 //! a body is *resident*. L2 keeps bodies of L1 and L2 pages in memory; past its capacity the
-//! least important L2 page is demoted to L3 (its body dropped from memory, its embedding kept in
-//! the index, so a later query can still find it and fault it back in).
+//! least important L2 pages are demoted to L3 (their bodies dropped from memory, their embeddings
+//! kept in the index, so a later query can still find them and fault them back in).
+//!
+//! **Start.** L2 loads the page table and the index records from L3 (no page body:
+//! [`L3Msg::LoadIndex`]), demotes L2 pages past its capacity (when the capacity was lowered), then
+//! reads the bodies of the L1 and L2 pages in one request, so they are resident from the start as
+//! they were before the restart; L3 pages stay on disk until a query faults them in.
+//!
+//! **Cost per operation.** Nothing scans the page table: tier counts are kept as entries change,
+//! an owner's pages per tier are indexed ([`L2Msg::Owned`]), and demotion picks from the L2 pages
+//! ordered by last use (see [`DEMOTION_SAMPLE`]). Search costs what [`PageIndex::search`] costs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -79,7 +88,7 @@ pub enum L2Msg {
         reply: RpcReplyPort<Result<()>>,
     },
     /// The owner's pages currently in `tier` (an L1 restarting reloads its window), oldest first,
-    /// and the owner's latest turn.
+    /// and the owner's latest turn (the highest turn any of its pages was written or used in).
     Owned {
         owner: String,
         tier: Tier,
@@ -94,6 +103,15 @@ pub struct L2Args {
     pub l3: Locate<L3Msg>,
 }
 
+/// Demotion (LRU-Semantic, sampled): when L2 holds `over` pages past its capacity, the `over`
+/// least important ([`ImportanceWeights::importance`]) of the `over + DEMOTION_SAMPLE` L2 pages
+/// used longest ago go to L3. With at most that many L2 pages this is the exact order; past it,
+/// a page used recently is kept even when its importance is lower, which recency dominates
+/// anyway (it decays by `1/e` every `recency_turns`).
+///
+/// [`ImportanceWeights::importance`]: crate::page::ImportanceWeights::importance
+pub const DEMOTION_SAMPLE: usize = 256;
+
 #[derive(Debug, Clone, Copy)]
 pub struct L2Actor;
 
@@ -104,10 +122,31 @@ pub struct L2State {
     bodies: HashMap<PageId, CognitivePage>,
     by_hash: HashMap<ContentHash, PageId>,
     index: PageIndex,
+    /// L2-tier pages by (last access turn, id): the first are the demotion candidates.
+    l2_by_age: BTreeSet<(u64, PageId)>,
+    owners: HashMap<String, OwnerPages>,
+    /// Entries per tier: L1, L2, L3.
+    in_tier: [usize; 3],
     next_id: u64,
     /// The latest turn seen, the clock of L2's importance.
     clock: u64,
     stats: L2Stats,
+}
+
+/// One owner's pages, per tier, and its latest turn.
+#[derive(Default)]
+struct OwnerPages {
+    in_tier: [BTreeSet<PageId>; 3],
+    /// The highest `created_turn` or `last_access_turn` any of its entries has had.
+    latest_turn: u64,
+}
+
+fn tier_slot(tier: Tier) -> usize {
+    match tier {
+        Tier::L1 => 0,
+        Tier::L2 => 1,
+        Tier::L3 => 2,
+    }
 }
 
 #[ractor::async_trait]
@@ -118,35 +157,48 @@ impl Actor for L2Actor {
 
     async fn pre_start(&self, _myself: ActorRef<L2Msg>, args: L2Args) -> Result<L2State, ActorProcessingErr> {
         let l3 = (args.l3)().ok_or(MemoryError::Unavailable("L3"))?;
-        let (entries, pages) = ractor::call!(l3, L3Msg::LoadAll).map_err(|_| MemoryError::Unavailable("L3"))??;
+        let similarity_weight = args.config.similarity_weight;
+        let (entries, index) = ractor::call!(l3, |reply| L3Msg::LoadIndex {
+            similarity_weight,
+            reply
+        })
+        .map_err(|_| MemoryError::Unavailable("L3"))??;
         let mut state = L2State {
-            index: PageIndex::new(args.config.similarity_weight),
+            index,
             config: args.config,
             l3: args.l3,
-            entries: HashMap::new(),
+            entries: HashMap::with_capacity(entries.len()),
             bodies: HashMap::new(),
-            by_hash: HashMap::new(),
+            by_hash: HashMap::with_capacity(entries.len()),
+            l2_by_age: BTreeSet::new(),
+            owners: HashMap::new(),
+            in_tier: [0; 3],
             next_id: 1,
             clock: 0,
             stats: L2Stats::default(),
         };
-        let mut pages: HashMap<PageId, CognitivePage> = pages.into_iter().map(|p| (p.id, p)).collect();
         for entry in entries {
-            let Some(page) = pages.remove(&entry.id) else {
-                return Err(MemoryError::Invalid(format!("{} has a page-table entry but no body", entry.id)).into());
-            };
             state.next_id = state.next_id.max(entry.id.0 + 1);
             state.clock = state.clock.max(entry.last_access_turn);
-            state
-                .index
-                .insert(page.id, &page.owner, &page.text, page.embedding.clone());
             state.by_hash.insert(entry.hash, entry.id);
-            if entry.tier != Tier::L3 {
-                state.bodies.insert(page.id, page);
-            }
-            state.entries.insert(entry.id, entry);
+            state.add_entry(entry);
         }
-        tracing::debug!(pages = state.entries.len(), "L2 loaded the page table");
+        state.enforce_capacity().await?;
+        let resident: Vec<PageId> = state
+            .owners
+            .values()
+            .flat_map(|o| o.in_tier[0].iter().chain(&o.in_tier[1]).copied())
+            .collect();
+        if !resident.is_empty() {
+            let pages = ractor::call!(l3, |reply| L3Msg::Read { ids: resident, reply })
+                .map_err(|_| MemoryError::Unavailable("L3"))??;
+            state.bodies.extend(pages.into_iter().map(|p| (p.id, p)));
+        }
+        tracing::debug!(
+            pages = state.entries.len(),
+            resident = state.bodies.len(),
+            "L2 loaded the page table and the index"
+        );
         Ok(state)
     }
 
@@ -200,6 +252,51 @@ impl L2State {
         ractor::call!(l3, |reply| L3Msg::Write { pages, entries, reply }).map_err(|_| MemoryError::Unavailable("L3"))?
     }
 
+    /// Adds a new entry to the table and to every index of it.
+    fn add_entry(&mut self, entry: PageEntry) {
+        self.link(&entry);
+        self.entries.insert(entry.id, entry);
+    }
+
+    /// Changes the entry of `id` (when there is one) and keeps the tier counts, the age order and
+    /// the owner's index in step; returns the changed entry.
+    fn update(&mut self, id: PageId, change: impl FnOnce(&mut PageEntry)) -> Option<PageEntry> {
+        let entry = self.entries.get_mut(&id)?;
+        let before = (entry.tier, entry.last_access_turn);
+        change(entry);
+        let entry = entry.clone();
+        if before != (entry.tier, entry.last_access_turn) {
+            self.unlink(&entry.owner, id, before.0, before.1);
+            self.link(&entry);
+        }
+        Some(entry)
+    }
+
+    fn link(&mut self, entry: &PageEntry) {
+        let slot = tier_slot(entry.tier);
+        self.in_tier[slot] += 1;
+        if entry.tier == Tier::L2 {
+            self.l2_by_age.insert((entry.last_access_turn, entry.id));
+        }
+        let owner = match self.owners.get_mut(&entry.owner) {
+            Some(o) => o,
+            None => self.owners.entry(entry.owner.clone()).or_default(),
+        };
+        owner.in_tier[slot].insert(entry.id);
+        owner.latest_turn = owner.latest_turn.max(entry.last_access_turn.max(entry.created_turn));
+    }
+
+    fn unlink(&mut self, owner: &str, id: PageId, tier: Tier, last_access_turn: u64) {
+        let slot = tier_slot(tier);
+        self.in_tier[slot] -= 1;
+        if tier == Tier::L2 {
+            self.l2_by_age.remove(&(last_access_turn, id));
+        }
+        if let Some(o) = self.owners.get_mut(owner) {
+            o.in_tier[slot].remove(&id);
+        }
+    }
+
     async fn store(
         &mut self,
         owner: String,
@@ -223,11 +320,14 @@ impl L2State {
                     continue;
                 }
                 let page = self.body(id).await?;
-                let entry = self.entries.get_mut(&id).expect("hash index and page table agree");
-                entry.tier = tier;
-                entry.access_count += 1;
-                entry.last_access_turn = turn;
-                changed.push(entry.clone());
+                let entry = self
+                    .update(id, |entry| {
+                        entry.tier = tier;
+                        entry.access_count += 1;
+                        entry.last_access_turn = turn;
+                    })
+                    .expect("hash index and page table agree");
+                changed.push(entry);
                 self.bodies.insert(id, page.clone());
                 out.push(page);
                 continue;
@@ -246,21 +346,26 @@ impl L2State {
                 embedding: d.embedding,
             };
             let entry = PageEntry::new(&page, tier);
-            changed.push(entry.clone());
+            changed.push(entry);
             new_pages.push(page.clone());
             seen.insert(id);
             out.push(page);
         }
         // Durable first: only an acknowledged write is visible.
-        self.persist(new_pages.clone(), changed.clone()).await?;
+        let new_entries: Vec<PageEntry> = changed
+            .iter()
+            .filter(|e| !self.entries.contains_key(&e.id))
+            .cloned()
+            .collect();
+        self.persist(new_pages.clone(), changed).await?;
         for page in new_pages {
             self.index
                 .insert(page.id, &page.owner, &page.text, page.embedding.clone());
             self.by_hash.insert(page.hash, page.id);
             self.bodies.insert(page.id, page);
         }
-        for entry in changed {
-            self.entries.insert(entry.id, entry);
+        for entry in new_entries {
+            self.add_entry(entry);
         }
         self.enforce_capacity().await?;
         Ok(out)
@@ -268,16 +373,31 @@ impl L2State {
 
     /// A page's body from memory, or from L3 (a fault from disk).
     async fn body(&mut self, id: PageId) -> Result<CognitivePage> {
-        if let Some(p) = self.bodies.get(&id) {
-            return Ok(p.clone());
+        Ok(self.bodies_of(&[id]).await?.remove(0))
+    }
+
+    /// The bodies of `ids`, in order: from memory, and those not resident from L3 in one read
+    /// (each a fault from disk).
+    async fn bodies_of(&mut self, ids: &[PageId]) -> Result<Vec<CognitivePage>> {
+        let missing: Vec<PageId> = ids.iter().copied().filter(|id| !self.bodies.contains_key(id)).collect();
+        let mut read: HashMap<PageId, CognitivePage> = HashMap::new();
+        if !missing.is_empty() {
+            let l3 = self.l3()?;
+            let n = missing.len();
+            let pages = ractor::call!(l3, |reply| L3Msg::Read { ids: missing, reply })
+                .map_err(|_| MemoryError::Unavailable("L3"))??;
+            self.stats.faults_from_l3 += n as u64;
+            read.extend(pages.into_iter().map(|p| (p.id, p)));
         }
-        let l3 = self.l3()?;
-        let mut pages = ractor::call!(l3, |reply| L3Msg::Read { ids: vec![id], reply })
-            .map_err(|_| MemoryError::Unavailable("L3"))??;
-        self.stats.faults_from_l3 += 1;
-        pages
-            .pop()
-            .ok_or_else(|| MemoryError::Invalid(format!("{id} is not in the store")))
+        ids.iter()
+            .map(|id| match self.bodies.get(id) {
+                Some(p) => Ok(p.clone()),
+                None => read
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| MemoryError::Invalid(format!("{id} is not in the store"))),
+            })
+            .collect()
     }
 
     async fn search(&mut self, q: Query) -> Result<Vec<(CognitivePage, f32, Tier)>> {
@@ -290,23 +410,25 @@ impl L2State {
             q.k,
             q.min_relevance,
         );
+        let ids: Vec<PageId> = hits.iter().map(|h| h.id).collect();
+        let pages = self.bodies_of(&ids).await?;
         let mut out = Vec::with_capacity(hits.len());
         let mut changed = Vec::new();
-        for hit in hits {
-            let page = self.body(hit.id).await?;
-            let mut tier = Tier::L3;
-            if let Some(entry) = self.entries.get_mut(&hit.id) {
-                tier = entry.tier;
+        for (hit, page) in hits.into_iter().zip(pages) {
+            let tier = self.entries.get(&hit.id).map_or(Tier::L3, |e| e.tier);
+            let updated = self.update(hit.id, |entry| {
                 entry.relevance = hit.relevance;
                 if q.fault {
-                    if entry.tier != Tier::L1 {
-                        entry.tier = Tier::L1;
-                        changed.push(entry.clone());
-                    }
+                    entry.tier = Tier::L1;
                     entry.access_count += 1;
                     entry.last_access_turn = q.turn;
-                    self.bodies.insert(hit.id, page.clone());
                 }
+            });
+            if q.fault && updated.is_some() {
+                if tier != Tier::L1 {
+                    changed.extend(updated);
+                }
+                self.bodies.insert(hit.id, page.clone());
             }
             out.push((page, hit.relevance, tier));
         }
@@ -317,41 +439,32 @@ impl L2State {
 
     async fn demote(&mut self, ids: &[PageId]) -> Result<()> {
         let mut changed = Vec::new();
-        for id in ids {
-            if let Some(entry) = self.entries.get_mut(id)
-                && entry.tier == Tier::L1
-            {
-                entry.tier = Tier::L2;
-                changed.push(entry.clone());
+        for &id in ids {
+            if self.entries.get(&id).is_some_and(|e| e.tier == Tier::L1) {
+                changed.extend(self.update(id, |e| e.tier = Tier::L2));
             }
         }
         self.persist(Vec::new(), changed).await?;
         self.enforce_capacity().await
     }
 
-    /// L2 overflow: the least important L2 pages leave memory for L3.
+    /// L2 overflow: the least important L2 pages leave memory for L3 (see [`DEMOTION_SAMPLE`]).
     async fn enforce_capacity(&mut self) -> Result<()> {
-        let in_l2: Vec<PageId> = self
-            .entries
-            .values()
-            .filter(|e| e.tier == Tier::L2)
-            .map(|e| e.id)
-            .collect();
-        let over = in_l2.len().saturating_sub(self.config.l2_capacity_pages);
+        let over = self.in_tier[tier_slot(Tier::L2)].saturating_sub(self.config.l2_capacity_pages);
         if over == 0 {
             return Ok(());
         }
         let weights = &self.config.importance;
-        let mut ranked: Vec<(f32, PageId)> = in_l2
+        let mut ranked: Vec<(f32, PageId)> = self
+            .l2_by_age
             .iter()
-            .map(|id| (weights.importance(&self.entries[id], self.clock), *id))
+            .take(over + DEMOTION_SAMPLE)
+            .map(|&(_, id)| (weights.importance(&self.entries[&id], self.clock), id))
             .collect();
         ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let mut changed = Vec::with_capacity(over);
         for (_, id) in ranked.into_iter().take(over) {
-            let entry = self.entries.get_mut(&id).expect("ranked from the table");
-            entry.tier = Tier::L3;
-            changed.push(entry.clone());
+            changed.extend(self.update(id, |e| e.tier = Tier::L3));
         }
         self.persist(Vec::new(), changed.clone()).await?;
         for e in changed {
@@ -362,36 +475,205 @@ impl L2State {
     }
 
     async fn owned(&mut self, owner: &str, tier: Tier) -> Result<(Vec<CognitivePage>, u64)> {
-        let mut ids: Vec<PageId> = self
-            .entries
-            .values()
-            .filter(|e| e.owner == owner && e.tier == tier)
-            .map(|e| e.id)
-            .collect();
-        ids.sort();
-        let turn = self
-            .entries
-            .values()
-            .filter(|e| e.owner == owner)
-            .map(|e| e.last_access_turn.max(e.created_turn))
-            .max()
-            .unwrap_or(0);
-        let mut pages = Vec::with_capacity(ids.len());
-        for id in ids {
-            pages.push(self.body(id).await?);
-        }
-        Ok((pages, turn))
+        let Some(pages) = self.owners.get(owner) else {
+            return Ok((Vec::new(), 0));
+        };
+        let ids: Vec<PageId> = pages.in_tier[tier_slot(tier)].iter().copied().collect();
+        let turn = pages.latest_turn;
+        Ok((self.bodies_of(&ids).await?, turn))
     }
 
     fn stats(&self) -> L2Stats {
-        let count = |t: Tier| self.entries.values().filter(|e| e.tier == t).count();
         L2Stats {
             pages: self.entries.len(),
             resident_bodies: self.bodies.len(),
-            in_l1: count(Tier::L1),
-            in_l2: count(Tier::L2),
-            in_l3_only: count(Tier::L3),
+            in_l1: self.in_tier[tier_slot(Tier::L1)],
+            in_l2: self.in_tier[tier_slot(Tier::L2)],
+            in_l3_only: self.in_tier[tier_slot(Tier::L3)],
             ..self.stats.clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiers::l3::{L3Actor, L3Store};
+    use crate::tiers::test_tiers::embed;
+
+    async fn start(path: &std::path::Path, config: MemoryConfig) -> (ActorRef<L3Msg>, ActorRef<L2Msg>) {
+        let (l3, _) = Actor::spawn(None, L3Actor, path.to_path_buf()).await.unwrap();
+        let l3_ref = l3.clone();
+        let args = L2Args {
+            config,
+            l3: Arc::new(move || Some(l3_ref.clone())),
+        };
+        let (l2, _) = Actor::spawn(None, L2Actor, args).await.unwrap();
+        (l3, l2)
+    }
+
+    async fn stop(l3: ActorRef<L3Msg>, l2: ActorRef<L2Msg>) {
+        l2.stop_and_wait(None, None).await.unwrap();
+        l3.stop_and_wait(None, None).await.unwrap();
+    }
+
+    fn draft(text: String) -> PageDraft {
+        PageDraft {
+            embedding: embed(&text),
+            tokens: text.split(' ').count() as u32,
+            span: (0, 0),
+            density: 0.5,
+            text,
+        }
+    }
+
+    async fn store(l2: &ActorRef<L2Msg>, owner: &str, turn: u64, texts: Vec<String>, tier: Tier) -> Vec<CognitivePage> {
+        let (owner, drafts) = (owner.to_string(), texts.into_iter().map(draft).collect());
+        ractor::call!(l2, |reply| L2Msg::Store {
+            owner,
+            turn,
+            drafts,
+            tier,
+            reply
+        })
+        .unwrap()
+        .unwrap()
+    }
+
+    async fn owned(l2: &ActorRef<L2Msg>, owner: &str, tier: Tier) -> (Vec<PageId>, u64) {
+        let owner = owner.to_string();
+        let (pages, turn) = ractor::call!(l2, |reply| L2Msg::Owned { owner, tier, reply })
+            .unwrap()
+            .unwrap();
+        (pages.iter().map(|p| p.id).collect(), turn)
+    }
+
+    /// Tier counts recounted from the entries in the store.
+    fn recount(path: &std::path::Path) -> (usize, usize, usize) {
+        let (store, _) = L3Store::open(path).unwrap();
+        let entries = store.read_entries().unwrap();
+        let count = |t: Tier| entries.iter().filter(|e| e.tier == t).count();
+        (count(Tier::L1), count(Tier::L2), count(Tier::L3))
+    }
+
+    #[tokio::test]
+    async fn capacity_holds_through_many_operations_and_the_counters_match_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kb.redb");
+        let config = MemoryConfig {
+            l2_capacity_pages: 16,
+            ..MemoryConfig::default()
+        };
+        let (l3, l2) = start(&path, config.clone()).await;
+        let mut l1_pages = Vec::new();
+        for turn in 1..=150u64 {
+            let owner = if turn % 3 == 0 { "b" } else { "a" };
+            let texts = (0..10)
+                .map(|i| format!("turn{turn} note{i} about topic{}", (turn + i) % 9))
+                .collect();
+            let pages = store(&l2, owner, turn, texts, if turn % 5 == 0 { Tier::L1 } else { Tier::L2 }).await;
+            if turn % 5 == 0 {
+                l1_pages.extend(pages.iter().map(|p| p.id));
+            }
+            if turn % 7 == 0 {
+                // An L1 hands pages back; a query faults others in.
+                let ids: Vec<PageId> = l1_pages.drain(..l1_pages.len() / 2).collect();
+                ractor::call!(l2, |reply| L2Msg::Demote { ids, reply })
+                    .unwrap()
+                    .unwrap();
+                let query = Query {
+                    owner: Some("a".into()),
+                    text: format!("topic{}", turn % 9),
+                    embedding: embed(&format!("topic{}", turn % 9)),
+                    k: 3,
+                    min_relevance: 0.0,
+                    turn,
+                    fault: true,
+                };
+                let hits = ractor::call!(l2, |reply| L2Msg::Search { query, reply })
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(hits.len(), 3);
+                l1_pages.extend(hits.iter().map(|(p, _, _)| p.id));
+            }
+            let stats = ractor::call!(l2, L2Msg::Stats).unwrap();
+            assert!(stats.in_l2 <= 16, "turn {turn}: {stats:?}");
+            assert_eq!(stats.pages, stats.in_l1 + stats.in_l2 + stats.in_l3_only, "{stats:?}");
+            assert_eq!(stats.resident_bodies, stats.in_l1 + stats.in_l2, "{stats:?}");
+        }
+        let stats = ractor::call!(l2, L2Msg::Stats).unwrap();
+        assert_eq!(stats.pages, 1500);
+        assert!(stats.demotions_to_l3 as usize >= stats.in_l3_only, "{stats:?}");
+        let (a_l1, a_turn) = owned(&l2, "a", Tier::L1).await;
+        let (b_l1, b_turn) = owned(&l2, "b", Tier::L1).await;
+        let (a_l3, _) = owned(&l2, "a", Tier::L3).await;
+        let on_disk = {
+            let (owner, tier) = ("a".to_string(), Tier::L3);
+            let (pages, _) = ractor::call!(l2, |reply| L2Msg::Owned { owner, tier, reply })
+                .unwrap()
+                .unwrap();
+            pages[0].text.clone()
+        };
+        assert!(a_l1.windows(2).all(|w| w[0] < w[1]), "oldest first");
+        assert_eq!(a_l1.len() + b_l1.len(), stats.in_l1);
+        assert_eq!((a_turn, b_turn), (149, 150));
+        assert!(a_l3.len() > 900);
+        assert_eq!(owned(&l2, "nobody", Tier::L1).await, (Vec::new(), 0));
+        stop(l3, l2).await;
+        assert_eq!(recount(&path), (stats.in_l1, stats.in_l2, stats.in_l3_only));
+
+        // A restart makes the L1 and L2 bodies resident and reads no L3 body, until one is needed.
+        let (l3, l2) = start(&path, config).await;
+        let after = ractor::call!(l2, L2Msg::Stats).unwrap();
+        assert_eq!(
+            (after.pages, after.in_l1, after.in_l2, after.in_l3_only),
+            (stats.pages, stats.in_l1, stats.in_l2, stats.in_l3_only)
+        );
+        assert_eq!(
+            (after.resident_bodies, after.faults_from_l3),
+            (stats.in_l1 + stats.in_l2, 0)
+        );
+        let query = Query {
+            owner: Some("a".into()),
+            text: on_disk.clone(),
+            embedding: embed(&on_disk),
+            k: 1,
+            min_relevance: 0.0,
+            turn: 151,
+            fault: false,
+        };
+        let hits = ractor::call!(l2, |reply| L2Msg::Search { query, reply })
+            .unwrap()
+            .unwrap();
+        assert_eq!(hits[0].0.text, on_disk);
+        assert_eq!(hits[0].2, Tier::L3);
+        assert_eq!(ractor::call!(l2, L2Msg::Stats).unwrap().faults_from_l3, 1);
+        stop(l3, l2).await;
+    }
+
+    #[tokio::test]
+    async fn a_lower_capacity_demotes_the_least_important_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kb.redb");
+        let (l3, l2) = start(&path, MemoryConfig::default()).await;
+        for turn in 1..=30u64 {
+            store(&l2, "a", turn, vec![format!("page of turn {turn}")], Tier::L2).await;
+        }
+        stop(l3, l2).await;
+        let config = MemoryConfig {
+            l2_capacity_pages: 10,
+            ..MemoryConfig::default()
+        };
+        let (l3, l2) = start(&path, config).await;
+        let stats = ractor::call!(l2, L2Msg::Stats).unwrap();
+        assert_eq!(
+            (stats.in_l2, stats.in_l3_only, stats.resident_bodies),
+            (10, 20, 10),
+            "{stats:?}"
+        );
+        // The ten kept are the most recent (nothing else tells them apart).
+        let (kept, _) = owned(&l2, "a", Tier::L2).await;
+        assert_eq!(kept, (21..=30).map(PageId).collect::<Vec<_>>());
+        stop(l3, l2).await;
     }
 }

@@ -1,12 +1,18 @@
 //! L3: the durable knowledge base, one redb file.
 //!
-//! It holds every page body, embedding and page-table entry. A write is acknowledged only after
-//! its transaction is committed with `Durability::Immediate` (fsynced), so an acknowledged page
-//! survives `kill -9` and power loss. Every commit uses redb's quick-repair mode (2-phase commit
-//! plus the allocator state saved in the commit), so reopening after a crash needs no repair
-//! scan; [`L3Store::open`] reports whether one ran. Records carry a SHA-256 of their bytes, and
-//! the file's integrity is checked on open: damage is a [`MemoryError::Corrupt`] that names the
-//! file, never a panic.
+//! It holds every page body, embedding and page-table entry, and for every page an index record
+//! (owner, words, f16 embedding: what [`PageIndex`] needs, under half a body's bytes), written in
+//! the same transaction as the page, so L2 builds its index at start without reading a body. A
+//! store written before it had index records gets them built from the pages once, at open, in one
+//! transaction ([`OpenReport::indexed`]); one written with a newer index format is an error that
+//! says so.
+//!
+//! A write is acknowledged only after its transaction is committed with `Durability::Immediate`
+//! (fsynced), so an acknowledged page survives `kill -9` and power loss. Every commit uses redb's
+//! quick-repair mode (2-phase commit plus the allocator state saved in the commit), so reopening
+//! after a crash needs no repair scan; [`L3Store::open`] reports whether one ran. Records carry a
+//! SHA-256 of their bytes, and the file's integrity is checked on open: damage is a
+//! [`MemoryError::Corrupt`] that names the file, never a panic.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -20,10 +26,23 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::error::{MemoryError, Result};
+use crate::index::{PageIndex, embedding_to_f16, words};
 use crate::page::{CognitivePage, PageEntry, PageId};
 
 const PAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("pages");
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("page_table");
+/// Page id → the page's index record ([`index_record`]).
+const INDEX: TableDefinition<u64, &[u8]> = TableDefinition::new("page_index");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const INDEX_FORMAT_KEY: &str = "index_format";
+/// Version of the index records: their layout and the word rule of [`words`]. Records of an older
+/// version (or none) are rebuilt from the pages at open.
+const INDEX_FORMAT: u64 = 1;
+
+/// redb's page cache. Its default (1 GiB) would grow to the whole file as the integrity check at
+/// open and L2's start read it once; pages are read again only on faults and duplicate lookups,
+/// which the operating system's file cache serves as well.
+const CACHE_BYTES: usize = 64 << 20;
 
 /// The knowledge base file.
 pub struct L3Store {
@@ -37,6 +56,9 @@ pub struct OpenReport {
     /// Whether redb had to run a repair scan (it should not after a crash: see the module docs).
     pub repaired: bool,
     pub pages: usize,
+    /// Index records built from the pages at this open (0 unless the store was written before
+    /// it had them, or by an older index format).
+    pub indexed: usize,
 }
 
 impl L3Store {
@@ -55,6 +77,7 @@ impl L3Store {
         // the damage a plain open does not look at.
         let opened = catch_unwind(AssertUnwindSafe(|| {
             let mut db = Database::builder()
+                .set_cache_size(CACHE_BYTES)
                 .set_repair_callback(move |_| flag.store(true, Ordering::Relaxed))
                 .create(path)?;
             let intact = db.check_integrity()?;
@@ -83,29 +106,93 @@ impl L3Store {
             path: path.to_path_buf(),
         };
         // Create the tables so later reads find them.
-        store.write(|_, _| Ok(()))?;
+        store.write(|_| Ok(()))?;
+        let indexed = store.build_index()?;
         let pages = store.count_entries()?;
         Ok((
             store,
             OpenReport {
                 repaired: repaired.load(Ordering::Relaxed),
                 pages,
+                indexed,
             },
         ))
+    }
+
+    /// Builds the index records that are missing (all of them when their format is older), in one
+    /// transaction; returns how many.
+    fn build_index(&self) -> Result<usize> {
+        let (format, complete) = {
+            let txn = self.db.begin_read().map_err(|e| self.store_error(e))?;
+            let meta = txn.open_table(META).map_err(|e| self.store_error(e))?;
+            let format = meta
+                .get(INDEX_FORMAT_KEY)
+                .map_err(|e| self.store_error(e))?
+                .map(|v| v.value());
+            let pages = txn.open_table(PAGES).map_err(|e| self.store_error(e))?;
+            let index = txn.open_table(INDEX).map_err(|e| self.store_error(e))?;
+            let complete =
+                pages.len().map_err(|e| self.store_error(e))? == index.len().map_err(|e| self.store_error(e))?;
+            (format, complete)
+        };
+        match format {
+            Some(v) if v > INDEX_FORMAT => {
+                return Err(MemoryError::Store {
+                    path: self.path.clone(),
+                    detail: format!(
+                        "its page index has format {v}, newer than this build of agentos reads ({INDEX_FORMAT}); open it with the newer agentos that wrote it"
+                    ),
+                });
+            }
+            Some(INDEX_FORMAT) if complete => return Ok(0),
+            _ => {}
+        }
+        let rebuild = format != Some(INDEX_FORMAT);
+        let mut txn = self.db.begin_write().map_err(|e| self.store_error(e))?;
+        txn.set_quick_repair(true);
+        let mut built = 0;
+        {
+            let pages = txn.open_table(PAGES).map_err(|e| self.store_error(e))?;
+            let mut index = txn.open_table(INDEX).map_err(|e| self.store_error(e))?;
+            if rebuild {
+                index.retain(|_, _| false).map_err(|e| self.store_error(e))?;
+            }
+            for row in pages.iter().map_err(|e| self.store_error(e))? {
+                let (id, value) = row.map_err(|e| self.store_error(e))?;
+                if !rebuild && index.get(id.value()).map_err(|e| self.store_error(e))?.is_some() {
+                    continue;
+                }
+                let page: CognitivePage = self.unseal(value.value(), "a page body")?;
+                index
+                    .insert(page.id.0, index_record(&page).as_slice())
+                    .map_err(|e| self.store_error(e))?;
+                built += 1;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| self.store_error(e))?;
+            meta.insert(INDEX_FORMAT_KEY, INDEX_FORMAT)
+                .map_err(|e| self.store_error(e))?;
+        }
+        txn.commit().map_err(|e| self.store_error(e))?;
+        if built > 0 {
+            tracing::info!(path = %self.path.display(), records = built, "memory store: index records built from the pages");
+        }
+        Ok(built)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Writes pages and entries in one durable transaction; returns once it is on disk.
+    /// Writes pages (with their index records) and entries in one durable transaction; returns
+    /// once it is on disk.
     pub fn write_pages(&self, pages: &[CognitivePage], entries: &[PageEntry]) -> Result<()> {
-        self.write(|page_table, entry_table| {
+        self.write(|tables| {
             for p in pages {
-                page_table.insert(p.id.0, seal(p).as_slice())?;
+                tables.pages.insert(p.id.0, seal(p).as_slice())?;
+                tables.index.insert(p.id.0, index_record(p).as_slice())?;
             }
             for e in entries {
-                entry_table.insert(e.id.0, seal(e).as_slice())?;
+                tables.entries.insert(e.id.0, seal(e).as_slice())?;
             }
             Ok(())
         })
@@ -148,6 +235,55 @@ impl L3Store {
         self.read_all(PAGES, "a page body")
     }
 
+    /// Every page-table entry, and every page's index record added to `index` (in id order),
+    /// without reading a page body. An entry without a record is corruption (they are written
+    /// with the page, in one transaction).
+    pub fn read_index(&self, mut index: PageIndex) -> Result<(Vec<PageEntry>, PageIndex)> {
+        let entries = self.read_entries()?;
+        let txn = self.db.begin_read().map_err(|e| self.store_error(e))?;
+        let table = txn.open_table(INDEX).map_err(|e| self.store_error(e))?;
+        index.reserve(table.len().map_err(|e| self.store_error(e))? as usize);
+        for row in table.iter().map_err(|e| self.store_error(e))? {
+            let (id, value) = row.map_err(|e| self.store_error(e))?;
+            let id = PageId(id.value());
+            let record = self.read_index_record(value.value(), id)?;
+            index.insert_words(id, record.owner, &record.words, &record.embedding);
+        }
+        if let Some(e) = entries.iter().find(|e| !index.contains(e.id)) {
+            return Err(self.corrupt(format!("{} is in the page table but its page is missing", e.id)));
+        }
+        Ok((entries, index))
+    }
+
+    fn read_index_record<'a>(&self, bytes: &'a [u8], id: PageId) -> Result<IndexRecord<'a>> {
+        let bad = |detail: &str| self.corrupt(format!("the index record of {id} {detail}"));
+        if bytes.len() < 32 {
+            return Err(bad("is shorter than its checksum"));
+        }
+        let (sum, body) = bytes.split_at(32);
+        if Sha256::digest(body).as_slice() != sum {
+            return Err(bad("fails its checksum"));
+        }
+        let mut r = Reader { bytes: body };
+        let decode = |r: &mut Reader<'a>| -> Option<IndexRecord<'a>> {
+            let owner = r.str()?;
+            let n = r.u32()? as usize;
+            let words = (0..n).map(|_| r.str()).collect::<Option<Vec<_>>>()?;
+            let dim = r.u32()? as usize;
+            let embedding = r
+                .take(dim.checked_mul(2)?)?
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            r.bytes.is_empty().then_some(IndexRecord {
+                owner,
+                words,
+                embedding,
+            })
+        };
+        decode(&mut r).ok_or_else(|| bad("cannot be decoded"))
+    }
+
     fn read_all<T: DeserializeOwned>(&self, def: TableDefinition<u64, &[u8]>, what: &str) -> Result<Vec<T>> {
         let txn = self.db.begin_read().map_err(|e| self.store_error(e))?;
         let table = txn.open_table(def).map_err(|e| self.store_error(e))?;
@@ -159,16 +295,17 @@ impl L3Store {
         Ok(out)
     }
 
-    fn write(
-        &self,
-        f: impl FnOnce(&mut redb::Table<u64, &[u8]>, &mut redb::Table<u64, &[u8]>) -> Result<(), redb::StorageError>,
-    ) -> Result<()> {
+    fn write(&self, f: impl FnOnce(&mut Tables<'_>) -> Result<(), redb::StorageError>) -> Result<()> {
         let mut txn = self.db.begin_write().map_err(|e| self.store_error(e))?;
         txn.set_quick_repair(true);
         {
-            let mut pages = txn.open_table(PAGES).map_err(|e| self.store_error(e))?;
-            let mut entries = txn.open_table(ENTRIES).map_err(|e| self.store_error(e))?;
-            f(&mut pages, &mut entries).map_err(|e| self.store_error(e))?;
+            let mut tables = Tables {
+                pages: txn.open_table(PAGES).map_err(|e| self.store_error(e))?,
+                entries: txn.open_table(ENTRIES).map_err(|e| self.store_error(e))?,
+                index: txn.open_table(INDEX).map_err(|e| self.store_error(e))?,
+            };
+            txn.open_table(META).map_err(|e| self.store_error(e))?;
+            f(&mut tables).map_err(|e| self.store_error(e))?;
         }
         txn.commit().map_err(|e| self.store_error(e))
     }
@@ -195,6 +332,73 @@ impl L3Store {
             path: self.path.clone(),
             detail,
         }
+    }
+}
+
+/// The tables a write changes.
+struct Tables<'txn> {
+    pages: redb::Table<'txn, u64, &'static [u8]>,
+    entries: redb::Table<'txn, u64, &'static [u8]>,
+    index: redb::Table<'txn, u64, &'static [u8]>,
+}
+
+/// A decoded index record, borrowing the stored bytes.
+struct IndexRecord<'a> {
+    owner: &'a str,
+    words: Vec<&'a str>,
+    embedding: Vec<u16>,
+}
+
+/// Bytes of a page's index record: SHA-256 of the payload, then the payload: the owner, every
+/// word of the text ([`words`]: stopwords included, so changing the stopword list needs no
+/// migration), the embedding in f16. Strings are a little-endian `u32` byte length and UTF-8,
+/// the embedding a `u32` dimension and little-endian f16 values. Not bincode: decoding borrows
+/// the strings, which keeps loading 100,000 records under a second.
+fn index_record(page: &CognitivePage) -> Vec<u8> {
+    let words = words(&page.text);
+    let embedding = embedding_to_f16(&page.embedding);
+    let mut body = Vec::with_capacity(16 + page.owner.len() + page.text.len() + words.len() * 4 + embedding.len() * 2);
+    let put_str = |body: &mut Vec<u8>, s: &str| {
+        body.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        body.extend_from_slice(s.as_bytes());
+    };
+    put_str(&mut body, &page.owner);
+    body.extend_from_slice(&(words.len() as u32).to_le_bytes());
+    for w in &words {
+        put_str(&mut body, w);
+    }
+    body.extend_from_slice(&(embedding.len() as u32).to_le_bytes());
+    for h in embedding {
+        body.extend_from_slice(&h.to_le_bytes());
+    }
+    let mut out = Vec::with_capacity(32 + body.len());
+    out.extend_from_slice(&Sha256::digest(&body));
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Reads the fields of an index record in order; `None` when they run past its end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.bytes.len() {
+            return None;
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let n = self.u32()? as usize;
+        std::str::from_utf8(self.take(n)?).ok()
     }
 }
 
@@ -246,8 +450,12 @@ pub enum L3Msg {
         ids: Vec<PageId>,
         reply: RpcReplyPort<Result<Vec<CognitivePage>>>,
     },
-    /// Every entry and body (L2 loads them at start).
-    LoadAll(RpcReplyPort<Result<(Vec<PageEntry>, Vec<CognitivePage>)>>),
+    /// Every entry, and an index (of this similarity weight) of every page, without reading a
+    /// body (L2 loads them at start): [`L3Store::read_index`].
+    LoadIndex {
+        similarity_weight: f32,
+        reply: RpcReplyPort<Result<(Vec<PageEntry>, PageIndex)>>,
+    },
 }
 
 /// Owns the [`L3Store`]. A failed open fails the actor's start, so its supervisor sees it.
@@ -262,7 +470,13 @@ impl Actor for L3Actor {
 
     async fn pre_start(&self, _myself: ActorRef<L3Msg>, path: PathBuf) -> Result<L3Store, ActorProcessingErr> {
         let (store, report) = L3Store::open(&path)?;
-        tracing::info!(path = %path.display(), pages = report.pages, repaired = report.repaired, "memory store opened");
+        tracing::info!(
+            path = %path.display(),
+            pages = report.pages,
+            repaired = report.repaired,
+            indexed = report.indexed,
+            "memory store opened"
+        );
         Ok(store)
     }
 
@@ -286,9 +500,11 @@ impl Actor for L3Actor {
             L3Msg::Read { ids, reply } => {
                 let _ = reply.send(store.read_pages(&ids));
             }
-            L3Msg::LoadAll(reply) => {
-                let r = store.read_entries().and_then(|e| Ok((e, store.read_all_pages()?)));
-                let _ = reply.send(r);
+            L3Msg::LoadIndex {
+                similarity_weight,
+                reply,
+            } => {
+                let _ = reply.send(store.read_index(PageIndex::new(similarity_weight)));
             }
         }
         Ok(())
@@ -297,6 +513,8 @@ impl Actor for L3Actor {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
     use crate::page::{ContentHash, Tier};
 
@@ -330,7 +548,8 @@ mod tests {
             report,
             OpenReport {
                 repaired: false,
-                pages: 2
+                pages: 2,
+                indexed: 0,
             }
         );
         assert_eq!(store.read_pages(&[PageId(2)]).unwrap()[0].text, "two");
@@ -367,7 +586,11 @@ mod tests {
         }
         for bytes in cases {
             std::fs::write(&damaged, &bytes).unwrap();
-            match L3Store::open(&damaged).and_then(|(s, _)| s.read_all_pages().map(|_| ())) {
+            let read = |s: L3Store| {
+                s.read_all_pages()?;
+                s.read_index(PageIndex::new(0.4)).map(|_| ())
+            };
+            match L3Store::open(&damaged).and_then(|(s, _)| read(s)) {
                 Ok(()) => outcomes.0 += 1,
                 Err(MemoryError::Corrupt { path, .. }) => {
                     assert_eq!(path, damaged);
@@ -378,5 +601,121 @@ mod tests {
         }
         // Flips in unused space may go unnoticed; damage to the data must not.
         assert!(outcomes.1 >= 23, "{outcomes:?}");
+    }
+
+    /// A store as the previous format wrote it: pages and entries, no index records.
+    fn write_previous_format(path: &Path, pages: &[CognitivePage]) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut page_table = txn.open_table(PAGES).unwrap();
+            let mut entry_table = txn.open_table(ENTRIES).unwrap();
+            for p in pages {
+                page_table.insert(p.id.0, seal(p).as_slice()).unwrap();
+                entry_table
+                    .insert(p.id.0, seal(&PageEntry::new(p, Tier::L3)).as_slice())
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    fn numbered_pages(n: u64) -> Vec<CognitivePage> {
+        (1..=n)
+            .map(|i| {
+                let mut p = page(i, &format!("note {i} about subject{} and more", i % 7));
+                p.embedding = (0..8).map(|d| ((i * 8 + d) % 11) as f32).collect();
+                p
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_store_of_the_previous_format_gets_its_index_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kb.redb");
+        let pages = numbered_pages(40);
+        write_previous_format(&path, &pages);
+
+        let (store, report) = L3Store::open(&path).unwrap();
+        assert_eq!((report.pages, report.indexed), (40, 40));
+        let (entries, index) = store.read_index(PageIndex::new(0.4)).unwrap();
+        assert_eq!((entries.len(), index.len()), (40, 40));
+        // The index built from the records scores as one built from the pages themselves.
+        let mut direct = PageIndex::new(0.4);
+        for p in &pages {
+            direct.insert(p.id, &p.owner, &p.text, p.embedding.clone());
+        }
+        let none = HashSet::new();
+        let q = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0];
+        let hits = index.search(&q, "subject3 note", Some("a"), &none, 5, 0.0);
+        assert_eq!(hits, direct.search(&q, "subject3 note", Some("a"), &none, 5, 0.0));
+        assert!(!hits.is_empty());
+        drop(store);
+
+        let (store, report) = L3Store::open(&path).unwrap();
+        assert_eq!((report.pages, report.indexed), (40, 0));
+        // Pages written now come with their records.
+        let more = page(41, "a new page");
+        store
+            .write_pages(std::slice::from_ref(&more), &[PageEntry::new(&more, Tier::L2)])
+            .unwrap();
+        assert_eq!(store.read_index(PageIndex::new(0.4)).unwrap().1.len(), 41);
+        drop(store);
+        assert_eq!(L3Store::open(&path).unwrap().1.indexed, 0);
+    }
+
+    #[test]
+    fn a_newer_index_format_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kb.redb");
+        drop(L3Store::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(INDEX_FORMAT_KEY, INDEX_FORMAT + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        match L3Store::open(&path) {
+            Err(MemoryError::Store { path: p, detail }) => {
+                assert_eq!(p, path);
+                assert!(detail.contains("newer"), "{detail}");
+            }
+            other => panic!("expected a store error, got {:?}", other.map(|(_, r)| r)),
+        }
+    }
+
+    #[test]
+    fn a_damaged_index_record_is_corruption_naming_the_file() {
+        let pages = numbered_pages(3);
+        let mut flipped = index_record(&pages[1]);
+        *flipped.last_mut().unwrap() ^= 1;
+        // A record whose checksum holds but whose fields run past its end.
+        let body = vec![9u8, 0, 0, 0, b'a'];
+        let mut short = Sha256::digest(&body).to_vec();
+        short.extend_from_slice(&body);
+        for (record, what) in [(flipped, "fails its checksum"), (short, "cannot be decoded")] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("kb.redb");
+            {
+                let (store, _) = L3Store::open(&path).unwrap();
+                let entries: Vec<PageEntry> = pages.iter().map(|p| PageEntry::new(p, Tier::L2)).collect();
+                store.write_pages(&pages, &entries).unwrap();
+                store
+                    .write(|tables| tables.index.insert(2, record.as_slice()).map(|_| ()))
+                    .unwrap();
+            }
+            let (store, _) = L3Store::open(&path).unwrap();
+            match store.read_index(PageIndex::new(0.4)) {
+                Err(MemoryError::Corrupt { path: p, detail }) => {
+                    assert_eq!(p, path);
+                    assert!(detail.contains("page#2") && detail.contains(what), "{detail}");
+                }
+                other => panic!("expected corruption, got {:?}", other.map(|(e, _)| e.len())),
+            }
+        }
     }
 }

@@ -355,8 +355,18 @@ impl AgentOS {
     }
 
     /// Waits up to `timeout` for task `id` to have an outcome, and returns where it stands then.
+    /// Once it returns a finished task, the agent that ran it has moved on too (its state and
+    /// queue no longer show the task).
     pub async fn wait_for_task(&self, id: TaskId, timeout: Duration) -> Result<TaskStatus> {
-        self.system.journal.wait(id, timeout).await
+        let deadline = tokio::time::Instant::now() + timeout;
+        let status = self.system.journal.wait(id, timeout).await?;
+        if let TaskStatus::Done { agent, .. } = &status
+            && let Some(record) = self.agent(agent).map(|h| h.record().clone())
+        {
+            // The outcome is on disk a moment before the agent takes the task off its queue.
+            let _ = tokio::time::timeout_at(deadline, record.finished(id)).await;
+        }
+        Ok(status)
     }
 
     /// The completed turns numbered `from..to` of the agent called `name` (running or not: the

@@ -1,33 +1,37 @@
 //! Measures the S-MMU on a long session with the real model, against its baselines in the same run.
 //!
 //! ```text
-//! cargo run --release --example memory_bench -- --json [--turns 100] [--kv-mib 384]
-//!     [--model PATH] [--dtype f32|f16] [--device NAME]
+//! cargo run --release --example memory_bench -- --json [--turns 200] [--kv-mib 512]
+//!     [--l2-pages 100000] [--model PATH] [--dtype f32|f16] [--device NAME]
 //! ```
 //! One agent with memory (`#[agent(memory)]`, L1 budget 512 tokens) talks for `turns` turns:
 //! turns 1–10 plant 20 facts (two per turn), the middle turns are small talk on other topics, and
-//! the last 11 turns ask about the 20 facts. Prints one JSON object:
-//! - `turn100_over_turn5`: median latency (ask → whole reply) of the last 5 turns over that of
-//!   turns 3–7. Every turn's latency is in `turn_seconds`.
-//! - `speedup_vs_full_history`: the last turn re-sent statelessly with the whole conversation as
-//!   its prompt (truncated from the oldest turn to the model's context length), over the S-MMU's
-//!   last-turn latency. It shares only the system prompt's first blocks with what is cached.
-//! - `speedup_vs_full_history_kv_reuse`: the same full-history turn when the previous turn's KV is
-//!   still cached (the previous turn is sent first, then the last one reuses its prefix).
-//! - `recall_attention_slicing`: of the 20 questions, the fraction whose fact (its answer string)
-//!   was in a page of the L1 window the model saw when answering.
-//! - `recall_fixed_chunks`: the same session replayed (same texts, same queries, same reserved
-//!   tokens) through an S-MMU that cuts fixed chunks of the attention run's mean page length.
-//! - `l1_tokens_max`: most tokens the L1 window held; `max_prompt_tokens`: largest prompt sent.
-//! - `peak_rss_bytes`: the process's peak resident size after the S-MMU session (before the
-//!   baselines); `rss_every_10_turns` and `kv_allocated_bytes` show it level off. The kernel's KV
-//!   pool (which the prefix cache keeps full of reusable blocks) is capped at `--kv-mib` MiB
-//!   (default 384, enough for the 4,500-token full-history baseline); with the kernel's default
-//!   of 1 GiB, resident size levels off that much higher.
+//! the last 11 turns ask about the 20 facts. The same user turns are then sent by a plain chat
+//! client that resends the whole conversation every turn (its own replies; the oldest turns
+//! dropped once it exceeds the model's context), as llama.cpp's server or vLLM serve it with
+//! prefix caching: each turn reuses the previous turn's KV. Prints one JSON object:
+//! - `smmu.turn_seconds`, `full_history.turn_seconds`: every turn's latency (ask → whole reply),
+//!   both curves; an S-MMU turn includes writing the previous turn to memory (slicing and
+//!   embedding), which the next turn waits for. `*.prompt_tokens` and `*.cached_tokens` (prompt
+//!   tokens the prefix cache served) per turn.
+//! - `turn100_ratio`: median S-MMU latency over turns 96–105 over the full-history client's over
+//!   the same turns (below 1: the S-MMU is faster); `last10_ratio`: the same over the last 10
+//!   turns; `*_mean_*` are the means.
+//! - `recall_answer`: of the 20 facts asked about, the fraction whose answer string the model's
+//!   reply contains (case-insensitive), for the S-MMU and for the full-history client;
+//!   `recall_window`: the fraction whose answer was in a page of the L1 window the model saw;
+//!   `recall_window_fixed_chunks`: the same for the session replayed (same texts, same queries,
+//!   same reserved tokens) through an S-MMU cutting fixed chunks of the attention run's mean
+//!   page length, snapped to sentence starts as attention slices are.
+//! - `l1_tokens_max`, `max_prompt_tokens`, `peak_rss_bytes`, `rss_every_10_turns`,
+//!   `kv_allocated_bytes` (the KV pool is capped at `--kv-mib`, default 512: the full-history
+//!   client reaches the 8,192-token context).
+//! - `l2_pages`, `l2_start_seconds`, `l2_search_p50_ms`, `l2_search_p99_ms`: L2 at scale, on a
+//!   store of `--l2-pages` synthetic pages (no model; see `l2_scale`).
 
 use std::time::{Duration, Instant};
 
-use agentos_examples::{Args, init_logging, peak_rss_bytes, rss_bytes};
+use agentos_examples::{Args, init_logging, l2_scale, peak_rss_bytes, rss_bytes};
 use agentos_kernel::{ChatMessage, GenerateRequest, GenerationEvent, KernelMsg};
 use agentos_runtime::prelude::*;
 use agentos_runtime::{MemoryConfig, Slicing};
@@ -161,15 +165,16 @@ const TOPICS: [&str; 40] = [
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     init_logging();
     let args = Args::from_env();
-    let turns: usize = args.value("turns").map(str::parse).transpose()?.unwrap_or(100);
+    let turns: usize = args.value("turns").map(str::parse).transpose()?.unwrap_or(200);
     if turns < 25 {
         return Err("--turns must be at least 25 (10 planting turns, 11 question turns)".into());
     }
+    let l2_pages: usize = args.value("l2-pages").map(str::parse).transpose()?.unwrap_or(100_000);
     let script = Script::new(turns);
     let dir = std::env::temp_dir().join(format!("agentos-memory-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
 
-    let kv_mib: usize = args.value("kv-mib").map(str::parse).transpose()?.unwrap_or(384);
+    let kv_mib: usize = args.value("kv-mib").map(str::parse).transpose()?.unwrap_or(512);
     let mut kernel_args = args.kernel_args()?;
     kernel_args.config.kv_cache.max_bytes = kv_mib << 20;
 
@@ -180,24 +185,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .start()
         .await?;
     let agent = os.spawn(Companion).await?;
-    let mut turn_seconds = Vec::with_capacity(turns);
+    let mut smmu = Curve::default();
     let mut max_prompt_tokens = 0;
-    let mut transcript: Vec<(String, String)> = Vec::with_capacity(turns);
     let mut reserved_per_turn = Vec::with_capacity(turns);
-    let mut recalled_attention = 0;
+    let (mut window_recalled, mut answer_recalled) = (0, 0);
     let mut rss_every_10_turns = Vec::new();
+    let mut cached_before = 0;
     for (i, ask) in script.turns.iter().enumerate() {
         let started = Instant::now();
         let reply = agent.ask(ask.text.clone()).await?;
-        turn_seconds.push(started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        let stats = os.scheduler_stats().await?;
+        let cached = stats.by_agent.get(&agent.pid()).map_or(0, |s| s.cached_prompt_tokens);
+        smmu.push(seconds, reply.prompt_tokens, (cached - cached_before) as usize);
+        cached_before = cached;
         max_prompt_tokens = max_prompt_tokens.max(reply.prompt_tokens);
         let context = agent.last_context().await?.ok_or("the agent assembled no context")?;
         reserved_per_turn.push(context.reserved_tokens);
-        recalled_attention += ask.recalled(&context);
-        for missing in ask.missing(&context) {
-            eprintln!("turn {}: the fact `{missing}` was not in the window", i + 1);
-        }
-        transcript.push((ask.text.clone(), reply.text));
+        window_recalled += ask.in_window(&context);
+        answer_recalled += ask.in_reply(&reply.text);
+        smmu.replies.push(reply.text.clone());
         if (i + 1) % 10 == 0 {
             rss_every_10_turns.push(rss_bytes());
         }
@@ -207,60 +214,53 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         eprintln!(
-            "turn {:>3}: {:>6.2} s, prompt {:>3} tokens, window {:>3} tokens / {} pages",
+            "s-mmu turn {:>3}: {:>6.2} s, prompt {:>3} tokens ({:>3} cached), window {:>3} tokens / {} pages",
             i + 1,
-            turn_seconds[i],
+            seconds,
             reply.prompt_tokens,
+            smmu.cached_tokens[i],
             context.tokens,
             context.pages.len()
         );
     }
+    let transcript: Vec<String> = script.turns.iter().map(|a| a.text.clone()).collect();
     let l1 = agent.memory_stats().await?;
     let l2 = os.memory_stats().await?;
     let peak_rss = peak_rss_bytes();
     let mean_page_tokens = (l1.tokens_written / l1.pages_written.max(1)).max(4) as usize;
 
-    // 2. Baselines on the same kernel: the last turn with the whole conversation as its prompt.
+    // 2. The same user turns from a client that resends the whole conversation every turn.
     let kernel = os.kernel().ok_or("no kernel")?;
-    let kv_allocated_bytes = ractor::call!(kernel, KernelMsg::Stats)??.kv_allocated_bytes;
     let info = ractor::call!(kernel, KernelMsg::Info)?;
     let context_length = info.config.context_length;
     let system = Companion::spec().system;
-    let last = transcript.len() - 1;
-    let full_history = |upto: usize| -> Vec<ChatMessage> {
-        let mut messages = vec![ChatMessage::system(system.clone())];
-        for (user, assistant) in &transcript[..upto] {
-            messages.push(ChatMessage::user(user.clone()));
-            messages.push(ChatMessage::assistant(assistant.clone()));
-        }
-        messages.push(ChatMessage::user(transcript[upto].0.clone()));
-        messages
-    };
     let max_tokens = Companion::spec().max_tokens;
-    // Stateless: nothing of this conversation cached (the session's prompts share only the
-    // system prompt's first tokens with it).
-    let stateless = generate(
-        &kernel,
-        fit(&kernel, full_history(last), context_length, max_tokens).await?,
-        max_tokens,
-    )
-    .await?;
-    // With KV reuse: the previous turn's full-history request, then the last turn reuses it.
-    let _warm = generate(
-        &kernel,
-        fit(&kernel, full_history(last - 1), context_length, max_tokens).await?,
-        max_tokens,
-    )
-    .await?;
-    let reused = generate(
-        &kernel,
-        fit(&kernel, full_history(last), context_length, max_tokens).await?,
-        max_tokens,
-    )
-    .await?;
+    let mut full = Curve::default();
+    let mut full_answer_recalled = 0;
+    let mut history: Vec<ChatMessage> = vec![ChatMessage::system(system.clone())];
+    let mut full_overflowed_at = None;
+    for (i, (user, ask)) in transcript.iter().zip(&script.turns).enumerate() {
+        history.push(ChatMessage::user(user.clone()));
+        let (messages, dropped) = fit(&kernel, history.clone(), context_length, max_tokens).await?;
+        if dropped > 0 && full_overflowed_at.is_none() {
+            full_overflowed_at = Some(i + 1);
+        }
+        let reply = generate(&kernel, messages, max_tokens).await?;
+        full_answer_recalled += ask.in_reply(&reply.text);
+        eprintln!(
+            "full-history turn {:>3}: {:>6.2} s, prompt {:>4} tokens ({:>4} cached)",
+            i + 1,
+            reply.seconds,
+            reply.prompt_tokens,
+            reply.cached_tokens
+        );
+        full.push(reply.seconds, reply.prompt_tokens, reply.cached_tokens);
+        history.push(ChatMessage::assistant(reply.text));
+    }
+    let kv_allocated_bytes = ractor::call!(kernel, KernelMsg::Stats)??.kv_allocated_bytes;
     os.shutdown().await?;
 
-    // 3. The same session replayed through fixed-size chunks.
+    // 3. The S-MMU session replayed through fixed-size chunks.
     let mut fixed_config = MemoryConfig {
         slicing: Slicing::Fixed(mean_page_tokens),
         ..MemoryConfig::default()
@@ -274,54 +274,63 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     runtime.memory = fixed_config;
     let os = AgentOS::start(runtime).await?;
     let replay = os.spawn(Companion).await?;
-    let mut recalled_fixed = 0;
-    for ((ask, (user, assistant)), reserved) in script.turns.iter().zip(&transcript).zip(&reserved_per_turn) {
+    let mut fixed_window_recalled = 0;
+    for ((ask, reply), reserved) in script.turns.iter().zip(&smmu.replies).zip(&reserved_per_turn) {
         let context = replay.page_in(ask.text.clone(), *reserved).await?;
-        recalled_fixed += ask.recalled(&context);
-        replay.remember(format!("User: {user}\nAssistant: {assistant}")).await?;
+        fixed_window_recalled += ask.in_window(&context);
+        replay
+            .remember(format!("User: {}\nAssistant: {reply}", ask.text))
+            .await?;
     }
     os.shutdown().await?;
+
+    // 4. L2 at scale.
+    let spec = l2_scale::ScaleSpec {
+        pages: l2_pages,
+        ..l2_scale::ScaleSpec::default()
+    };
+    let l2_scale = l2_scale::measure(&spec, &dir.join("l2-scale"))
+        .await
+        .map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&dir);
 
-    let median = |xs: &[f64]| {
-        let mut v = xs.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let early = median(&turn_seconds[2..7]);
-    let late = median(&turn_seconds[turns - 5..]);
-    let smmu_last = turn_seconds[last];
     let questions = FACTS.len() as f64;
+    let window = |from: usize, to: usize| from.min(turns - 1)..to.min(turns);
+    let at100 = window(95, 105);
+    let last10 = window(turns - 10, turns);
     let report = serde_json::json!({
         "turns": turns,
-        "turn100_over_turn5": round(late / early),
-        "speedup_vs_full_history": round(stateless.seconds / smmu_last),
-        "speedup_vs_full_history_kv_reuse": round(reused.seconds / smmu_last),
-        "recall_attention_slicing": round(recalled_attention as f64 / questions),
-        "recall_fixed_chunks": round(recalled_fixed as f64 / questions),
+        "turn100_ratio": round(median(&smmu.seconds[at100.clone()]) / median(&full.seconds[at100.clone()])),
+        "turn100_mean_ratio": round(mean(&smmu.seconds[at100.clone()]) / mean(&full.seconds[at100.clone()])),
+        "last10_ratio": round(median(&smmu.seconds[last10.clone()]) / median(&full.seconds[last10.clone()])),
+        "last10_mean_ratio": round(mean(&smmu.seconds[last10.clone()]) / mean(&full.seconds[last10.clone()])),
+        "smmu_flatness": round(median(&smmu.seconds[last10.clone()]) / median(&smmu.seconds[2..12])),
+        "full_history_overflowed_at_turn": full_overflowed_at,
+        "recall_answer": round(answer_recalled as f64 / questions),
+        "recall_window": round(window_recalled as f64 / questions),
+        "recall_answer_full_history": round(full_answer_recalled as f64 / questions),
+        "recall_window_fixed_chunks": round(fixed_window_recalled as f64 / questions),
+        "fixed_chunk_tokens": mean_page_tokens,
         "l1_tokens_max": l1.tokens_max,
+        "l1_budget_tokens": MemoryConfig::default().l1_budget_tokens,
+        "max_prompt_tokens": max_prompt_tokens,
         "peak_rss_bytes": peak_rss,
         "rss_every_10_turns": rss_every_10_turns,
         "kv_allocated_bytes": kv_allocated_bytes,
         "kv_budget_bytes": kv_mib << 20,
-        "max_prompt_tokens": max_prompt_tokens,
-        "l1_budget_tokens": MemoryConfig::default().l1_budget_tokens,
-        "turn_seconds_median_early": round(early),
-        "turn_seconds_median_late": round(late),
-        "last_turn_seconds": round(smmu_last),
-        "full_history_prompt_tokens": stateless.prompt_tokens,
-        "full_history_seconds": round(stateless.seconds),
-        "full_history_cached_tokens": stateless.cached_tokens,
-        "full_history_kv_reuse_seconds": round(reused.seconds),
-        "full_history_kv_reuse_cached_tokens": reused.cached_tokens,
-        "fixed_chunk_tokens": mean_page_tokens,
         "pages_written": l1.pages_written,
         "page_faults": l1.page_faults,
         "evictions": l1.evictions,
         "context_full_interrupts": l1.context_full_interrupts,
         "pages_stored": l2.pages,
         "duplicate_pages": l2.duplicates,
-        "turn_seconds": turn_seconds.iter().map(|s| round(*s)).collect::<Vec<_>>(),
+        "l2_pages": l2_scale.l2_pages,
+        "l2_start_seconds": round(l2_scale.l2_start_seconds),
+        "l2_search_p50_ms": round(l2_scale.l2_search_p50_ms),
+        "l2_search_p99_ms": round(l2_scale.l2_search_p99_ms),
+        "l2_recall_at_k": round(l2_scale.recall_at_k),
+        "smmu": smmu.json(),
+        "full_history": full.json(),
     });
     if args.flag("json") {
         println!("{report}");
@@ -331,6 +340,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// One session's per-turn figures.
+#[derive(Default)]
+struct Curve {
+    seconds: Vec<f64>,
+    prompt_tokens: Vec<usize>,
+    cached_tokens: Vec<usize>,
+    replies: Vec<String>,
+}
+
+impl Curve {
+    fn push(&mut self, seconds: f64, prompt_tokens: usize, cached_tokens: usize) {
+        self.seconds.push(seconds);
+        self.prompt_tokens.push(prompt_tokens);
+        self.cached_tokens.push(cached_tokens);
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "turn_seconds": self.seconds.iter().map(|s| round(*s)).collect::<Vec<_>>(),
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+        })
+    }
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+}
+
 /// One user turn, and the facts whose answers must be in memory when it is answered.
 struct Ask {
     text: String,
@@ -338,17 +382,22 @@ struct Ask {
 }
 
 impl Ask {
-    fn recalled(&self, context: &agentos_runtime::ActiveContext) -> usize {
-        self.answers.len() - self.missing(context).len()
-    }
-
-    fn missing(&self, context: &agentos_runtime::ActiveContext) -> Vec<&'static str> {
+    /// How many of this turn's answers were in a page of the window the model saw.
+    fn in_window(&self, context: &agentos_runtime::ActiveContext) -> usize {
         self.answers
             .iter()
-            .copied()
-            .filter(|answer| !context.pages.iter().any(|p| p.text.contains(answer)))
-            .collect()
+            .filter(|answer| context.pages.iter().any(|p| contains(&p.text, answer)))
+            .count()
     }
+
+    /// How many of this turn's answers the model's reply contains.
+    fn in_reply(&self, reply: &str) -> usize {
+        self.answers.iter().filter(|answer| contains(reply, answer)).count()
+    }
+}
+
+fn contains(text: &str, answer: &str) -> bool {
+    text.to_lowercase().contains(&answer.to_lowercase())
 }
 
 struct Script {
@@ -394,18 +443,21 @@ impl Script {
 }
 
 struct Generated {
+    text: String,
     seconds: f64,
     prompt_tokens: usize,
     cached_tokens: usize,
 }
 
-/// Drops the oldest turns until the prompt and the reply fit the model's context.
+/// Drops the oldest turns until the prompt and the reply fit the model's context; returns the
+/// messages and how many pairs were dropped.
 async fn fit(
     kernel: &ractor::ActorRef<KernelMsg>,
     mut messages: Vec<ChatMessage>,
     context_length: usize,
     max_tokens: usize,
-) -> Result<Vec<ChatMessage>, Box<dyn std::error::Error>> {
+) -> Result<(Vec<ChatMessage>, usize), Box<dyn std::error::Error>> {
+    let mut dropped = 0;
     loop {
         let rendered = ractor::call!(kernel, |reply| KernelMsg::RenderChat {
             messages: messages.clone(),
@@ -413,10 +465,11 @@ async fn fit(
         })??;
         let tokens = ractor::call!(kernel, |reply| KernelMsg::Tokenize { text: rendered, reply })??;
         if tokens.len() + max_tokens < context_length || messages.len() <= 2 {
-            return Ok(messages);
+            return Ok((messages, dropped));
         }
         // messages[0] is the system prompt; drop the oldest user/assistant pair.
         messages.drain(1..3);
+        dropped += 1;
     }
 }
 
@@ -438,6 +491,7 @@ async fn generate(
         match tokio::time::timeout(Duration::from_secs(3600), rx.recv()).await? {
             Some(GenerationEvent::Finished { summary, .. }) => {
                 return Ok(Generated {
+                    text: summary.text,
                     seconds: started.elapsed().as_secs_f64(),
                     prompt_tokens: summary.prompt_tokens,
                     cached_tokens: summary.cached_prompt_tokens,

@@ -1,5 +1,7 @@
-//! The runnable tour of agentos lives in `examples/`; this library holds the small pieces the
-//! examples share (argument parsing).
+//! The runnable tour of agentos lives in `examples/`; this library holds the pieces the
+//! examples share (argument parsing, the L2-at-scale measurement).
+
+pub mod l2_scale;
 
 use agentos_kernel::{DeviceChoice, EngineConfig, ModelSpec, WeightDtype};
 

@@ -337,7 +337,10 @@ impl L1State {
             return Ok(Vec::new());
         }
         let (ranges, densities) = match cfg.slicing {
-            Slicing::Fixed(size) => (fixed_slices(&boundaries(&analysis.pieces), size, &cfg.slice), vec![0.0; n]),
+            Slicing::Fixed(size) => (
+                fixed_slices(&boundaries(&analysis.pieces), size, &cfg.slice),
+                vec![0.0; n],
+            ),
             Slicing::Attention => {
                 let mut d = Vec::with_capacity(n);
                 for span in &analysis.entropy {

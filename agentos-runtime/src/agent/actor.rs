@@ -38,8 +38,7 @@ use tracing::Instrument;
 use crate::agent::journal::{Applied, Completion, InboxChange, Journal};
 use crate::agent::record::{SharedRecord, TaskReply};
 use crate::agent::{
-    Agent, AgentMsg, AgentSpec, Delivered, Response, StreamEvent, TaskInput, TaskOutcome, TaskStatus, Turn,
-    TurnPrompt,
+    Agent, AgentMsg, AgentSpec, Delivered, Response, StreamEvent, TaskInput, TaskOutcome, TaskStatus, Turn, TurnPrompt,
 };
 use crate::error::RuntimeError;
 use crate::rpc;
@@ -47,7 +46,7 @@ use crate::scheduler::SchedulerMsg;
 use crate::supervisor::SupervisorEvent;
 use crate::system::System;
 use crate::types::{AgentState, TaskId};
-use agentos_memory::{ActiveContext, Embedder, L1Msg, PageId};
+use agentos_memory::{ActiveContext, Embedder, L1Msg, MemoryError, PageId};
 
 /// Put between the system prompt and the L1 pages of an agent with memory.
 const MEMORY_HEADER: &str = "\n\nNotes from earlier in this conversation:";
@@ -464,8 +463,13 @@ impl<R: Agent> AgentActorState<R> {
         loop {
             let messages = self.memory_messages(&context, &content);
             let tokens = self.prompt_tokens(&messages).await?;
-            if tokens <= budget || context.pages.is_empty() {
+            if tokens <= budget {
                 return Ok(self.turn_prompt(messages));
+            }
+            if context.pages.is_empty() {
+                // The system prompt and the task alone do not fit: a clear error, never a
+                // prompt over the hard budget.
+                return Err(MemoryError::OverBudget { needed: tokens, budget }.into());
             }
             let page_budget = context.tokens.saturating_sub(tokens - budget);
             let shrink = |reply| L1Msg::Shrink { page_budget, reply };

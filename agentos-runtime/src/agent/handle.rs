@@ -85,6 +85,10 @@ impl AgentHandle {
         AgentHandle { record, system }
     }
 
+    pub(crate) fn record(&self) -> &SharedRecord {
+        &self.record
+    }
+
     pub fn pid(&self) -> Pid {
         self.record.pid
     }

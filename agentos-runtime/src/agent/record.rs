@@ -174,7 +174,6 @@ impl AgentRecord {
         if queue.running == Some(id) {
             queue.running = None;
         }
-        self.queued.send_replace(queue.tasks.len());
         if self.state() != AgentState::Stopped {
             self.set_state(if queue.tasks.is_empty() {
                 AgentState::Sleeping
@@ -182,6 +181,8 @@ impl AgentRecord {
                 AgentState::Waiting
             });
         }
+        // Waiters see the new state when they wake.
+        self.queued.send_replace(queue.tasks.len());
         task
     }
 
@@ -209,6 +210,16 @@ impl AgentRecord {
             self.set_state(AgentState::Stopped);
         }
         failed
+    }
+
+    /// Waits until task `id` is no longer queued.
+    pub async fn finished(&self, id: TaskId) {
+        let mut queued = self.queued.subscribe();
+        while self.queue().tasks.contains_key(&id) {
+            if queued.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Waits until no task is queued.

@@ -3,6 +3,7 @@
 //! damaged store refused at start.
 
 use agentos_kernel::KernelMsg;
+use agentos_runtime::memory::MemoryError;
 use agentos_runtime::prelude::*;
 use agentos_runtime::{MemoryConfig, Tier};
 
@@ -125,6 +126,15 @@ async fn prompts_stay_within_the_l1_budget_and_an_evicted_fact_is_paged_back_in(
         context.pages.iter().any(|p| p.text.contains("4417")),
         "the fact was paged back in: {:?}",
         context.pages.iter().map(|p| &p.text).collect::<Vec<_>>()
+    );
+
+    // A task that cannot fit the budget even without pages is a clear error, not a prompt over
+    // the hard budget.
+    let too_long = "Tell me about the sea. ".repeat(60);
+    let err = agent.ask(too_long).await.unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::Memory(MemoryError::OverBudget { budget: b, .. }) if b == budget),
+        "{err}"
     );
     os.shutdown().await.unwrap();
 }

@@ -1,8 +1,9 @@
-//! Measures L2 at scale: start-up over a large store and search latency, through the real L3 and
-//! L2 actors, and the recall of the (approximate) search against the exact scan.
+//! L2 at scale: start-up over a large store and search latency, through the real L3 and L2
+//! actors, and the recall of the (approximate) search against the exact scan. Used by the
+//! `l2_scale` and `memory_bench` examples:
 //!
 //! ```text
-//! cargo run --release -p agentos-memory --example l2_scale -- --pages 100000
+//! cargo run --release --example l2_scale -- --pages 100000
 //!     [--queries 300] [--dim 576] [--k 4] [--l2-capacity 4096] [--owners 1]
 //!     [--topic-pages 100] [--vague]
 //! ```
@@ -26,14 +27,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use agentos_memory::index::PageIndex;
-use agentos_memory::tiers::l2::Query;
-use agentos_memory::{
+use agentos_runtime::memory::index::PageIndex;
+use agentos_runtime::memory::tiers::l2::Query;
+use agentos_runtime::memory::{
     CognitivePage, ContentHash, L2Actor, L2Args, L2Msg, L3Actor, L3Store, MemoryConfig, PageEntry, PageId, Tier,
 };
 use ractor::Actor;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -425,37 +426,4 @@ impl Rng {
             })
             .collect()
     }
-}
-
-fn main() -> Result<(), Error> {
-    let mut spec = ScaleSpec::default();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = || -> Result<usize, Error> {
-            let v = args.get(i + 1).ok_or_else(|| format!("{} needs a value", args[i]))?;
-            Ok(v.parse()?)
-        };
-        match args[i].as_str() {
-            "--pages" => spec.pages = value()?,
-            "--queries" => spec.queries = value()?,
-            "--dim" => spec.dim = value()?,
-            "--k" => spec.k = value()?,
-            "--l2-capacity" => spec.l2_capacity = value()?,
-            "--owners" => spec.owners = value()?,
-            "--topic-pages" => spec.topic_pages = value()?,
-            "--vague" => {
-                spec.vague = true;
-                i += 1;
-                continue;
-            }
-            other => return Err(format!("unknown argument {other}").into()),
-        }
-        i += 2;
-    }
-    let dir = tempfile::tempdir()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = runtime.block_on(measure(&spec, dir.path()))?;
-    println!("{}", report.to_json(&spec));
-    Ok(())
 }

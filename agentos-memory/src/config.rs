@@ -1,6 +1,7 @@
 //! `MemoryConfig`: every knob of the memory system, with its default, in one place.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,13 @@ pub struct MemoryConfig {
     /// Weight of embedding similarity against keyword overlap in relevance. Default 0.4.
     pub similarity_weight: f32,
     pub importance: ImportanceWeights,
+    /// How long one tier waits for another (L1 for L2, L2 for L3). Default 30 s.
+    #[serde(default = "default_tier_timeout")]
+    pub tier_timeout: Duration,
+}
+
+fn default_tier_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Default for MemoryConfig {
@@ -54,6 +62,7 @@ impl Default for MemoryConfig {
             min_relevance: 0.2,
             similarity_weight: 0.4,
             importance: ImportanceWeights::default(),
+            tier_timeout: default_tier_timeout(),
         }
     }
 }

@@ -25,6 +25,9 @@ pub enum MemoryError {
     /// A memory actor is gone (the system is shutting down or restarting it).
     #[error("memory tier {0} is not running")]
     Unavailable(&'static str),
+    /// A memory actor did not answer in time (see `MemoryConfig::tier_timeout`).
+    #[error("memory tier {tier} did not answer within {after:?}; the system may be overloaded")]
+    Timeout { tier: &'static str, after: std::time::Duration },
 }
 
 pub type Result<T, E = MemoryError> = std::result::Result<T, E>;

@@ -34,3 +34,50 @@ where
         Ok(CallResult::SenderError) | Err(_) => Err(gone()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ractor::{Actor, ActorProcessingErr};
+
+    use super::*;
+
+    /// Keeps every reply port it is given and never answers.
+    struct Silent;
+
+    #[ractor::async_trait]
+    impl Actor for Silent {
+        type Msg = RpcReplyPort<u32>;
+        type State = Vec<RpcReplyPort<u32>>;
+        type Arguments = ();
+
+        async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+            Ok(Vec::new())
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<Self::Msg>,
+            reply: RpcReplyPort<u32>,
+            held: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            held.push(reply);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_that_gets_no_answer_times_out_and_one_to_a_stopped_actor_is_gone() {
+        let (silent, join) = Actor::spawn(None, Silent, ()).await.unwrap();
+        let after = Duration::from_millis(50);
+        let gone = || RuntimeError::KernelLost;
+        let err = call(&silent, "the silent actor", after, |reply| reply, gone).await.unwrap_err();
+        assert!(
+            matches!(&err, RuntimeError::Timeout { what, after: a } if what == "the silent actor" && *a == after),
+            "{err}"
+        );
+        silent.stop(None);
+        join.await.unwrap();
+        let err = call(&silent, "the silent actor", after, |reply| reply, gone).await.unwrap_err();
+        assert!(matches!(err, RuntimeError::KernelLost), "{err}");
+    }
+}

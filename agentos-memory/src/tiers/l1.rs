@@ -19,6 +19,7 @@ use crate::error::{MemoryError, Result};
 use crate::model::{AttentionSource, Embedder};
 use crate::page::{CognitivePage, PageEntry, PageId, PageView, Tier};
 use crate::slicing::{boundaries, density_of_entropy, fixed_slices, slice_boundaries};
+use crate::tiers::ask;
 use crate::tiers::l2::{L2Msg, Locate, PageDraft, Query};
 
 /// The context L1 hands an agent for one turn.
@@ -122,12 +123,13 @@ impl Actor for L1Actor {
         // A restarted L1 gets its window back from the page table.
         let l2 = (args.l2)().ok_or(MemoryError::Unavailable("L2"))?;
         let owner = args.owner.clone();
-        let (pages, turn) = ractor::call!(l2, |reply| L2Msg::Owned {
+        let timeout = args.config.tier_timeout;
+        let owned = |reply| L2Msg::Owned {
             owner,
             tier: Tier::L1,
-            reply
-        })
-        .map_err(|_| MemoryError::Unavailable("L2"))??;
+            reply,
+        };
+        let (pages, turn) = ask(&l2, "L2", timeout, owned).await??;
         let stream_pos = pages.iter().map(|p| p.span.1).max().unwrap_or(0);
         let window: Vec<(CognitivePage, PageEntry)> = pages
             .into_iter()
@@ -323,7 +325,7 @@ impl L1State {
         self.stats.evictions += ids.len() as u64;
         let l2 = self.l2()?;
         let n = ids.len();
-        ractor::call!(l2, |reply| L2Msg::Demote { ids, reply }).map_err(|_| MemoryError::Unavailable("L2"))??;
+        ask(&l2, "L2", self.args.config.tier_timeout, |reply| L2Msg::Demote { ids, reply }).await??;
         self.note_tokens();
         Ok(n)
     }
@@ -380,14 +382,14 @@ impl L1State {
             .collect();
         let l2 = self.l2()?;
         let (owner, turn) = (self.args.owner.clone(), self.turn);
-        let pages = ractor::call!(l2, |reply| L2Msg::Store {
+        let store = |reply| L2Msg::Store {
             owner,
             turn,
             drafts,
             tier: Tier::L1,
-            reply
-        })
-        .map_err(|_| MemoryError::Unavailable("L2"))??;
+            reply,
+        };
+        let pages = ask(&l2, "L2", self.args.config.tier_timeout, store).await??;
         self.stream_pos += n as u64;
         let ids: Vec<PageId> = pages.iter().map(|p| p.id).collect();
         self.stats.pages_written += pages.len() as u64;
@@ -436,7 +438,7 @@ impl L1State {
             turn: self.turn,
             fault,
         };
-        ractor::call!(l2, |reply| L2Msg::Search { query: q, reply }).map_err(|_| MemoryError::Unavailable("L2"))?
+        ask(&l2, "L2", self.args.config.tier_timeout, |reply| L2Msg::Search { query: q, reply }).await?
     }
 }
 

@@ -23,6 +23,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::config::MemoryConfig;
 use crate::error::{MemoryError, Result};
 use crate::index::PageIndex;
+use crate::tiers::ask;
 use crate::page::{CognitivePage, ContentHash, PageEntry, PageId, Tier};
 use crate::tiers::l3::L3Msg;
 
@@ -158,11 +159,12 @@ impl Actor for L2Actor {
     async fn pre_start(&self, _myself: ActorRef<L2Msg>, args: L2Args) -> Result<L2State, ActorProcessingErr> {
         let l3 = (args.l3)().ok_or(MemoryError::Unavailable("L3"))?;
         let similarity_weight = args.config.similarity_weight;
-        let (entries, index) = ractor::call!(l3, |reply| L3Msg::LoadIndex {
+        let timeout = args.config.tier_timeout;
+        let load = |reply| L3Msg::LoadIndex {
             similarity_weight,
-            reply
-        })
-        .map_err(|_| MemoryError::Unavailable("L3"))??;
+            reply,
+        };
+        let (entries, index) = ask(&l3, "L3", timeout, load).await??;
         let mut state = L2State {
             index,
             config: args.config,
@@ -190,8 +192,7 @@ impl Actor for L2Actor {
             .flat_map(|o| o.in_tier[0].iter().chain(&o.in_tier[1]).copied())
             .collect();
         if !resident.is_empty() {
-            let pages = ractor::call!(l3, |reply| L3Msg::Read { ids: resident, reply })
-                .map_err(|_| MemoryError::Unavailable("L3"))??;
+            let pages = ask(&l3, "L3", timeout, |reply| L3Msg::Read { ids: resident, reply }).await??;
             state.bodies.extend(pages.into_iter().map(|p| (p.id, p)));
         }
         tracing::debug!(
@@ -249,7 +250,7 @@ impl L2State {
             return Ok(());
         }
         let l3 = self.l3()?;
-        ractor::call!(l3, |reply| L3Msg::Write { pages, entries, reply }).map_err(|_| MemoryError::Unavailable("L3"))?
+        ask(&l3, "L3", self.config.tier_timeout, |reply| L3Msg::Write { pages, entries, reply }).await?
     }
 
     /// Adds a new entry to the table and to every index of it.
@@ -384,8 +385,7 @@ impl L2State {
         if !missing.is_empty() {
             let l3 = self.l3()?;
             let n = missing.len();
-            let pages = ractor::call!(l3, |reply| L3Msg::Read { ids: missing, reply })
-                .map_err(|_| MemoryError::Unavailable("L3"))??;
+            let pages = ask(&l3, "L3", self.config.tier_timeout, |reply| L3Msg::Read { ids: missing, reply }).await??;
             self.stats.faults_from_l3 += n as u64;
             read.extend(pages.into_iter().map(|p| (p.id, p)));
         }

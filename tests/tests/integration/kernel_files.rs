@@ -29,6 +29,10 @@ fn the_real_model_file_parses() {
     assert_eq!(g.string("general.architecture").unwrap(), "llama");
     assert_eq!(g.tensors().len(), 272);
     assert_eq!(g.strings("tokenizer.ggml.tokens").unwrap().len(), 49152);
+    // Within every bound the config checks (SmolLM2-135M: 30 layers, 9 heads of 64, 3 kv heads).
+    let config = ModelConfig::from_gguf(&g).unwrap();
+    assert_eq!((config.n_layers, config.n_heads, config.n_kv_heads), (30, 9, 3));
+    assert_eq!((config.head_dim, config.context_length), (64, 8192));
 }
 
 #[test]

@@ -109,6 +109,8 @@ pub enum GgufError {
     TooManyDims { name: String, dims: u32 },
     #[error("tensor {name}: {elements} elements is not a multiple of the block size {block}")]
     PartialBlock { name: String, elements: u64, block: u64 },
+    #[error("tensor {name}: dimensions {dims:?} overflow 64-bit size arithmetic")]
+    TensorTooLarge { name: String, dims: Vec<u64> },
     #[error("tensor {name}: data [{start}, {end}) lies past the end of the file ({file_len} bytes)")]
     TensorOutOfBounds {
         name: String,
@@ -122,6 +124,8 @@ pub enum GgufError {
     BadAlignment(u64),
     #[error("duplicate tensor name {0}")]
     DuplicateTensor(String),
+    #[error("duplicate metadata key {0}")]
+    DuplicateKey(String),
     #[error("missing metadata key {0}")]
     MissingKey(String),
     #[error("metadata key {key} has type {found}, expected {expected}")]

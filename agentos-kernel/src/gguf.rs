@@ -3,7 +3,9 @@
 //! The header, metadata and tensor infos are parsed eagerly and bounds-checked against the file
 //! length; tensor data stays in the map and is dequantised on demand ([`GgufFile::tensor_f32`]).
 //! Every count read from the file is checked against what the remaining bytes could possibly
-//! hold before anything is allocated, so a hostile file cannot make us allocate gigabytes.
+//! hold (and a documented upper bound) before anything is allocated, and tensor sizes are
+//! computed in checked arithmetic, so a hostile file cannot make us allocate gigabytes, panic or
+//! abort: it gets a [`GgufError`] that says what is wrong.
 
 pub mod dequant;
 
@@ -18,10 +20,17 @@ use crate::error::{GgufError, KernelError, Result};
 
 const MAGIC: [u8; 4] = *b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
-/// Metadata arrays longer than this are rejected (the largest real ones are vocabularies of a
-/// few hundred thousand entries).
-const MAX_ARRAY_LEN: u64 = 1 << 24;
+/// Metadata arrays longer than this are rejected. The largest real ones are vocabularies and
+/// merge lists of under 300k entries (Gemma 3, Llama 3); every item is a 32-byte [`MetaValue`]
+/// in memory, so this also bounds one array's allocation to 64 MiB whatever the file says.
+const MAX_ARRAY_LEN: u64 = 1 << 21;
+/// Strings (keys, tensor names, tokens, chat templates of a few KiB) longer than this are
+/// rejected; a string is never longer than the bytes left in the file either.
 const MAX_STRING_LEN: u64 = 1 << 26;
+/// Files from llama.cpp's writer carry a few dozen metadata entries and at most a few
+/// thousand tensors; far more is a corrupted count, rejected before the tables are sized.
+const MAX_METADATA_ENTRIES: u64 = 1 << 16;
+const MAX_TENSORS: u64 = 1 << 16;
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,8 +107,13 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// The product of the dimensions (the reader rejects files where it overflows; `u64::MAX`
+    /// for a hand-made info that does).
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(u64::MAX)
     }
 }
 
@@ -229,19 +243,35 @@ impl GgufFile {
         })
     }
 
-    /// The raw bytes of a tensor.
-    pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
-        // Bounds were checked at parse time.
-        &self.map[info.start as usize..(info.start + info.n_bytes) as usize]
+    /// The raw bytes of a tensor. The reader checked its own infos against the file; an info
+    /// made or changed by hand that does not fit is an error.
+    pub fn tensor_bytes(&self, info: &TensorInfo) -> Result<&[u8]> {
+        let file_len = self.map.len() as u64;
+        let end = info.start.checked_add(info.n_bytes).filter(|&end| end <= file_len);
+        match end {
+            // Both fit in the file's length, so in `usize`.
+            Some(end) => Ok(&self.map[info.start as usize..end as usize]),
+            None => Err(self.error(GgufError::TensorOutOfBounds {
+                name: info.name.clone(),
+                start: info.start,
+                end: info.start.saturating_add(info.n_bytes),
+                file_len,
+            })),
+        }
     }
 
     /// Dequantises a tensor into `f32` values in GGUF order (row-major with `dims[0]` fastest).
+    ///
+    /// The output holds the element count the reader checked against the bytes in the file,
+    /// so it is at most about 7 times their size (4-byte floats from 0.5625 bytes per Q4_0 or
+    /// Q4_K element).
     pub fn tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<u64>)> {
         let info = self
             .tensor_info(name)
             .ok_or_else(|| self.error(GgufError::MissingTensor(name.to_string())))?;
+        let bytes = self.tensor_bytes(info)?;
         let mut out = vec![0f32; info.n_elements() as usize];
-        dequant::dequantize(info.ggml_type, self.tensor_bytes(info), &mut out);
+        dequant::dequantize(info.ggml_type, bytes, &mut out);
         Ok((out, info.dims.clone()))
     }
 }
@@ -371,14 +401,18 @@ fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
     }
     // A tensor info takes at least 8 (name len) + 4 (dims) + 4 (type) + 8 (offset) bytes;
     // a metadata entry at least 8 (key len) + 4 (type) + 1 (smallest value).
-    let tensor_count = c.count("tensor", 24, 1 << 20)?;
-    let kv_count = c.count("metadata entry", 13, 1 << 20)?;
+    let tensor_count = c.count("tensor", 24, MAX_TENSORS)?;
+    let kv_count = c.count("metadata entry", 13, MAX_METADATA_ENTRIES)?;
 
     let mut metadata = HashMap::with_capacity(kv_count as usize);
     for _ in 0..kv_count {
         let key = c.string("metadata key")?;
         let value_type = c.u32("metadata value type")?;
         let value = c.value(value_type, 0)?;
+        // Which of two values is meant cannot be known; llama.cpp refuses such files too.
+        if metadata.contains_key(&key) {
+            return Err(GgufError::DuplicateKey(key));
+        }
         metadata.insert(key, value);
     }
 
@@ -421,7 +455,9 @@ fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
         });
     }
 
-    let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
+    let data_start = (c.pos as u64)
+        .checked_next_multiple_of(alignment)
+        .ok_or(GgufError::BadAlignment(alignment))?;
     let file_len = bytes.len() as u64;
     let mut tensors = Vec::with_capacity(raw.len());
     let mut seen = std::collections::HashSet::new();
@@ -429,24 +465,28 @@ fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
         if !seen.insert(r.name.clone()) {
             return Err(GgufError::DuplicateTensor(r.name));
         }
-        let elements = r
-            .dims
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| GgufError::TensorOutOfBounds {
-                name: r.name.clone(),
-                start: u64::MAX,
-                end: u64::MAX,
-                file_len,
-            })?;
+        // Blocks never straddle rows (ggml quantises row by row), so the row length, not just
+        // the element count, must be whole blocks; dims[0] exists (1 to 4 dims were read).
         let block = r.ggml_type.block_elements();
-        if elements % block != 0 {
+        if r.dims[0] % block != 0 {
             return Err(GgufError::PartialBlock {
                 name: r.name,
-                elements,
+                elements: r.dims[0],
                 block,
             });
         }
+        // Element count and byte size in checked arithmetic: the dims are the file's word.
+        let n_bytes = r
+            .dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .and_then(|elements| (elements / block).checked_mul(r.ggml_type.block_bytes()));
+        let Some(n_bytes) = n_bytes else {
+            return Err(GgufError::TensorTooLarge {
+                name: r.name,
+                dims: r.dims,
+            });
+        };
         if r.offset % alignment != 0 {
             return Err(GgufError::Misaligned {
                 name: r.name,
@@ -454,7 +494,6 @@ fn parse(bytes: &[u8]) -> Result<Parsed, GgufError> {
                 alignment,
             });
         }
-        let n_bytes = (elements / block) * r.ggml_type.block_bytes();
         let start = data_start.saturating_add(r.offset);
         let end = start.saturating_add(n_bytes);
         if end > file_len {

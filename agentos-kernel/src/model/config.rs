@@ -5,6 +5,21 @@ use serde::{Deserialize, Serialize};
 use crate::error::{KernelError, Result};
 use crate::gguf::GgufFile;
 
+/// Upper bounds on hyper-parameters, checked before anything is sized by them. Each is far
+/// above the released Llama-family models (in brackets, the largest we know of), so only
+/// corrupted or crafted metadata meets them.
+const MAX_HIDDEN: usize = 1 << 16; // 16384 (Llama 3.1 405B)
+const MAX_LAYERS: usize = 1024; // 126 (Llama 3.1 405B)
+const MAX_HEADS: usize = 1024; // 128 (Llama 3.1 405B)
+const MAX_HEAD_DIM: usize = 1024; // 256 (Gemma 2)
+const MAX_INTERMEDIATE: usize = 1 << 20; // 53248 (Llama 3.1 405B)
+const MAX_VOCAB: usize = 1 << 22; // 262144 (Gemma 3)
+const MAX_CONTEXT: usize = 1 << 24; // 10M (Llama 4 Scout)
+/// The one allocation sized by the config alone rather than by weights in the file: RoPE
+/// cos/sin tables of `context_length × head_dim` f32 each (see `Rope::new`). This bound keeps
+/// the pair within 1 GiB and still admits a 1M-token context with heads of 128.
+const MAX_ROPE_TABLE: usize = 1 << 27;
+
 /// Architectures the kernel runs. All are Llama-shaped; they differ in details listed here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Architecture {
@@ -52,32 +67,40 @@ impl ModelConfig {
             }
         };
         let key = |k: &str| format!("{arch_name}.{k}");
-        let hidden_size = g.u64(&key("embedding_length"))? as usize;
-        let n_heads = g.u64(&key("attention.head_count"))? as usize;
-        let n_kv_heads = g
-            .u64(&key("attention.head_count_kv"))
-            .map(|v| v as usize)
-            .unwrap_or(n_heads);
-        let head_dim = g
-            .u64(&key("rope.dimension_count"))
-            .map(|v| v as usize)
-            .unwrap_or(hidden_size / n_heads.max(1));
-        let vocab_size = match g.u64(&key("vocab_size")) {
-            Ok(v) => v as usize,
-            Err(_) => g.strings("tokenizer.ggml.tokens")?.len(),
+        // Absent optional keys take their defaults; present ones of the wrong type (a string,
+        // a negative number) are errors rather than silently defaulted.
+        let optional = |k: &str| -> Result<Option<usize>> {
+            match g.get(&key(k)) {
+                None => Ok(None),
+                Some(_) => g.u64(&key(k)).map(|v| Some(to_usize(v))),
+            }
+        };
+        let optional_f64 = |k: &str| -> Result<Option<f64>> {
+            match g.get(&key(k)) {
+                None => Ok(None),
+                Some(_) => g.f64(&key(k)).map(Some),
+            }
+        };
+        let hidden_size = to_usize(g.u64(&key("embedding_length"))?);
+        let n_heads = to_usize(g.u64(&key("attention.head_count"))?);
+        let n_kv_heads = optional("attention.head_count_kv")?.unwrap_or(n_heads);
+        let head_dim = optional("rope.dimension_count")?.unwrap_or(hidden_size / n_heads.max(1));
+        let vocab_size = match optional("vocab_size")? {
+            Some(v) => v,
+            None => g.strings("tokenizer.ggml.tokens")?.len(),
         };
         let config = ModelConfig {
             architecture,
             hidden_size,
-            n_layers: g.u64(&key("block_count"))? as usize,
+            n_layers: to_usize(g.u64(&key("block_count"))?),
             n_heads,
             n_kv_heads,
             head_dim,
-            intermediate_size: g.u64(&key("feed_forward_length"))? as usize,
+            intermediate_size: to_usize(g.u64(&key("feed_forward_length"))?),
             vocab_size,
-            rope_theta: g.f64(&key("rope.freq_base")).unwrap_or(10_000.0) as f32,
-            rms_norm_eps: g.f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
-            context_length: g.u64(&key("context_length")).unwrap_or(2048) as usize,
+            rope_theta: optional_f64("rope.freq_base")?.unwrap_or(10_000.0) as f32,
+            rms_norm_eps: optional_f64("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) as f32,
+            context_length: optional("context_length")?.unwrap_or(2048),
             tie_embeddings: g.tensor_info("output.weight").is_none(),
             qkv_bias: g.tensor_info("blk.0.attn_q.bias").is_some(),
         };
@@ -130,24 +153,54 @@ impl ModelConfig {
         config.validate()
     }
 
+    /// Rejects shapes the engine cannot run or that are too large to be real (see the bounds
+    /// above), naming the first offending field.
     fn validate(self) -> Result<Self> {
         let bad = |what: String| Err(KernelError::ModelFormat(what));
-        if self.hidden_size == 0 || self.n_layers == 0 || self.n_heads == 0 || self.vocab_size == 0 {
-            return bad(format!("degenerate model shape: {self:?}"));
+        for (what, value, max) in [
+            ("hidden size", self.hidden_size, MAX_HIDDEN),
+            ("layer count", self.n_layers, MAX_LAYERS),
+            ("attention head count", self.n_heads, MAX_HEADS),
+            ("key/value head count", self.n_kv_heads, MAX_HEADS),
+            ("head dimension", self.head_dim, MAX_HEAD_DIM),
+            ("feed-forward size", self.intermediate_size, MAX_INTERMEDIATE),
+            ("vocabulary size", self.vocab_size, MAX_VOCAB),
+            ("context length", self.context_length, MAX_CONTEXT),
+        ] {
+            if !(1..=max).contains(&value) {
+                return bad(format!("{what} {value} is out of range (1 to {max})"));
+            }
         }
-        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} attention heads are not a multiple of {} key/value heads",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dimension {} must be even for RoPE", self.head_dim));
         }
-        // Guard against absurd metadata before we allocate tables sized by it.
-        if self.hidden_size > 1 << 16 || self.n_layers > 1024 || self.vocab_size > 1 << 22 {
-            return bad(format!("implausible model shape: {self:?}"));
+        // Both factors are bounded above, so the product cannot overflow.
+        if self.context_length * self.head_dim > MAX_ROPE_TABLE {
+            return bad(format!(
+                "context length {} × head dimension {} needs {} RoPE table entries (at most {MAX_ROPE_TABLE})",
+                self.context_length,
+                self.head_dim,
+                self.context_length * self.head_dim
+            ));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad(format!("RoPE base {} must be a positive number", self.rope_theta));
+        }
+        if !(0.0..1.0).contains(&self.rms_norm_eps) {
+            return bad(format!("RMS norm epsilon {} must be in [0, 1)", self.rms_norm_eps));
         }
         Ok(self)
     }
+}
+
+/// A count from the file as `usize`; one that does not fit is out of every range checked in
+/// `ModelConfig::validate` anyway.
+fn to_usize(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
 }

@@ -84,10 +84,19 @@ impl WeightSource for GgufWeights<'_> {
         // llama.cpp's converter permutes Q and K rows of Llama models so that RoPE rotates
         // adjacent pairs; we rotate halves (as HF does), so undo that permutation here.
         if self.config.architecture == Architecture::Llama {
-            match weight {
-                Weight::Q(_) => unpermute_rope_rows(&mut values, &shape, self.config.n_heads),
-                Weight::K(_) => unpermute_rope_rows(&mut values, &shape, self.config.n_kv_heads),
-                _ => {}
+            let heads = match weight {
+                Weight::Q(_) => Some(self.config.n_heads),
+                Weight::K(_) => Some(self.config.n_kv_heads),
+                _ => None,
+            };
+            if let Some(heads) = heads {
+                if heads == 0 || !shape[0].is_multiple_of(heads) {
+                    return Err(KernelError::ModelFormat(format!(
+                        "{name} has {} rows, which {heads} heads do not divide evenly",
+                        shape[0]
+                    )));
+                }
+                unpermute_rope_rows(&mut values, &shape, heads);
             }
         }
         Ok(Some(HostTensor { values, shape }))
@@ -95,6 +104,7 @@ impl WeightSource for GgufWeights<'_> {
 }
 
 /// Inverse of llama.cpp's `permute`: GGUF row `(h, 2i + j)` holds HF row `(h, j * half + i)`.
+/// `values` holds `shape`'s product and `n_heads` divides `shape[0]`.
 fn unpermute_rope_rows(values: &mut [f32], shape: &[usize], n_heads: usize) {
     let (rows, cols) = (shape[0], shape.iter().skip(1).product::<usize>());
     let head_dim = rows / n_heads;
@@ -152,15 +162,10 @@ impl SafetensorsFile {
                 continue;
             }
             let dtype = v["dtype"].as_str().unwrap_or_default().to_string();
-            let shape: Vec<usize> = v["shape"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|d| d.as_u64().map(|d| d as usize)).collect())
-                .unwrap_or_default();
-            let offsets: Vec<usize> = v["data_offsets"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|d| d.as_u64().map(|d| d as usize)).collect())
-                .unwrap_or_default();
-            let [start, end] = offsets[..] else {
+            let shape = integers(&v["shape"])
+                .ok_or_else(|| err(format!("tensor {name}: shape must be a list of non-negative integers")))?;
+            let offsets = integers(&v["data_offsets"]);
+            let Some(&[start, end]) = offsets.as_deref() else {
                 return Err(err(format!("tensor {name}: data_offsets must be two integers")));
             };
             let elem = match dtype.as_str() {
@@ -168,10 +173,21 @@ impl SafetensorsFile {
                 "F16" | "BF16" => 2,
                 other => return Err(err(format!("tensor {name}: unsupported dtype {other:?}"))),
             };
-            let n: usize = shape.iter().product();
-            if start > end || end > data_len || end - start != n * elem {
+            // The shape is the file's word: its byte size is computed in checked arithmetic
+            // before it is compared with the data it claims.
+            let Some(n_bytes) = shape
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .and_then(|n| n.checked_mul(elem))
+            else {
                 return Err(err(format!(
-                    "tensor {name}: data [{start}, {end}) does not fit {n} {dtype} values in {data_len} bytes"
+                    "tensor {name}: shape {shape:?} overflows the address space"
+                )));
+            };
+            if start > end || end > data_len || end - start != n_bytes {
+                return Err(err(format!(
+                    "tensor {name}: data [{start}, {end}) does not fit {} {dtype} values in {data_len} bytes",
+                    n_bytes / elem
                 )));
             }
             entries.insert(name, (dtype, shape, start, end));
@@ -206,6 +222,15 @@ impl SafetensorsFile {
             shape: shape.clone(),
         })
     }
+}
+
+/// A JSON list of non-negative integers that fit `usize`; `None` for anything else (a missing
+/// key, a negative or fractional entry), which the header must not carry.
+fn integers(v: &serde_json::Value) -> Option<Vec<usize>> {
+    v.as_array()?
+        .iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+        .collect()
 }
 
 /// A Hugging Face model directory: `*.safetensors` with HF tensor names.

@@ -10,6 +10,7 @@ mod kernel_actor;
 mod kernel_batcher;
 mod kernel_engine;
 mod kernel_files;
+mod kernel_fuzz;
 mod kernel_parity;
 mod kernel_wgpu;
 mod memory_model;

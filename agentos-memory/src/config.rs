@@ -23,8 +23,10 @@ pub struct MemoryConfig {
     /// Hard token budget of each agent's context: system prompt + L1 pages + the current turn.
     /// Default 512.
     pub l1_budget_tokens: usize,
-    /// Eviction goes down to this fraction of the budget (not just under it), so the window and
-    /// the prompt prefix the kernel caches stay the same for several turns. Default 0.75.
+    /// Eviction goes down to this fraction of the budget (not just under it): an eviction makes
+    /// the next prompt recompute everything from the first evicted page on, so evicting well
+    /// below the limit keeps the window, and the prompt prefix the kernel caches, unchanged for
+    /// several turns in between. Default 0.5.
     pub evict_watermark: f32,
     /// Pages kept in memory by L2 (bodies); past it the least important go to L3 only.
     /// Default 4096.
@@ -53,7 +55,7 @@ impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             l1_budget_tokens: 512,
-            evict_watermark: 0.75,
+            evict_watermark: 0.5,
             l2_capacity_pages: 4096,
             store_path: None,
             slicing: Slicing::Attention,

@@ -27,7 +27,10 @@ pub enum MemoryError {
     Unavailable(&'static str),
     /// A memory actor did not answer in time (see `MemoryConfig::tier_timeout`).
     #[error("memory tier {tier} did not answer within {after:?}; the system may be overloaded")]
-    Timeout { tier: &'static str, after: std::time::Duration },
+    Timeout {
+        tier: &'static str,
+        after: std::time::Duration,
+    },
 }
 
 pub type Result<T, E = MemoryError> = std::result::Result<T, E>;

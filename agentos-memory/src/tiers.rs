@@ -47,7 +47,11 @@ mod tests {
         type State = Vec<RpcReplyPort<u32>>;
         type Arguments = ();
 
-        async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> std::result::Result<Self::State, ActorProcessingErr> {
+        async fn pre_start(
+            &self,
+            _: ActorRef<Self::Msg>,
+            _: (),
+        ) -> std::result::Result<Self::State, ActorProcessingErr> {
             Ok(Vec::new())
         }
 

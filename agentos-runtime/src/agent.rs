@@ -47,7 +47,7 @@ pub trait Agent: AgentHooks + Serialize + DeserializeOwned + Send + Sync + 'stat
 /// attribute list says `custom_hooks`; then implement it yourself and override what you need.
 ///
 /// A hook that panics fails the agent: the supervisor restarts it from its last checkpoint and
-/// redelivers the task once.
+/// redelivers the task, up to `RuntimeConfig::max_task_attempts` starts in all.
 pub trait AgentHooks {
     /// Called before each turn with the assembled prompt; edit messages or settings freely.
     fn prepare(&mut self, prompt: &mut TurnPrompt) {
@@ -83,7 +83,8 @@ pub struct AgentSpec {
     pub max_tokens: usize,
     /// Tools the agent may call (the tool issue gives them meaning; the slot is here now).
     pub tools: Vec<String>,
-    /// How many recent turns are put back into each prompt (without memory).
+    /// How many recent turns are put back into each prompt (without memory); the checkpoint
+    /// keeps these, every older turn is in the journal's history.
     pub history_turns: usize,
     /// The agent has an S-MMU memory (`#[agent(memory)]`): each prompt holds the system prompt,
     /// the pages of its L1 window (paged in by relevance, within the L1 token budget) and the

@@ -70,14 +70,18 @@ mod tests {
         let (silent, join) = Actor::spawn(None, Silent, ()).await.unwrap();
         let after = Duration::from_millis(50);
         let gone = || RuntimeError::KernelLost;
-        let err = call(&silent, "the silent actor", after, |reply| reply, gone).await.unwrap_err();
+        let err = call(&silent, "the silent actor", after, |reply| reply, gone)
+            .await
+            .unwrap_err();
         assert!(
             matches!(&err, RuntimeError::Timeout { what, after: a } if what == "the silent actor" && *a == after),
             "{err}"
         );
         silent.stop(None);
         join.await.unwrap();
-        let err = call(&silent, "the silent actor", after, |reply| reply, gone).await.unwrap_err();
+        let err = call(&silent, "the silent actor", after, |reply| reply, gone)
+            .await
+            .unwrap_err();
         assert!(matches!(err, RuntimeError::KernelLost), "{err}");
     }
 }

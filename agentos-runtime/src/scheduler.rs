@@ -67,7 +67,7 @@ pub enum SchedulerMsg {
     /// Stop a generation early.
     Cancel(RequestId),
     Stats(RpcReplyPort<SchedulerStats>),
-    /// A generation ended (sent by the scheduler's own event relays).
+    /// A generation ended (sent when the kernel lets go of its metered sink).
     Finished {
         agent: Pid,
         usage: Usage,

@@ -24,8 +24,8 @@
 //!   same reserved tokens) through an S-MMU cutting fixed chunks of the attention run's mean
 //!   page length, snapped to sentence starts as attention slices are.
 //! - `l1_tokens_max`, `max_prompt_tokens`, `peak_rss_bytes`, `rss_every_10_turns`,
-//!   `kv_allocated_bytes` (the KV pool is capped at `--kv-mib`, default 512: the full-history
-//!   client reaches the 8,192-token context).
+//!   `kv_allocated_bytes` (the KV pool, which the prefix cache keeps full of reusable blocks, is
+//!   capped at `--kv-mib`, default 384: room for the full-history client's 8,192-token context).
 //! - `l2_pages`, `l2_start_seconds`, `l2_search_p50_ms`, `l2_search_p99_ms`: L2 at scale, on a
 //!   store of `--l2-pages` synthetic pages (no model; see `l2_scale`).
 
@@ -174,7 +174,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("agentos-memory-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
 
-    let kv_mib: usize = args.value("kv-mib").map(str::parse).transpose()?.unwrap_or(512);
+    let kv_mib: usize = args.value("kv-mib").map(str::parse).transpose()?.unwrap_or(384);
     let mut kernel_args = args.kernel_args()?;
     kernel_args.config.kv_cache.max_bytes = kv_mib << 20;
 
@@ -204,6 +204,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         reserved_per_turn.push(context.reserved_tokens);
         window_recalled += ask.in_window(&context);
         answer_recalled += ask.in_reply(&reply.text);
+        if !ask.answers.is_empty() {
+            eprintln!("s-mmu turn {}: {:?} -> {:?}", i + 1, ask.text, reply.text);
+        }
         smmu.replies.push(reply.text.clone());
         if (i + 1) % 10 == 0 {
             rss_every_10_turns.push(rss_bytes());
@@ -247,6 +250,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let reply = generate(&kernel, messages, max_tokens).await?;
         full_answer_recalled += ask.in_reply(&reply.text);
+        if !ask.answers.is_empty() {
+            eprintln!("full-history turn {}: {:?} -> {:?}", i + 1, ask.text, reply.text);
+        }
         eprintln!(
             "full-history turn {:>3}: {:>6.2} s, prompt {:>4} tokens ({:>4} cached)",
             i + 1,

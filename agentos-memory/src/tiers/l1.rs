@@ -325,7 +325,11 @@ impl L1State {
         self.stats.evictions += ids.len() as u64;
         let l2 = self.l2()?;
         let n = ids.len();
-        ask(&l2, "L2", self.args.config.tier_timeout, |reply| L2Msg::Demote { ids, reply }).await??;
+        ask(&l2, "L2", self.args.config.tier_timeout, |reply| L2Msg::Demote {
+            ids,
+            reply,
+        })
+        .await??;
         self.note_tokens();
         Ok(n)
     }
@@ -438,7 +442,11 @@ impl L1State {
             turn: self.turn,
             fault,
         };
-        ask(&l2, "L2", self.args.config.tier_timeout, |reply| L2Msg::Search { query: q, reply }).await?
+        ask(&l2, "L2", self.args.config.tier_timeout, |reply| L2Msg::Search {
+            query: q,
+            reply,
+        })
+        .await?
     }
 }
 

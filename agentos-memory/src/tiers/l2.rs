@@ -23,8 +23,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::config::MemoryConfig;
 use crate::error::{MemoryError, Result};
 use crate::index::PageIndex;
-use crate::tiers::ask;
 use crate::page::{CognitivePage, ContentHash, PageEntry, PageId, Tier};
+use crate::tiers::ask;
 use crate::tiers::l3::L3Msg;
 
 /// Finds the current instance of an actor (the runtime passes its supervisor slots).
@@ -250,7 +250,12 @@ impl L2State {
             return Ok(());
         }
         let l3 = self.l3()?;
-        ask(&l3, "L3", self.config.tier_timeout, |reply| L3Msg::Write { pages, entries, reply }).await?
+        ask(&l3, "L3", self.config.tier_timeout, |reply| L3Msg::Write {
+            pages,
+            entries,
+            reply,
+        })
+        .await?
     }
 
     /// Adds a new entry to the table and to every index of it.
@@ -385,7 +390,11 @@ impl L2State {
         if !missing.is_empty() {
             let l3 = self.l3()?;
             let n = missing.len();
-            let pages = ask(&l3, "L3", self.config.tier_timeout, |reply| L3Msg::Read { ids: missing, reply }).await??;
+            let pages = ask(&l3, "L3", self.config.tier_timeout, |reply| L3Msg::Read {
+                ids: missing,
+                reply,
+            })
+            .await??;
             self.stats.faults_from_l3 += n as u64;
             read.extend(pages.into_iter().map(|p| (p.id, p)));
         }

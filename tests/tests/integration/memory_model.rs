@@ -118,6 +118,10 @@ async fn prompts_stay_within_the_l1_budget_and_an_evicted_fact_is_paged_back_in(
     let stats = agent.memory_stats().await.unwrap();
     assert!(stats.context_full_interrupts > 0 && stats.evictions > 0, "{stats:?}");
     assert!(stats.tokens_max <= budget, "{stats:?}");
+    // Slicing and embedding the turns ran as the agent's memory work, charged to its share.
+    let scheduled = os.scheduler_stats().await.unwrap();
+    let memory_tokens = scheduled.by_agent[&agent.pid()].memory_tokens;
+    assert!(memory_tokens > 0, "memory work is charged to the agent: {scheduled:?}");
 
     let reply = agent.ask("What is my locker code?").await.unwrap();
     assert!(reply.prompt_tokens <= budget);

@@ -1,11 +1,13 @@
 //! `AgentOS`: the root of the supervision tree and the user's entry point.
 //!
 //! ```text
-//! AgentOS (root supervisor "agentos", one-for-one)
-//! ├── kernel      supervisor ─ KernelActor (owns the engine thread)
-//! ├── scheduler   SchedulerActor
-//! ├── memory      supervisor (rest-for-one) ─ L3Actor, L2Actor, L1Actor × agents with memory
-//! └── agents      supervisor (agent_strategy) ─ AgentActor<R> × N
+//! RootWatch (takes the system down when the root exits)
+//! └── AgentOS (root supervisor "agentos", one-for-one)
+//!     ├── kernel      supervisor ─ KernelActor (owns the engine thread)
+//!     ├── scheduler   SchedulerActor
+//!     ├── memory      supervisor (rest-for-one) ─ L3Actor, L2Actor,
+//!     │               l1 supervisor (one-for-one) ─ L1Actor × agents with memory
+//!     └── agents      supervisor (agent_strategy) ─ AgentActor<R> × N
 //! ```
 //!
 //! Children start in that order and stop in the reverse order. When the root passes its restart

@@ -146,8 +146,9 @@ fn run_child(dir: &Path, kill_after: Option<Duration>) -> Vec<TaskId> {
 }
 
 /// Reads the journal: every acknowledged task is pending or done, and every completed turn
-/// belongs to a different task, the one its outcome names. Returns how many are done.
-async fn check(dir: &Path, acked: &[TaskId], round: usize) -> usize {
+/// belongs to a different task, the one its outcome names. Returns how many are done and how
+/// many of those failed.
+async fn check(dir: &Path, acked: &[TaskId], round: usize) -> (usize, usize) {
     let os = AgentOS::builder()
         .without_kernel()
         .checkpoint_dir(dir)
@@ -168,7 +169,7 @@ async fn check(dir: &Path, acked: &[TaskId], round: usize) -> usize {
             assert!(previous.is_none(), "round {round}: {} completed twice", turn.task_id);
         }
     }
-    let mut done = 0;
+    let (mut done, mut failed) = (0, 0);
     for &id in acked {
         match os.task_result(id).await.unwrap() {
             TaskStatus::Pending { .. } => {}
@@ -195,12 +196,13 @@ async fn check(dir: &Path, acked: &[TaskId], round: usize) -> usize {
                 );
                 assert_eq!(failure.kind, agentos_runtime::FailureKind::TaskFailed, "{failure:?}");
                 done += 1;
+                failed += 1;
             }
             other => panic!("round {round}: acknowledged {id} is {other:?}"),
         }
     }
     os.shutdown().await.unwrap();
-    done
+    (done, failed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

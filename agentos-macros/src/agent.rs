@@ -7,7 +7,7 @@ use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, ExprUnary, Fields, Ident, Item, ItemStruct, Lit, LitStr, UnOp};
 
 const KEYS: &str = "name, role, system, priority, temperature, top_p, top_k, repetition_penalty, seed, \
-                    max_tokens, history, tools, memory, custom_hooks";
+                    max_tokens, history, tools, max_steps, memory, custom_hooks";
 const PRIORITIES: [&str; 5] = ["Realtime", "High", "Normal", "Low", "Background"];
 
 /// Expands `#[agent(attr)] item`. On misuse, returns the item unchanged plus `compile_error!`s
@@ -40,6 +40,7 @@ struct Attributes {
     max_tokens: Option<usize>,
     history: Option<usize>,
     tools: Option<Vec<LitStr>>,
+    max_steps: Option<usize>,
     custom_hooks: bool,
     memory: bool,
 }
@@ -85,6 +86,7 @@ fn expand_item(attr: TokenStream, item: Item) -> syn::Result<TokenStream> {
     let max_tokens = Literal::usize_suffixed(attrs.max_tokens.unwrap_or(256));
     let history = Literal::usize_suffixed(attrs.history.unwrap_or(4));
     let tools = attrs.tools.clone().unwrap_or_default();
+    let max_steps = Literal::usize_suffixed(attrs.max_steps.unwrap_or(8));
     let memory = attrs.memory;
 
     let mut sampling = Vec::new();
@@ -134,6 +136,7 @@ fn expand_item(attr: TokenStream, item: Item) -> syn::Result<TokenStream> {
                     },
                     max_tokens: #max_tokens,
                     tools: ::std::vec![#(::std::string::String::from(#tools)),*],
+                    max_steps: #max_steps,
                     history_turns: #history,
                     memory: #memory,
                 }
@@ -250,6 +253,16 @@ fn parse_attributes(attr: TokenStream) -> syn::Result<Attributes> {
                     return Err(syn::Error::new(span, "`max_tokens` must be at least 1"));
                 }
                 set_once!(max_tokens, v)
+            }
+            "max_steps" => {
+                let (v, span) = integer::<usize>(&meta, &key)?;
+                if v == 0 {
+                    return Err(syn::Error::new(
+                        span,
+                        "`max_steps` must be at least 1 (it counts the calls one turn may make)",
+                    ));
+                }
+                set_once!(max_steps, v)
             }
             "tools" => {
                 let value: Expr = meta.value()?.parse()?;
@@ -368,8 +381,12 @@ where
 
 /// The struct's doc comment, one line per `///`, with the leading space rustdoc adds removed.
 fn doc_comment(item: &ItemStruct) -> Option<String> {
-    let lines: Vec<String> = item
-        .attrs
+    doc_text(&item.attrs)
+}
+
+/// The `///` lines of `attrs`, joined; `None` when there are none or they are blank.
+pub(crate) fn doc_text(attrs: &[syn::Attribute]) -> Option<String> {
+    let lines: Vec<String> = attrs
         .iter()
         .filter(|a| a.path().is_ident("doc"))
         .filter_map(|a| match &a.meta {
@@ -397,7 +414,7 @@ mod tests {
     fn expands_a_full_role() {
         let attr = quote! {
             name = "Researcher", role = "researcher", priority = High, temperature = 0.7, top_p = 0.9,
-            max_tokens = 256, history = 6, tools = ["search", "calculator"], memory
+            max_tokens = 256, history = 6, tools = ["search", "calculator"], max_steps = 3, memory
         };
         let item = quote! {
             /// You are a meticulous researcher.

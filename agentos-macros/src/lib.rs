@@ -1,4 +1,4 @@
-//! # agentos-macros: `#[agent]`
+//! # agentos-macros: `#[agent]` and `#[tool]`
 //!
 //! Use it through `agentos_runtime::prelude::*`; the expansion refers to `::agentos_runtime`.
 //!
@@ -21,7 +21,9 @@
 //! | `top_k`, `seed` | whole number | 0 |
 //! | `max_tokens` | whole number ≥ 1 (tokens per turn) | 256 |
 //! | `history` | whole number (recent turns in each prompt) | 4 |
-//! | `tools` | list of strings | none |
+//! | `tools` | list of strings: system calls and tools the agent may call | none |
+//! | `max_steps` | whole number ≥ 1 (calls per turn) | 8 |
+//! | `memory` | flag: the agent has an S-MMU memory | a fixed recent history |
 //! | `custom_hooks` | flag: you implement `AgentHooks` yourself | empty `AgentHooks` impl |
 //!
 //! It implements `agentos_runtime::Agent` (and `AgentHooks`, unless `custom_hooks`). Misuse
@@ -31,9 +33,20 @@
 use proc_macro::TokenStream;
 
 mod agent;
+mod tool;
 
 /// Declares a struct as an agent role. See the crate documentation.
 #[proc_macro_attribute]
 pub fn agent(attr: TokenStream, item: TokenStream) -> TokenStream {
     agent::expand(attr.into(), item.into()).into()
+}
+
+/// Makes an async fn a tool agents can call: the fn's name is the tool's name, its doc comment
+/// the description, its arguments the JSON Schema (each argument's type implements
+/// `agentos_runtime::syscall::ToolArgument`); adds `<CamelCaseName>Tool`, which implements
+/// `agentos_runtime::Tool`, for `AgentOsBuilder::tool`. Misuse (a plain fn, `self`, generics,
+/// borrowed or patterned arguments, no doc comment) is a compile error at the token at fault.
+#[proc_macro_attribute]
+pub fn tool(attr: TokenStream, item: TokenStream) -> TokenStream {
+    tool::expand(attr.into(), item.into()).into()
 }

@@ -23,6 +23,7 @@
 //! ```
 
 pub mod actor;
+pub(crate) mod dispatch;
 pub mod handle;
 pub(crate) mod journal;
 pub(crate) mod record;
@@ -35,6 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::RuntimeError;
+use crate::syscall::{Step, SyscallError};
 use crate::types::{AgentInfo, Priority, TaskId};
 
 /// A role an agent can play. Implemented by `#[agent]`; see the module docs.
@@ -81,8 +83,12 @@ pub struct AgentSpec {
     pub sampling: SamplingParams,
     /// Most tokens generated per turn.
     pub max_tokens: usize,
-    /// Tools the agent may call (the tool issue gives them meaning; the slot is here now).
+    /// System calls and user tools the agent may call, by name (see [`syscall`](crate::syscall)).
+    /// Empty: the agent only talks, each turn is one generation.
     pub tools: Vec<String>,
+    /// Most calls one turn makes. When the model asks for one more, the turn ends with the
+    /// text before that call and [`Response::step_limit_reached`].
+    pub max_steps: usize,
     /// How many recent turns are put back into each prompt (without memory); the checkpoint
     /// keeps these, every older turn is in the journal's history.
     pub history_turns: usize,
@@ -96,6 +102,7 @@ impl AgentSpec {
     /// Defaults used for attributes a role leaves out.
     pub const DEFAULT_MAX_TOKENS: usize = 256;
     pub const DEFAULT_HISTORY_TURNS: usize = 4;
+    pub const DEFAULT_MAX_STEPS: usize = 8;
 }
 
 /// What the model is asked in one turn; [`AgentHooks::prepare`] may change any of it.
@@ -120,6 +127,8 @@ pub struct Turn {
     pub reply: String,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// The calls the turn made, in order (empty for an agent without tools).
+    pub steps: Vec<Step>,
 }
 
 /// A message from another agent, kept until the next turn shows it to the model.
@@ -135,6 +144,7 @@ pub struct Response {
     /// The task this answers (its outcome is recorded under this id).
     pub task: TaskId,
     pub text: String,
+    /// Summed over the turn's generations (one per step with tools).
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub finish_reason: FinishReason,
@@ -147,13 +157,26 @@ pub struct Response {
     pub attempts: u32,
     /// The turn number this reply was recorded as.
     pub turn: u64,
+    /// The calls the turn made, in order.
+    pub steps: Vec<Step>,
+    /// The model asked for a call after `max_steps` calls; that call was not run.
+    pub step_limit_reached: bool,
 }
 
 /// What [`AgentHandle::stream`](handle::AgentHandle::stream) yields.
 #[derive(Debug)]
 pub enum StreamEvent {
-    /// Text that became final with one generated token.
+    /// Text that became final with one generated token (an agent with tools does not stream
+    /// its calls' raw text: they come as `ToolCall`).
     Token(String),
+    /// The model called a system call or tool (arguments as JSON text; the raw text when it
+    /// could not be parsed, with an empty name).
+    ToolCall { name: String, arguments: String },
+    /// What the call returned (JSON text), or the error the model was shown.
+    ToolResult {
+        name: String,
+        result: Result<String, SyscallError>,
+    },
     /// The agent was restarted during this task; the task is being redelivered and the text
     /// streamed so far is void (the reply starts over).
     Restarted,

@@ -8,6 +8,7 @@ use agentos_memory::MemoryConfig;
 
 use crate::scheduler::SchedulerConfig;
 use crate::supervisor::{RestartIntensity, Strategy};
+use crate::syscall::{SyscallConfig, ToolSet};
 
 /// How to start an [`AgentOS`](crate::AgentOS). Build it with [`AgentOS::builder`](crate::AgentOS::builder).
 #[derive(Debug, Clone)]
@@ -54,6 +55,10 @@ pub struct RuntimeConfig {
     /// declared with `#[agent(memory = true)]` use it; the store defaults to `memory.redb` in the
     /// checkpoint directory.
     pub memory: MemoryConfig,
+    /// What the system calls may touch and how long they may take (see [`SyscallConfig`]).
+    pub syscalls: SyscallConfig,
+    /// User tools the agents may call by name (see [`Tool`](crate::Tool)). Default none.
+    pub tools: ToolSet,
 }
 
 impl Default for RuntimeConfig {
@@ -71,6 +76,8 @@ impl Default for RuntimeConfig {
             task_outcomes_kept: 100_000,
             scheduler: SchedulerConfig::default(),
             memory: MemoryConfig::default(),
+            syscalls: SyscallConfig::default(),
+            tools: ToolSet::default(),
         }
     }
 }

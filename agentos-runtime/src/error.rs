@@ -51,6 +51,11 @@ pub enum RuntimeError {
     #[error("agent `{agent}` has no memory: declare it with `#[agent(memory = true)]` (memory also needs a kernel)")]
     NoMemory { agent: String },
 
+    #[error(
+        "agent `{agent}` lists the tool `{tool}`, which is neither a system call nor a tool registered with the AgentOS (AgentOsBuilder::tool)"
+    )]
+    UnknownTool { agent: String, tool: String },
+
     #[error("actor messaging failed: {0}")]
     Messaging(String),
 }

@@ -31,6 +31,7 @@ pub mod os;
 mod rpc;
 pub mod scheduler;
 pub mod supervisor;
+pub mod syscall;
 mod system;
 pub mod types;
 
@@ -41,7 +42,7 @@ pub use agent::{
     TaskStatus, Turn, TurnPrompt,
 };
 pub use agentos_kernel as kernel;
-pub use agentos_macros::agent;
+pub use agentos_macros::{agent, tool};
 pub use agentos_memory as memory;
 pub use agentos_memory::{ActiveContext, L1Stats, L2Stats, MemoryConfig, PageId, PageView, Slicing, Tier};
 pub use config::RuntimeConfig;
@@ -49,16 +50,17 @@ pub use error::{Result, RuntimeError};
 pub use os::{AgentOS, AgentOsBuilder};
 pub use scheduler::{AgentSchedStats, SchedulerConfig, SchedulerStats};
 pub use supervisor::{RestartIntensity, Shutdown, Strategy, SupervisorEvent};
+pub use syscall::{FnTool, Step, Syscall, SyscallConfig, SyscallError, Tool, ToolFuture, ToolSet};
 pub use types::{AgentInfo, AgentState, Pid, Priority, TaskId};
 
 /// Everything a typical program needs: `use agentos_runtime::prelude::*;`.
 pub mod prelude {
-    pub use crate::agent;
     pub use crate::{
         Agent, AgentHandle, AgentHooks, AgentInfo, AgentOS, AgentSpec, AgentState, Priority, Response,
-        RestartIntensity, RuntimeConfig, RuntimeError, SchedulerConfig, Strategy, StreamEvent, SupervisorEvent, TaskId,
-        TaskOutcome, TaskStatus, Turn, TurnPrompt,
+        RestartIntensity, RuntimeConfig, RuntimeError, SchedulerConfig, Step, Strategy, StreamEvent, SupervisorEvent,
+        SyscallConfig, SyscallError, TaskId, TaskOutcome, TaskStatus, Tool, Turn, TurnPrompt,
     };
+    pub use crate::{agent, tool};
     pub use agentos_kernel::{ChatMessage, KernelArgs, ModelSpec, SamplingParams};
     pub use futures::StreamExt;
     pub use serde::{Deserialize, Serialize};
@@ -68,4 +70,6 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use agentos_kernel::SamplingParams;
+    pub use serde;
+    pub use serde_json;
 }

@@ -36,6 +36,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::agent::actor::{AgentActor, AgentArgs};
+use crate::agent::dispatch::describe_tools;
 use crate::agent::handle::AgentHandle;
 use crate::agent::journal::Journal;
 use crate::agent::record::{AgentRecord, SharedRecord, TaskReply};
@@ -49,6 +50,7 @@ use crate::supervisor::{
     ActorSlot, ChildSpec, Restart, RestartIntensity, Shutdown, Strategy, Supervisor, SupervisorArgs, SupervisorEvent,
     SupervisorMsg,
 };
+use crate::syscall::{SyscallConfig, Tool};
 use crate::system::{System, SystemSettings};
 use crate::types::{AgentInfo, AgentState, Pid, TaskId};
 
@@ -111,6 +113,25 @@ impl AgentOsBuilder {
         self
     }
 
+    /// Limits of the system calls (work directory, programs, timeouts).
+    pub fn syscalls(mut self, syscalls: SyscallConfig) -> Self {
+        self.config.syscalls = syscalls;
+        self
+    }
+
+    /// The directory the file calls resolve under and programs run in.
+    pub fn work_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.syscalls.fs_root = Some(dir.into());
+        self
+    }
+
+    /// Offers `tool` to every agent that names it in `#[agent(tools = [...])]` (a `#[tool]`
+    /// fn's `...Tool` type, an [`FnTool`](crate::FnTool), or your own [`Tool`]).
+    pub fn tool(mut self, tool: impl Tool) -> Self {
+        self.config.tools.add(Arc::new(tool));
+        self
+    }
+
     pub fn config(mut self, config: RuntimeConfig) -> Self {
         self.config = config;
         self
@@ -157,10 +178,16 @@ impl AgentOS {
             config.memory_timeout,
         ));
         let journal = Journal::open(&checkpoint_dir, config.task_outcomes_kept)?;
+        let tools = config.tools.by_name().map_err(|reason| RuntimeError::Start {
+            what: "the tools".into(),
+            reason,
+        })?;
         let settings = SystemSettings {
             call_timeout: config.call_timeout,
             memory_timeout: config.memory_timeout,
             max_task_attempts: config.max_task_attempts,
+            syscalls: config.syscalls.clone(),
+            tools,
         };
         let system = Arc::new(System::new(
             scheduler_slot,
@@ -263,13 +290,20 @@ impl AgentOS {
     async fn spawn_with<R: Agent>(&self, name: String, spec: AgentSpec, role: R) -> Result<AgentHandle> {
         let system = &self.system;
         system.check_accepting()?;
+        describe_tools(&spec, system)?;
         let initial =
             bincode::serde::encode_to_vec(&role, bincode::config::standard()).map_err(|e| RuntimeError::Start {
                 what: format!("agent `{name}`"),
                 reason: format!("cannot serialise its state: {e}"),
             })?;
         let pid = Pid(system.next_pid.fetch_add(1, Ordering::Relaxed));
-        let record = Arc::new(AgentRecord::new(pid, name.clone(), spec.role.clone(), spec.priority));
+        let record = Arc::new(AgentRecord::new(
+            pid,
+            name.clone(),
+            spec.role.clone(),
+            spec.tools.clone(),
+            spec.priority,
+        ));
         let memory = spec.memory;
         let child = agent_child_spec::<R>(record.clone(), system.clone(), Arc::new(spec), Arc::new(initial));
         *record.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child.clone());
@@ -615,6 +649,7 @@ mod tests {
                 sampling: SamplingParams::default(),
                 max_tokens: 16,
                 tools: Vec::new(),
+                max_steps: AgentSpec::DEFAULT_MAX_STEPS,
                 history_turns: 2,
                 memory: false,
             }

@@ -18,6 +18,7 @@ use crate::error::{Result, RuntimeError};
 use crate::mmu::MemorySystem;
 use crate::scheduler::SchedulerMsg;
 use crate::supervisor::{ActorSlot, ChildSpec, SupervisorEvent, SupervisorMsg};
+use crate::syscall::{SyscallConfig, Tool};
 use crate::types::Pid;
 
 pub(crate) struct System {
@@ -40,6 +41,10 @@ pub(crate) struct System {
     pub memory_timeout: Duration,
     /// Starts after which a task that keeps failing its agent is answered with `TaskFailed`.
     pub max_task_attempts: u32,
+    /// Limits of the system calls.
+    pub syscalls: SyscallConfig,
+    /// User tools, by name.
+    pub tools: HashMap<String, Arc<dyn Tool>>,
 }
 
 #[derive(Default)]
@@ -71,6 +76,8 @@ pub(crate) struct SystemSettings {
     pub call_timeout: Duration,
     pub memory_timeout: Duration,
     pub max_task_attempts: u32,
+    pub syscalls: SyscallConfig,
+    pub tools: HashMap<String, Arc<dyn Tool>>,
 }
 
 impl System {
@@ -98,6 +105,8 @@ impl System {
             call_timeout: settings.call_timeout,
             memory_timeout: settings.memory_timeout,
             max_task_attempts: settings.max_task_attempts.max(1),
+            syscalls: settings.syscalls,
+            tools: settings.tools,
         }
     }
 

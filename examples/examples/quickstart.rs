@@ -42,6 +42,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 std::io::stdout().flush()?;
             }
             StreamEvent::Restarted => println!("\n[the agent restarted; its answer starts over]"),
+            // The assistant has no tools, so it makes no calls.
+            StreamEvent::ToolCall { .. } | StreamEvent::ToolResult { .. } => {}
             StreamEvent::Done(outcome) => {
                 let response = (*outcome)?;
                 let secs = response.total_time.as_secs_f64();

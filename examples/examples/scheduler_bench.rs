@@ -352,7 +352,7 @@ async fn jain_index(kernel: KernelArgs) -> Result<(f64, serde_json::Value), Runt
                         (*outcome)?;
                         break;
                     }
-                    StreamEvent::Restarted => {}
+                    StreamEvent::Restarted | StreamEvent::ToolCall { .. } | StreamEvent::ToolResult { .. } => {}
                 }
             }
             turn += 1;

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use agentos_kernel::{ChatMessage, GenerateRequest, GenerationEvent, KernelMsg, Prompt};
+use agentos_kernel::{ChatMessage, GenerateRequest, GenerationEvent, GenerationSummary, KernelMsg, Prompt};
 use ractor::concurrency::OneshotReceiver;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::de::DeserializeOwned;
@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use crate::agent::dispatch::{Caller, describe_tools, dispatch};
 use crate::agent::journal::{Applied, Completion, InboxChange, Journal};
 use crate::agent::record::{SharedRecord, TaskReply};
 use crate::agent::{
@@ -44,6 +45,11 @@ use crate::error::RuntimeError;
 use crate::rpc;
 use crate::scheduler::SchedulerMsg;
 use crate::supervisor::SupervisorEvent;
+use crate::syscall::wire::{
+    CallFilter, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_ROLE, call_text, parse_call, result_text, split_call,
+    tools_prompt,
+};
+use crate::syscall::{Step, Syscall};
 use crate::system::System;
 use crate::types::{AgentState, TaskId};
 use agentos_memory::{ActiveContext, Embedder, L1Msg, MemoryError, PageId};
@@ -84,6 +90,8 @@ pub struct AgentActorState<R> {
     spec: Arc<AgentSpec>,
     /// The L1's answer to the last turn written to memory; read at the next memory turn.
     pending_ingest: Option<OneshotReceiver<agentos_memory::Result<Vec<PageId>>>>,
+    /// The system prompt with the agent's tool list (the role's prompt alone without tools).
+    system_prompt: String,
     _live: LiveActor,
 }
 
@@ -166,6 +174,10 @@ impl<R: Agent> Actor for AgentActor<R> {
             spec,
             initial,
         } = args;
+        let system_prompt = match spec.tools.is_empty() {
+            true => spec.system.clone(),
+            false => format!("{}{}", spec.system, tools_prompt(&describe_tools(&spec, &system)?)),
+        };
         let checkpoint = match system.journal.load_checkpoint::<Checkpoint<R>>(&record.name).await? {
             None => None,
             Some(Ok(checkpoint)) => Some(checkpoint),
@@ -188,6 +200,7 @@ impl<R: Agent> Actor for AgentActor<R> {
                     system: system.clone(),
                     spec,
                     pending_ingest: None,
+                    system_prompt,
                     _live: LiveActor::new(&system),
                 }
             }
@@ -203,6 +216,7 @@ impl<R: Agent> Actor for AgentActor<R> {
                     system: system.clone(),
                     spec,
                     pending_ingest: None,
+                    system_prompt,
                     _live: LiveActor::new(&system),
                 }
             }
@@ -414,8 +428,8 @@ impl<R: Agent> AgentActorState<R> {
     fn assemble(&self, task: &str) -> TurnPrompt {
         let spec = &self.spec;
         let mut messages = Vec::with_capacity(2 + 2 * spec.history_turns);
-        if !spec.system.is_empty() {
-            messages.push(ChatMessage::system(spec.system.clone()));
+        if !self.system_prompt.is_empty() {
+            messages.push(ChatMessage::system(self.system_prompt.clone()));
         }
         let skip = self.turns.len().saturating_sub(spec.history_turns);
         for turn in self.turns.iter().skip(skip) {
@@ -437,7 +451,7 @@ impl<R: Agent> AgentActorState<R> {
         let model = memory.model.clone().ok_or(RuntimeError::NoKernel)?;
         let content = self.task_content(task);
         let reserved = model
-            .count_tokens(format!("{}{MEMORY_HEADER}", self.spec.system))
+            .count_tokens(format!("{}{MEMORY_HEADER}", self.system_prompt))
             .await?
             + model.count_tokens(content.clone()).await?
             + PROMPT_OVERHEAD_TOKENS;
@@ -479,7 +493,7 @@ impl<R: Agent> AgentActorState<R> {
 
     /// System prompt with the window's pages, then the task.
     fn memory_messages(&self, context: &ActiveContext, content: &str) -> Vec<ChatMessage> {
-        let mut system = self.spec.system.clone();
+        let mut system = self.system_prompt.clone();
         if !context.pages.is_empty() {
             system.push_str(MEMORY_HEADER);
             for page in &context.pages {
@@ -567,6 +581,9 @@ impl<R: Agent> AgentActorState<R> {
         }
     }
 
+    /// One turn: generate, and while the reply ends in a call (an agent with tools), run it and
+    /// generate again with its result, up to `max_steps` calls. Calls recorded by an earlier
+    /// run of this task are replayed from the journal, not made again.
     async fn run_turn(
         &mut self,
         id: TaskId,
@@ -585,66 +602,70 @@ impl<R: Agent> AgentActorState<R> {
         if self.system.kernel.is_none() {
             return Err(RuntimeError::NoKernel);
         }
-        let request = GenerateRequest {
-            prompt: Prompt::Chat(prompt.messages),
-            max_tokens: prompt.max_tokens,
-            sampling: prompt.sampling,
-            stop: prompt.stop,
-            ignore_eos: false,
-            priority: self.record.priority() as u8,
+        let tooled = !self.spec.tools.is_empty();
+        let mut steps = match tooled {
+            true => self.system.journal.steps(id).await?,
+            false => Vec::new(),
         };
-        let scheduler = self.system.scheduler.get().ok_or_else(|| self.system.down_error())?;
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let record = self.record.clone();
-        let submit = SchedulerMsg::Submit {
-            agent: record.pid,
-            priority: record.priority(),
-            request,
-            events: tx,
-        };
-        scheduler.cast(submit).map_err(|_| self.system.down_error())?;
+        let max_result_chars = self.system.syscalls.max_result_chars;
+        for step in &steps {
+            push_step(&mut prompt.messages, step, max_result_chars);
+            if let Some(events) = &events {
+                let _ = events.send(StreamEvent::ToolCall {
+                    name: step.name.clone(),
+                    arguments: step.arguments.clone(),
+                });
+                let _ = events.send(StreamEvent::ToolResult {
+                    name: step.name.clone(),
+                    result: step.result.clone(),
+                });
+            }
+        }
+        if tooled {
+            prompt.stop.push(TOOL_CALL_CLOSE.to_string());
+        }
 
         let mut first_token = None;
-        let summary = loop {
-            match rx.recv().await {
-                Some(GenerationEvent::Token { text, .. }) => {
-                    if first_token.is_none() {
-                        first_token = Some(accepted.elapsed());
-                        record.set_state(AgentState::Running);
-                    }
-                    if let (Some(events), false) = (&events, text.is_empty()) {
-                        let _ = events.send(StreamEvent::Token(text));
-                    }
-                }
-                Some(GenerationEvent::Finished { tail, summary }) => {
-                    if let (Some(events), false) = (&events, tail.is_empty()) {
-                        let _ = events.send(StreamEvent::Token(tail));
-                    }
-                    break summary;
-                }
-                Some(GenerationEvent::Failed(e)) => return Err(RuntimeError::Kernel(e)),
-                None => return Err(RuntimeError::KernelLost),
+        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+        let (reply, finish_reason, step_limit_reached) = loop {
+            let summary = self
+                .generate(&prompt, tooled, accepted, &events, &mut first_token)
+                .await?;
+            prompt_tokens += summary.prompt_tokens;
+            completion_tokens += summary.tokens.len();
+            let Some((before, body)) = tooled.then(|| split_call(&summary.text)).flatten() else {
+                break (summary.text, summary.finish_reason, false);
+            };
+            if steps.len() >= self.spec.max_steps {
+                break (before.trim_end().to_string(), summary.finish_reason, true);
+            }
+            let (step, exit) = self.make_call(before, body, &events).await;
+            self.system.journal.record_step(id, steps.len(), &step).await?;
+            push_step(&mut prompt.messages, &step, max_result_chars);
+            steps.push(step);
+            if let Some(result) = exit {
+                break (result, summary.finish_reason, false);
             }
         };
 
-        let memory_text = self
-            .spec
-            .memory
-            .then(|| format!("User: {}\nAssistant: {}", task, summary.text));
+        let memory_text = self.spec.memory.then(|| format!("User: {task}\nAssistant: {reply}"));
         let turn = Turn {
             number: self.turn_count + 1,
             task_id: id,
             task,
-            reply: summary.text.clone(),
-            prompt_tokens: summary.prompt_tokens as u32,
-            completion_tokens: summary.tokens.len() as u32,
+            reply: reply.clone(),
+            prompt_tokens: prompt_tokens as u32,
+            completion_tokens: completion_tokens as u32,
+            steps: steps.clone(),
         };
+        let record = &self.record;
         self.role.after_turn(&turn).map_err(|reason| RuntimeError::Hook {
             agent: record.name.clone(),
             reason,
         })?;
-        let used = (summary.prompt_tokens + summary.tokens.len()) as u64;
-        record.tokens_used.fetch_add(used, Ordering::Relaxed);
+        record
+            .tokens_used
+            .fetch_add((prompt_tokens + completion_tokens) as u64, Ordering::Relaxed);
         self.turn_count = turn.number;
         record.turns.store(self.turn_count, Ordering::Relaxed);
         let history = self.system.journal.encode(&turn)?;
@@ -664,15 +685,148 @@ impl<R: Agent> AgentActorState<R> {
         };
         let response = Response {
             task: id,
-            text: summary.text,
-            prompt_tokens: summary.prompt_tokens,
-            completion_tokens: summary.tokens.len(),
-            finish_reason: summary.finish_reason,
+            text: reply,
+            prompt_tokens,
+            completion_tokens,
+            finish_reason,
             time_to_first_token: first_token.unwrap_or_else(|| accepted.elapsed()),
             total_time: accepted.elapsed(),
             attempts,
             turn: self.turn_count,
+            steps,
+            step_limit_reached,
         };
         Ok((response, completion, memory_text))
     }
+
+    /// One generation of `prompt` through the scheduler, streaming its text to the caller (an
+    /// agent with tools holds back the raw text of a call).
+    async fn generate(
+        &self,
+        prompt: &TurnPrompt,
+        tooled: bool,
+        accepted: Instant,
+        events: &Option<mpsc::UnboundedSender<StreamEvent>>,
+        first_token: &mut Option<std::time::Duration>,
+    ) -> Result<GenerationSummary, RuntimeError> {
+        let record = &self.record;
+        let request = GenerateRequest {
+            prompt: Prompt::Chat(prompt.messages.clone()),
+            max_tokens: prompt.max_tokens,
+            sampling: prompt.sampling.clone(),
+            stop: prompt.stop.clone(),
+            ignore_eos: false,
+            priority: record.priority() as u8,
+        };
+        let scheduler = self.system.scheduler.get().ok_or_else(|| self.system.down_error())?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let submit = SchedulerMsg::Submit {
+            agent: record.pid,
+            priority: record.priority(),
+            request,
+            events: tx,
+        };
+        scheduler.cast(submit).map_err(|_| self.system.down_error())?;
+
+        let mut filter = CallFilter::default();
+        let show = |text: String, filter: &mut CallFilter| {
+            let text = if tooled { filter.push(&text) } else { text };
+            if let (Some(events), false) = (events, text.is_empty()) {
+                let _ = events.send(StreamEvent::Token(text));
+            }
+        };
+        loop {
+            match rx.recv().await {
+                Some(GenerationEvent::Token { text, .. }) => {
+                    if first_token.is_none() {
+                        *first_token = Some(accepted.elapsed());
+                        record.set_state(AgentState::Running);
+                    }
+                    show(text, &mut filter);
+                }
+                Some(GenerationEvent::Finished { tail, summary }) => {
+                    show(tail, &mut filter);
+                    let held = filter.finish();
+                    if !held.is_empty() {
+                        show(held, &mut CallFilter::default());
+                    }
+                    return Ok(summary);
+                }
+                Some(GenerationEvent::Failed(e)) => return Err(RuntimeError::Kernel(e)),
+                None => return Err(RuntimeError::KernelLost),
+            }
+        }
+    }
+
+    /// Parses and runs the call in `body`; returns its step and, for a successful `exit`, the
+    /// turn's final answer. Nothing the model wrote fails the turn: every error is the step's
+    /// result.
+    async fn make_call(
+        &self,
+        before: &str,
+        body: &str,
+        events: &Option<mpsc::UnboundedSender<StreamEvent>>,
+    ) -> (Step, Option<String>) {
+        let started = Instant::now();
+        let (name, arguments, call) = match parse_call(body) {
+            Err(e) => (String::new(), body.trim().to_string(), Err(e)),
+            Ok((name, arguments)) => {
+                let text = arguments.to_string();
+                let call = Syscall::from_call(&name, arguments);
+                (name, text, call)
+            }
+        };
+        if let Some(events) = events {
+            let _ = events.send(StreamEvent::ToolCall {
+                name: name.clone(),
+                arguments: arguments.clone(),
+            });
+        }
+        let caller = Caller {
+            record: &self.record,
+            system: &self.system,
+        };
+        let result = match &call {
+            Ok(call) => dispatch(&caller, call).await,
+            Err(e) => Err(e.clone()),
+        };
+        tracing::debug!(call = %name, ok = result.is_ok(), "system call");
+        let exit = match (&call, &result) {
+            (Ok(Syscall::Exit { result }), Ok(_)) => Some(result.clone()),
+            _ => None,
+        };
+        let result = result.map(|value| value.to_string());
+        if let Some(events) = events {
+            let _ = events.send(StreamEvent::ToolResult {
+                name: name.clone(),
+                result: result.clone(),
+            });
+        }
+        let step = Step {
+            text: before.to_string(),
+            name,
+            arguments,
+            result,
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        (step, exit)
+    }
+}
+
+/// Appends a step to the prompt: the assistant's text and call, then the call's result.
+fn push_step(messages: &mut Vec<ChatMessage>, step: &Step, max_result_chars: usize) {
+    let call = match serde_json::from_str::<serde_json::Value>(&step.arguments) {
+        Ok(arguments) if !step.name.is_empty() => call_text(&step.name, &arguments),
+        _ => format!("{TOOL_CALL_OPEN}{}{TOOL_CALL_CLOSE}", step.arguments),
+    };
+    messages.push(ChatMessage::assistant(format!("{}{call}", step.text)));
+    let result = step
+        .result
+        .as_ref()
+        .map(|json| serde_json::from_str(json).unwrap_or_else(|_| serde_json::Value::String(json.clone())))
+        .map_err(Clone::clone);
+    messages.push(ChatMessage::new(
+        TOOL_ROLE,
+        result_text(&step.name, &result, max_result_chars),
+    ));
 }

@@ -12,12 +12,14 @@ use futures::Stream;
 use ractor::{ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 
+use crate::agent::dispatch::{Caller, dispatch};
 use crate::agent::journal::Completion;
 use crate::agent::record::{SharedRecord, TaskReply, fail_tasks};
 use crate::agent::{AgentMsg, Response, StreamEvent, TaskFailure, TaskInput, TaskOutcome, Turn};
 use crate::error::{Result, RuntimeError};
 use crate::rpc;
 use crate::supervisor::SupervisorMsg;
+use crate::syscall::{Syscall, SyscallError};
 use crate::system::System;
 use crate::types::{AgentInfo, AgentState, Pid, Priority, TaskId};
 
@@ -237,6 +239,17 @@ impl AgentHandle {
     /// turns than its prompts show are kept in the journal's history).
     pub async fn history(&self, from: u64, to: u64) -> Result<Vec<Turn>> {
         self.system.journal.history(&self.record.name, from, to).await
+    }
+
+    /// Makes system call `call` as this agent, through the same checkpoint and drivers as the
+    /// calls its model makes (a call not among its `tools` is refused). Returns the JSON result
+    /// the model would see.
+    pub async fn call(&self, call: Syscall) -> std::result::Result<serde_json::Value, SyscallError> {
+        let caller = Caller {
+            record: &self.record,
+            system: &self.system,
+        };
+        dispatch(&caller, &call).await
     }
 
     /// Writes `text` into the agent's memory: it is sliced into pages (from the model's

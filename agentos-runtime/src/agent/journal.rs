@@ -10,6 +10,7 @@
 //! | `inbox`       | (agent name, task)  | messages delivered to it and not yet shown to its model |
 //! | `history`     | (agent name, turn)  | every completed turn, append-only                  |
 //! | `quarantine`  | (agent name, time)  | checkpoints that could not be read, with the reason |
+//! | `steps`       | (task, step)        | the calls a running turn has made, with their results |
 //!
 //! **Write-ahead.** A task is appended (and fsynced) before `ask`, `stream` or `send` returns, so
 //! an acknowledged task survives `kill -9`. A task ends in one transaction that writes its
@@ -17,6 +18,10 @@
 //! state an outcome describes and the outcome itself are never on disk one without the other, so
 //! a task's outcome is recorded exactly once and no recorded task runs again. A completion for a
 //! task that already has an outcome is refused (and its checkpoint not applied).
+//!
+//! **Steps.** Each call a turn makes is written (and fsynced) with its result before the turn
+//! goes on, so a task redelivered after a crash replays the calls already made instead of making
+//! them again; its completion removes them (the turn's history entry keeps them).
 //!
 //! **Group commit.** One writer thread owns the write side. It takes every operation queued
 //! while the previous commit was being synced and applies them all in one transaction, so many
@@ -40,6 +45,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::agent::{TaskInput, TaskOutcome, TaskStatus, Turn};
 use crate::error::{Result, RuntimeError};
+use crate::syscall::Step;
 use crate::types::TaskId;
 
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
@@ -48,6 +54,7 @@ const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoi
 const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
 const QUARANTINE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("quarantine");
 const INBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("inbox");
+const STEPS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("steps");
 
 /// Most operations one group commit takes.
 const MAX_GROUP: usize = 256;
@@ -143,6 +150,11 @@ enum Op {
         agent: String,
         reason: String,
     },
+    Step {
+        id: TaskId,
+        index: u32,
+        step: Vec<u8>,
+    },
     Flush,
 }
 
@@ -196,6 +208,7 @@ impl Journal {
                 txn.open_table(HISTORY).map_err(|e| error(e.to_string()))?;
                 txn.open_table(QUARANTINE).map_err(|e| error(e.to_string()))?;
                 txn.open_table(INBOX).map_err(|e| error(e.to_string()))?;
+                txn.open_table(STEPS).map_err(|e| error(e.to_string()))?;
                 let last_key = |t: &redb::Table<u64, &[u8]>| -> std::result::Result<u64, redb::StorageError> {
                     Ok(t.last()?.map(|(k, _)| k.value()).unwrap_or(0))
                 };
@@ -293,6 +306,29 @@ impl Journal {
         })
         .await
         .map(drop)
+    }
+
+    /// Records the `index`th call (0-based) of task `id`'s turn; returns once it is on disk.
+    pub async fn record_step(&self, id: TaskId, index: usize, step: &Step) -> Result<()> {
+        let step = self.encode(step)?;
+        let index = u32::try_from(index).map_err(|_| self.error("too many steps in one turn".into()))?;
+        self.submit(Op::Step { id, index, step }).await.map(drop)
+    }
+
+    /// The calls task `id`'s turn has recorded so far, in order.
+    pub async fn steps(self: &Arc<Self>, id: TaskId) -> Result<Vec<Step>> {
+        let journal = self.clone();
+        self.blocking(move || {
+            let txn = journal.database()?.begin_read()?;
+            let table = txn.open_table(STEPS)?;
+            let mut out = Vec::new();
+            for row in table.range((id.0, 0)..=(id.0, u32::MAX))? {
+                let (_, value) = row?;
+                out.push(decode(value.value())?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Waits until everything submitted before is on disk.
@@ -645,6 +681,7 @@ impl Writer {
                 let mut history = txn.open_table(HISTORY)?;
                 let mut quarantine = txn.open_table(QUARANTINE)?;
                 let mut inbox = txn.open_table(INBOX)?;
+                let mut steps = txn.open_table(STEPS)?;
                 for queued in group {
                     let result = match &queued.op {
                         Op::Append { id, record } => {
@@ -675,6 +712,7 @@ impl Writer {
                                 outcomes.insert(id.0, outcome.as_slice())?;
                                 self.outcomes += 1;
                                 tasks.remove(id.0)?;
+                                steps.retain_in((id.0, 0)..=(id.0, u32::MAX), |_, _| false)?;
                                 if let Some(bytes) = &completion.checkpoint {
                                     checkpoints.insert(agent.as_str(), bytes.as_slice())?;
                                 }
@@ -714,6 +752,14 @@ impl Writer {
                                     at += 1;
                                 }
                                 quarantine.insert((agent.as_str(), at), value.as_slice())?;
+                            }
+                            Ok(Applied::Yes)
+                        }
+                        Op::Step { id, index, step } => {
+                            // A step of a task that has ended (its turn was cut short after
+                            // the outcome was recorded) is dropped: nothing will replay it.
+                            if outcomes.get(id.0)?.is_none() {
+                                steps.insert((id.0, *index), step.as_slice())?;
                             }
                             Ok(Applied::Yes)
                         }
@@ -787,6 +833,47 @@ mod tests {
             let reopened = Journal::open(dir.path(), 100).unwrap();
             assert!(reopened.next_id() > id, "ids are never handed out twice");
             assert!(matches!(reopened.status(id).await.unwrap(), TaskStatus::Done { .. }));
+        });
+    }
+
+    #[test]
+    fn a_turns_steps_are_kept_until_its_task_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        runtime().block_on(async {
+            let journal = Journal::open(dir.path(), 100).unwrap();
+            let (id, other) = (journal.next_id(), journal.next_id());
+            for task in [id, other] {
+                journal
+                    .append(task, "a", &TaskInput::Ask("read it".into()))
+                    .await
+                    .unwrap();
+            }
+            let step = |n: u64| Step {
+                text: String::new(),
+                name: "fs_read".into(),
+                arguments: format!("{{\"path\":\"{n}.txt\"}}"),
+                result: Ok(format!("\"contents of {n}\"")),
+                duration_ms: n,
+            };
+            for n in 0..3 {
+                journal.record_step(id, n as usize, &step(n)).await.unwrap();
+            }
+            journal.record_step(other, 0, &step(9)).await.unwrap();
+            drop(journal);
+
+            // A new process replays them in order, each task its own.
+            let journal = Journal::open(dir.path(), 100).unwrap();
+            assert_eq!(journal.steps(id).await.unwrap(), vec![step(0), step(1), step(2)]);
+            assert_eq!(journal.steps(other).await.unwrap(), vec![step(9)]);
+            journal
+                .complete(id, "a", &TaskOutcome::Delivered, Completion::none())
+                .await
+                .unwrap();
+            assert!(journal.steps(id).await.unwrap().is_empty(), "completion removes them");
+            assert_eq!(journal.steps(other).await.unwrap(), vec![step(9)]);
+            // A late step of a finished task is dropped: nothing would ever replay it.
+            journal.record_step(id, 3, &step(3)).await.unwrap();
+            assert!(journal.steps(id).await.unwrap().is_empty());
         });
     }
 

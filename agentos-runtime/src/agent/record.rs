@@ -72,6 +72,8 @@ pub(crate) struct AgentRecord {
     pub pid: Pid,
     pub name: String,
     pub role: String,
+    /// The system calls and tools the agent may use (its role's `tools`).
+    pub tools: Vec<String>,
     priority: AtomicU8,
     state: AtomicU8,
     pub turns: AtomicU64,
@@ -86,11 +88,12 @@ pub(crate) struct AgentRecord {
 }
 
 impl AgentRecord {
-    pub fn new(pid: Pid, name: String, role: String, priority: Priority) -> Self {
+    pub fn new(pid: Pid, name: String, role: String, tools: Vec<String>, priority: Priority) -> Self {
         AgentRecord {
             pid,
             name,
             role,
+            tools,
             priority: AtomicU8::new(priority as u8),
             state: AtomicU8::new(AgentState::Sleeping as u8),
             turns: AtomicU64::new(0),

@@ -23,3 +23,4 @@ mod runtime_macro;
 mod runtime_model;
 mod runtime_scheduler;
 mod runtime_supervisor;
+mod runtime_syscalls;

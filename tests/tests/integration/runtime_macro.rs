@@ -6,7 +6,7 @@ use agentos_runtime::prelude::*;
 /// Cite what you rely on.
 #[agent(name = "Researcher", role = "researcher", priority = High, temperature = 0.7, top_p = 0.9,
         top_k = 40, repetition_penalty = 1.1, seed = 9, max_tokens = 128, history = 2,
-        tools = ["search", "calculator"])]
+        tools = ["fs_read", "mem_read"], max_steps = 3)]
 #[derive(Default, Serialize, Deserialize)]
 struct Researcher {
     notes: Vec<String>,
@@ -39,7 +39,8 @@ fn the_attributes_and_doc_comment_become_the_spec() {
     assert_eq!(spec.sampling.seed, 9);
     assert_eq!(spec.max_tokens, 128);
     assert_eq!(spec.history_turns, 2);
-    assert_eq!(spec.tools, vec!["search", "calculator"]);
+    assert_eq!(spec.tools, vec!["fs_read", "mem_read"]);
+    assert_eq!(spec.max_steps, 3);
 }
 
 #[test]
@@ -52,6 +53,7 @@ fn left_out_attributes_take_their_defaults() {
     assert_eq!(spec.max_tokens, AgentSpec::DEFAULT_MAX_TOKENS);
     assert_eq!(spec.history_turns, AgentSpec::DEFAULT_HISTORY_TURNS);
     assert!(spec.tools.is_empty());
+    assert_eq!(spec.max_steps, AgentSpec::DEFAULT_MAX_STEPS);
 
     let mut critic = Critic::default();
     let mut prompt = TurnPrompt {

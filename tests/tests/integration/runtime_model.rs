@@ -51,6 +51,9 @@ async fn an_agent_asks_the_model_what_the_kernel_would_answer_and_streams_it() {
         match stream.next().await.expect("the stream ends with Done") {
             StreamEvent::Token(text) => streamed.push_str(&text),
             StreamEvent::Restarted => panic!("no restart expected"),
+            StreamEvent::ToolCall { .. } | StreamEvent::ToolResult { .. } => {
+                panic!("an agent without tools made a call")
+            }
             StreamEvent::Done(outcome) => break (*outcome).unwrap(),
         }
     };
@@ -122,7 +125,7 @@ async fn a_restarted_agent_resumes_from_its_checkpoint_and_runs_the_task_once_mo
     let second = loop {
         match stream.next().await.unwrap() {
             StreamEvent::Restarted => restarted += 1,
-            StreamEvent::Token(_) => {}
+            StreamEvent::Token(_) | StreamEvent::ToolCall { .. } | StreamEvent::ToolResult { .. } => {}
             StreamEvent::Done(outcome) => break (*outcome).unwrap(),
         }
     };
@@ -320,7 +323,7 @@ async fn a_sibling_stopped_mid_turn_for_a_restart_loses_no_attempt_and_holds_not
     let response = loop {
         match story.next().await.unwrap() {
             StreamEvent::Restarted => restarted += 1,
-            StreamEvent::Token(_) => {}
+            StreamEvent::Token(_) | StreamEvent::ToolCall { .. } | StreamEvent::ToolResult { .. } => {}
             StreamEvent::Done(outcome) => break (*outcome).expect("the healthy agent's task completes"),
         }
     };

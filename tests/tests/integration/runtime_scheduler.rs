@@ -54,7 +54,7 @@ async fn an_urgent_agent_overtakes_queued_normal_work() {
     while first_text.is_empty() {
         match streams[0].next().await.expect("the first normal request streams") {
             StreamEvent::Token(t) => first_text.push_str(&t),
-            StreamEvent::Restarted => {}
+            StreamEvent::Restarted | StreamEvent::ToolCall { .. } | StreamEvent::ToolResult { .. } => {}
             StreamEvent::Done(outcome) => panic!("the first normal request ended before generating: {outcome:?}"),
         }
     }

@@ -1,0 +1,9 @@
+use agentos_macros::tool;
+
+/// Adds two numbers.
+#[tool(name = "plus")]
+async fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+fn main() {}

@@ -1,0 +1,148 @@
+//! The dispatcher: the one checkpoint every system call passes, then its driver.
+//!
+//! [`admit`] decides whether the calling agent may make the call at all; today that is its
+//! declared `tools` list (a call it was not given is refused, whatever the model writes). The
+//! capability policy of the isolation work sits in the same function, so no call can reach a
+//! driver around it. Then the driver runs under `SyscallConfig::call_timeout`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::agent::AgentSpec;
+use crate::agent::handle::AgentHandle;
+use crate::agent::record::SharedRecord;
+use crate::error::RuntimeError;
+use crate::syscall::wire::{ToolDescription, check_schema};
+use crate::syscall::{SYSCALLS, Syscall, SyscallError, description, drivers, schema};
+use crate::system::System;
+
+/// Most pages `mem_read` returns.
+const MAX_RECALL: usize = 8;
+/// Pages `mem_read` returns when the call does not say.
+const DEFAULT_RECALL: usize = 3;
+
+/// Who is calling: the agent's record (its name and tools) and the system it runs in.
+pub(crate) struct Caller<'a> {
+    pub record: &'a SharedRecord,
+    pub system: &'a Arc<System>,
+}
+
+/// The tools `spec` names, as its prompt shows them; an error names the first that is neither
+/// a system call nor a tool registered with the system.
+pub(crate) fn describe_tools(spec: &AgentSpec, system: &System) -> Result<Vec<ToolDescription>, RuntimeError> {
+    spec.tools
+        .iter()
+        .map(|name| {
+            if let (Some(parameters), Some(text)) = (schema(name), description(name)) {
+                return Ok(ToolDescription {
+                    name: name.clone(),
+                    description: text.to_string(),
+                    parameters,
+                });
+            }
+            match system.tools.get(name) {
+                Some(tool) => Ok(ToolDescription {
+                    name: name.clone(),
+                    description: tool.description().to_string(),
+                    parameters: tool.parameters(),
+                }),
+                None => Err(RuntimeError::UnknownTool {
+                    agent: spec.name.clone(),
+                    tool: name.clone(),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Runs `call` for `caller`: the policy check, then the driver, within the call timeout.
+pub(crate) async fn dispatch(caller: &Caller<'_>, call: &Syscall) -> Result<Value, SyscallError> {
+    admit(caller, call)?;
+    let limit = caller.system.syscalls.call_timeout;
+    match tokio::time::timeout(limit, run(caller, call)).await {
+        Ok(result) => result,
+        Err(_) => Err(SyscallError::Timeout(limit.as_millis() as u64)),
+    }
+}
+
+/// The checkpoint: may this agent make this call?
+fn admit(caller: &Caller<'_>, call: &Syscall) -> Result<(), SyscallError> {
+    let name = call.name();
+    if !caller.record.tools.iter().any(|tool| tool == name) {
+        return Err(
+            match SYSCALLS.contains(&name) || caller.system.tools.contains_key(name) {
+                true => SyscallError::NotAllowed(name.to_string()),
+                false => SyscallError::Unknown(name.to_string()),
+            },
+        );
+    }
+    Ok(())
+}
+
+async fn run(caller: &Caller<'_>, call: &Syscall) -> Result<Value, SyscallError> {
+    let config = &caller.system.syscalls;
+    let handle = || AgentHandle::new(caller.record.clone(), caller.system.clone());
+    match call {
+        Syscall::Exit { result } => Ok(json!({ "result": result })),
+        Syscall::SendMsg { to, text } => {
+            let target = {
+                let registry = caller.system.registry();
+                let record = registry
+                    .by_name
+                    .get(to)
+                    .and_then(|pid| registry.by_pid.get(pid))
+                    .cloned();
+                record.ok_or_else(|| SyscallError::NotFound(format!("no agent named `{to}`")))?
+            };
+            let target = AgentHandle::new(target, caller.system.clone());
+            if target.name() == caller.record.name {
+                return Err(SyscallError::Denied("an agent cannot send a message to itself".into()));
+            }
+            let task = handle().send(&target, text.clone()).await.map_err(failed)?;
+            Ok(json!({ "sent_to": to, "task": task.0 }))
+        }
+        Syscall::FsRead { path } => drivers::fs_read(config, path).await,
+        Syscall::FsWrite { path, content } => drivers::fs_write(config, path, content).await,
+        Syscall::FsList { path } => drivers::fs_list(config, path).await,
+        Syscall::Exec {
+            program,
+            args,
+            timeout_ms,
+        } => drivers::exec(config, program, args, *timeout_ms).await,
+        Syscall::MemWrite { text } => {
+            let pages = handle().remember(text.clone()).await.map_err(failed)?;
+            Ok(json!({ "pages": pages.len() }))
+        }
+        Syscall::MemRead { query, k } => {
+            let k = k.unwrap_or(DEFAULT_RECALL).clamp(1, MAX_RECALL);
+            let pages = handle().recall(query.clone(), k).await.map_err(failed)?;
+            let notes: Vec<&str> = pages.iter().map(|page| page.text.trim()).collect();
+            Ok(json!({ "notes": notes }))
+        }
+        Syscall::Sleep { ms } => {
+            let wait = Duration::from_millis(*ms).min(config.max_sleep);
+            tokio::time::sleep(wait).await;
+            Ok(json!({ "slept_ms": wait.as_millis() as u64 }))
+        }
+        Syscall::Tool { name, arguments } => {
+            let tool = caller
+                .system
+                .tools
+                .get(name)
+                .ok_or_else(|| SyscallError::Unknown(name.clone()))?;
+            let arguments: Value =
+                serde_json::from_str(arguments).map_err(|e| SyscallError::Malformed(format!("arguments: {e}")))?;
+            check_schema(&tool.parameters(), &arguments).map_err(|reason| SyscallError::Arguments {
+                name: name.clone(),
+                reason,
+            })?;
+            tool.call(arguments).await.map_err(SyscallError::Failed)
+        }
+    }
+}
+
+fn failed(e: RuntimeError) -> SyscallError {
+    SyscallError::Failed(e.to_string())
+}

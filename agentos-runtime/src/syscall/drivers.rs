@@ -1,0 +1,239 @@
+//! The drivers behind the file and exec system calls.
+//!
+//! Paths are resolved beneath the configured file root: absolute paths and `..` are refused
+//! before anything is touched, and the deepest existing ancestor of the target is
+//! canonicalised and must still lie under the root, so a symlink that points outside is
+//! refused too. The check and the use are two steps (a symlink swapped in between them is not
+//! caught); resolving inside the kernel with `openat2(RESOLVE_BENEATH)` is the isolation
+//! issue's work.
+
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::syscall::{SyscallConfig, SyscallError};
+
+/// `path` (relative, from the model) resolved under `root`.
+pub(crate) fn resolve(root: &Path, path: &str) -> Result<PathBuf, SyscallError> {
+    let relative = Path::new(path);
+    if path.is_empty() {
+        return Err(SyscallError::Denied("an empty path".into()));
+    }
+    for component in relative.components() {
+        match component {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(SyscallError::Denied(format!("`{path}` goes up with `..`")));
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(SyscallError::Denied(format!(
+                    "`{path}` is absolute; paths are relative to the work directory"
+                )));
+            }
+        }
+    }
+    let root = root
+        .canonicalize()
+        .map_err(|e| SyscallError::Io(format!("the work directory is unavailable: {e}")))?;
+    let joined = root.join(relative);
+    let mut existing = joined.as_path();
+    while std::fs::symlink_metadata(existing).is_err() {
+        existing = existing.parent().unwrap_or(&root);
+    }
+    let real = existing
+        .canonicalize()
+        .map_err(|e| SyscallError::Io(format!("cannot resolve `{path}`: {e}")))?;
+    if !real.starts_with(&root) {
+        return Err(SyscallError::Denied(format!(
+            "`{path}` leads outside the work directory through a symlink"
+        )));
+    }
+    Ok(joined)
+}
+
+fn io_error(path: &str, e: std::io::Error) -> SyscallError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => SyscallError::NotFound(path.to_string()),
+        std::io::ErrorKind::PermissionDenied => SyscallError::Denied(format!("`{path}`: {e}")),
+        _ => SyscallError::Io(format!("`{path}`: {e}")),
+    }
+}
+
+fn root(config: &SyscallConfig) -> Result<&Path, SyscallError> {
+    config
+        .fs_root
+        .as_deref()
+        .ok_or_else(|| SyscallError::Denied("no work directory is configured for file calls".into()))
+}
+
+pub(crate) async fn fs_read(config: &SyscallConfig, path: &str) -> Result<Value, SyscallError> {
+    let full = resolve(root(config)?, path)?;
+    let file = tokio::fs::File::open(&full).await.map_err(|e| io_error(path, e))?;
+    let metadata = file.metadata().await.map_err(|e| io_error(path, e))?;
+    if !metadata.is_file() {
+        return Err(SyscallError::Denied(format!("`{path}` is not a regular file")));
+    }
+    let mut bytes = Vec::new();
+    // One byte more than the cap tells a file at the cap from a larger one.
+    file.take(config.max_file_bytes as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| io_error(path, e))?;
+    if bytes.len() > config.max_file_bytes {
+        return Err(SyscallError::Denied(format!(
+            "`{path}` is larger than {} bytes",
+            config.max_file_bytes
+        )));
+    }
+    String::from_utf8(bytes)
+        .map(Value::String)
+        .map_err(|_| SyscallError::Failed(format!("`{path}` is not UTF-8 text")))
+}
+
+pub(crate) async fn fs_write(config: &SyscallConfig, path: &str, content: &str) -> Result<Value, SyscallError> {
+    if content.len() > config.max_file_bytes {
+        return Err(SyscallError::Denied(format!(
+            "the content is larger than {} bytes",
+            config.max_file_bytes
+        )));
+    }
+    let full = resolve(root(config)?, path)?;
+    if let Some(parent) = full.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(|e| io_error(path, e))?;
+    }
+    if tokio::fs::symlink_metadata(&full).await.is_ok_and(|m| m.is_dir()) {
+        return Err(SyscallError::Denied(format!("`{path}` is a directory")));
+    }
+    tokio::fs::write(&full, content).await.map_err(|e| io_error(path, e))?;
+    Ok(json!({"path": path, "bytes": content.len()}))
+}
+
+/// Most entries one listing returns.
+const MAX_LIST_ENTRIES: usize = 1000;
+
+pub(crate) async fn fs_list(config: &SyscallConfig, path: &str) -> Result<Value, SyscallError> {
+    let full = resolve(root(config)?, path)?;
+    let mut dir = tokio::fs::read_dir(&full).await.map_err(|e| io_error(path, e))?;
+    let mut entries = Vec::new();
+    let mut more = false;
+    while let Some(entry) = dir.next_entry().await.map_err(|e| io_error(path, e))? {
+        if entries.len() == MAX_LIST_ENTRIES {
+            more = true;
+            break;
+        }
+        let kind = match entry.file_type().await {
+            Ok(t) if t.is_dir() => "dir",
+            Ok(t) if t.is_symlink() => "symlink",
+            _ => "file",
+        };
+        entries.push((entry.file_name().to_string_lossy().into_owned(), kind));
+    }
+    entries.sort();
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .map(|(name, kind)| json!({"name": name, "type": kind}))
+        .collect();
+    Ok(json!({"path": path, "entries": entries, "truncated": more}))
+}
+
+pub(crate) async fn exec(
+    config: &SyscallConfig,
+    program: &str,
+    args: &[String],
+    timeout_ms: Option<u64>,
+) -> Result<Value, SyscallError> {
+    if !config.exec_allow.iter().any(|allowed| allowed == program) {
+        return Err(SyscallError::Denied(format!(
+            "`{program}` is not on the list of programs this system runs"
+        )));
+    }
+    let limit = timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(config.exec_timeout)
+        .min(config.exec_timeout);
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(root) = &config.fs_root {
+        command.current_dir(root);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| SyscallError::Failed(format!("cannot start `{program}`: {e}")))?;
+    let cap = config.max_output_bytes;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let run = async {
+        let (out, err, status) = tokio::join!(read_capped(stdout, cap), read_capped(stderr, cap), child.wait());
+        (out, err, status)
+    };
+    match tokio::time::timeout(limit, run).await {
+        Ok(((stdout, out_cut), (stderr, err_cut), status)) => {
+            let status = status.map_err(|e| SyscallError::Io(format!("waiting for `{program}`: {e}")))?;
+            Ok(json!({
+                "exit_code": status.code(),
+                "stdout": stdout,
+                "stderr": stderr,
+                "truncated": out_cut || err_cut,
+            }))
+        }
+        // Dropping the future drops the child, which `kill_on_drop` kills.
+        Err(_) => Err(SyscallError::Timeout(limit.as_millis() as u64)),
+    }
+}
+
+/// Reads a pipe to its end, keeping the first `cap` bytes (the rest is read and dropped, so a
+/// chatty program never blocks on a full pipe). Returns the text and whether it was cut.
+async fn read_capped(mut pipe: impl AsyncRead + Unpin, cap: usize) -> (String, bool) {
+    let mut kept = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let mut cut = false;
+    loop {
+        match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&buffer[..n.min(room)]);
+                cut |= n > room;
+            }
+        }
+    }
+    (String::from_utf8_lossy(&kept).into_owned(), cut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_stay_under_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        let real_root = root.canonicalize().unwrap();
+        assert_eq!(resolve(root, "sub/new.txt").unwrap(), real_root.join("sub/new.txt"));
+        assert_eq!(resolve(root, "./a").unwrap(), real_root.join("a"));
+        for bad in ["", "../x", "sub/../../x", "/etc/passwd", "sub/.."] {
+            assert!(
+                matches!(resolve(root, bad), Err(SyscallError::Denied(_))),
+                "{bad} was allowed"
+            );
+        }
+        #[cfg(unix)]
+        {
+            let outside = tempfile::tempdir().unwrap();
+            std::os::unix::fs::symlink(outside.path(), root.join("out")).unwrap();
+            assert!(matches!(resolve(root, "out/x"), Err(SyscallError::Denied(_))));
+            assert!(matches!(resolve(root, "out"), Err(SyscallError::Denied(_))));
+            std::os::unix::fs::symlink(root.join("sub"), root.join("inside")).unwrap();
+            assert!(resolve(root, "inside/x").is_ok());
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! The wire format between the model and the runtime: how tools are shown, how calls are
+//! written, how results come back.
+//!
+//! SmolLM2's chat template has no tools branch, so this is the convention it and Hermes-style
+//! models were trained on:
+//!
+//! - The system prompt ends with the tool list, one JSON object per line inside
+//!   `<tools>…</tools>`: `{"type": "function", "function": {"name", "description", "parameters"}}`
+//!   where `parameters` is the JSON Schema of the arguments.
+//! - The model calls one by writing `<tool_call>{"name": "fs_read", "arguments": {"path":
+//!   "a.txt"}}</tool_call>`. Generation stops at `</tool_call>`: one call per step.
+//! - The result goes back as a message with the role `tool`:
+//!   `<tool_response>{"name": "fs_read", "content": …}</tool_response>`, or `"error"` in place of
+//!   `"content"` when the call failed.
+
+use serde_json::{Value, json};
+
+use crate::syscall::SyscallError;
+
+pub const TOOL_CALL_OPEN: &str = "<tool_call>";
+pub const TOOL_CALL_CLOSE: &str = "</tool_call>";
+/// The chat role of a call's result.
+pub const TOOL_ROLE: &str = "tool";
+
+/// A tool as the prompt shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolDescription {
+    pub name: String,
+    pub description: String,
+    /// The JSON Schema of its arguments.
+    pub parameters: Value,
+}
+
+/// The block appended to an agent's system prompt when it has tools.
+pub fn tools_prompt(tools: &[ToolDescription]) -> String {
+    let mut out = String::from(
+        "\n\nYou can call functions to do the task. The functions are listed, as JSON schemas, inside <tools></tools>:\n<tools>\n",
+    );
+    for tool in tools {
+        let entry = json!({
+            "type": "function",
+            "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
+        });
+        out.push_str(&entry.to_string());
+        out.push('\n');
+    }
+    out.push_str(
+        "</tools>\nTo call a function, write <tool_call>{\"name\": <function-name>, \"arguments\": <arguments-json-object>}</tool_call>. \
+         Its result comes back inside <tool_response></tool_response>. When you have the answer, reply without a call.",
+    );
+    out
+}
+
+/// A reply split at its call: the text before `<tool_call>` and the call's body (up to
+/// `</tool_call>` or the end, since generation stops at the closing tag). `None` when the reply
+/// makes no call.
+pub fn split_call(reply: &str) -> Option<(&str, &str)> {
+    let start = reply.find(TOOL_CALL_OPEN)?;
+    let body = &reply[start + TOOL_CALL_OPEN.len()..];
+    let body = match body.find(TOOL_CALL_CLOSE) {
+        Some(end) => &body[..end],
+        None => body,
+    };
+    Some((&reply[..start], body))
+}
+
+/// Parses a call's body into its name and arguments. Lenient where models commonly differ
+/// (surrounding whitespace or a Markdown code fence, `parameters` for `arguments`, arguments
+/// given as a JSON string holding an object), strict about everything else.
+pub fn parse_call(body: &str) -> Result<(String, Value), SyscallError> {
+    let mut text = body.trim();
+    if let Some(rest) = text.strip_prefix("```") {
+        let rest = rest.strip_prefix("json").unwrap_or(rest);
+        text = rest.strip_suffix("```").unwrap_or(rest).trim();
+    }
+    if text.is_empty() {
+        return Err(SyscallError::Malformed("the call is empty".into()));
+    }
+    let value: Value = serde_json::from_str(text).map_err(|e| SyscallError::Malformed(format!("not JSON: {e}")))?;
+    let Value::Object(mut object) = value else {
+        return Err(SyscallError::Malformed(
+            "a call is a JSON object {\"name\": ..., \"arguments\": {...}}".into(),
+        ));
+    };
+    let name = match object.remove("name") {
+        Some(Value::String(name)) if !name.trim().is_empty() => name.trim().to_string(),
+        Some(_) => return Err(SyscallError::Malformed("`name` must be a non-empty string".into())),
+        None => return Err(SyscallError::Malformed("the call has no `name`".into())),
+    };
+    let arguments = match (object.remove("arguments"), object.remove("parameters")) {
+        (Some(_), Some(_)) => {
+            return Err(SyscallError::Malformed(
+                "give the arguments once, as `arguments`".into(),
+            ));
+        }
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => Value::Null,
+    };
+    if let Some(extra) = object.keys().next() {
+        return Err(SyscallError::Malformed(format!(
+            "unexpected key `{extra}` (a call has `name` and `arguments`)"
+        )));
+    }
+    let arguments = match arguments {
+        Value::String(s) => match serde_json::from_str::<Value>(&s) {
+            Ok(inner @ Value::Object(_)) => inner,
+            _ => {
+                return Err(SyscallError::Arguments {
+                    name,
+                    reason: "`arguments` must be a JSON object".into(),
+                });
+            }
+        },
+        other => other,
+    };
+    Ok((name, arguments))
+}
+
+/// How a call appears in the assistant's message that the next step's prompt replays.
+pub fn call_text(name: &str, arguments: &Value) -> String {
+    format!(
+        "{TOOL_CALL_OPEN}\n{}\n{TOOL_CALL_CLOSE}",
+        json!({"name": name, "arguments": arguments})
+    )
+}
+
+/// A call's result as the content of its `tool` message. `content` is the JSON the call
+/// returned; it is cut to `max_chars` characters (a marker says so) to keep the prompt bounded.
+pub fn result_text(name: &str, result: &Result<Value, SyscallError>, max_chars: usize) -> String {
+    let body = match result {
+        Ok(content) => {
+            let rendered = content.to_string();
+            if rendered.chars().count() <= max_chars {
+                json!({"name": name, "content": content})
+            } else {
+                let cut: String = rendered.chars().take(max_chars).collect();
+                json!({"name": name, "content": cut, "truncated": true})
+            }
+        }
+        Err(e) => json!({"name": name, "error": e.to_string()}),
+    };
+    format!("<tool_response>\n{body}\n</tool_response>")
+}
+
+/// Checks `value` against the subset of JSON Schema that tool schemas here use: `type` (one or
+/// a list), `properties`, `required`, `additionalProperties: false`, `items`, `enum`,
+/// `minimum`/`maximum`. Other keywords are not checked.
+pub fn check_schema(schema: &Value, value: &Value) -> Result<(), String> {
+    check_at(schema, value, "arguments")
+}
+
+fn check_at(schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let Some(schema) = schema.as_object() else {
+        return Ok(());
+    };
+    if let Some(types) = schema.get("type") {
+        let allowed: Vec<&str> = match types {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        if !allowed.is_empty() && !allowed.iter().any(|t| has_type(value, t)) {
+            return Err(format!(
+                "{at} must be {}, not {}",
+                allowed.join(" or "),
+                type_name(value)
+            ));
+        }
+    }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.contains(value)
+    {
+        return Err(format!("{at} must be one of {}", Value::Array(options.clone())));
+    }
+    if let Some(n) = value.as_f64() {
+        if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+            && n < min
+        {
+            return Err(format!("{at} must be at least {min}"));
+        }
+        if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+            && n > max
+        {
+            return Err(format!("{at} must be at most {max}"));
+        }
+    }
+    if let Value::Object(object) = value {
+        let properties = schema.get("properties").and_then(Value::as_object);
+        if let Some(required) = schema.get("required").and_then(Value::as_array) {
+            for key in required.iter().filter_map(Value::as_str) {
+                if !object.contains_key(key) {
+                    return Err(format!("{at} lacks `{key}`"));
+                }
+            }
+        }
+        for (key, item) in object {
+            match properties.and_then(|p| p.get(key)) {
+                Some(property) => check_at(property, item, &format!("{at}.{key}"))?,
+                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    return Err(format!("{at} has an unknown field `{key}`"));
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Value::Array(items), Some(item_schema)) = (value, schema.get("items")) {
+        for (i, item) in items.iter().enumerate() {
+            check_at(item_schema, item, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+fn has_type(value: &Value, t: &str) -> bool {
+    match t {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "boolean" => value.is_boolean(),
+        "null" => value.is_null(),
+        "number" => value.is_number(),
+        "integer" => value.is_i64() || value.is_u64(),
+        _ => true,
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Passes generated text through to a caller, holding back everything from `<tool_call>` on
+/// (the caller gets the call as a structured event instead of its raw JSON).
+#[derive(Debug, Default)]
+pub struct CallFilter {
+    /// Text that may be the start of `<tool_call>`, not shown yet.
+    pending: String,
+    in_call: bool,
+}
+
+impl CallFilter {
+    /// The part of `text` (with what was held back) that is safe to show now.
+    pub fn push(&mut self, text: &str) -> String {
+        if self.in_call {
+            return String::new();
+        }
+        self.pending.push_str(text);
+        if let Some(start) = self.pending.find(TOOL_CALL_OPEN) {
+            self.in_call = true;
+            let shown = self.pending[..start].to_string();
+            self.pending.clear();
+            return shown;
+        }
+        // Keep the longest tail that could still grow into the tag.
+        let keep = (1..TOOL_CALL_OPEN.len())
+            .rev()
+            .find(|&n| {
+                self.pending.len() >= n
+                    && self.pending.is_char_boundary(self.pending.len() - n)
+                    && TOOL_CALL_OPEN.starts_with(&self.pending[self.pending.len() - n..])
+            })
+            .unwrap_or(0);
+        let shown = self.pending[..self.pending.len() - keep].to_string();
+        self.pending.drain(..self.pending.len() - keep);
+        shown
+    }
+
+    /// What is still held back at the end of a generation that made no call.
+    pub fn finish(&mut self) -> String {
+        if self.in_call {
+            String::new()
+        } else {
+            std::mem::take(&mut self.pending)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_a_reply_at_its_call() {
+        let reply = "Let me look.\n<tool_call>\n{\"name\": \"fs_read\", \"arguments\": {\"path\": \"a\"}}\n";
+        let (before, body) = split_call(reply).unwrap();
+        assert_eq!(before, "Let me look.\n");
+        assert_eq!(parse_call(body).unwrap(), ("fs_read".to_string(), json!({"path": "a"})));
+        let closed = "<tool_call>{\"name\": \"x\"}</tool_call> trailing";
+        assert_eq!(split_call(closed).unwrap().1, "{\"name\": \"x\"}");
+        assert!(split_call("no call here").is_none());
+    }
+
+    #[test]
+    fn parses_common_variants_and_rejects_the_rest() {
+        let fenced = "```json\n{\"name\": \"sleep\", \"parameters\": {\"ms\": 5}}\n```";
+        assert_eq!(parse_call(fenced).unwrap(), ("sleep".into(), json!({"ms": 5})));
+        let stringly = r#"{"name": "sleep", "arguments": "{\"ms\": 5}"}"#;
+        assert_eq!(parse_call(stringly).unwrap(), ("sleep".into(), json!({"ms": 5})));
+        for bad in [
+            "",
+            "{",
+            "[1]",
+            "{\"arguments\": {}}",
+            "{\"name\": 3}",
+            "{\"name\": \"  \"}",
+            "{\"name\": \"a\", \"arguments\": {}, \"parameters\": {}}",
+            "{\"name\": \"a\", \"extra\": 1}",
+        ] {
+            assert!(
+                matches!(parse_call(bad), Err(SyscallError::Malformed(_))),
+                "{bad:?} parsed"
+            );
+        }
+        let not_object = r#"{"name": "sleep", "arguments": "soon"}"#;
+        assert!(matches!(parse_call(not_object), Err(SyscallError::Arguments { .. })));
+    }
+
+    #[test]
+    fn results_are_bounded() {
+        let long = Ok(json!("x".repeat(100)));
+        let text = result_text("fs_read", &long, 10);
+        assert!(text.contains("\"truncated\":true"), "{text}");
+        assert!(text.len() < 100, "{text}");
+        let error = result_text("fs_read", &Err(SyscallError::NotFound("a".into())), 10);
+        assert!(error.contains("\"error\":\"not found: a\""), "{error}");
+    }
+
+    #[test]
+    fn checks_the_schema_subset() {
+        let schema = crate::syscall::schema("exec").unwrap();
+        assert!(check_schema(&schema, &json!({"program": "ls", "args": ["-l"]})).is_ok());
+        let e = check_schema(&schema, &json!({"program": "ls", "args": [1]})).unwrap_err();
+        assert!(e.contains("arguments.args[0] must be string"), "{e}");
+        let e = check_schema(&schema, &json!({"args": []})).unwrap_err();
+        assert!(e.contains("lacks `program`"), "{e}");
+        let e = check_schema(&schema, &json!({"program": "ls", "shell": true})).unwrap_err();
+        assert!(e.contains("unknown field `shell`"), "{e}");
+        let e = check_schema(&schema, &json!({"program": "ls", "timeout_ms": 0})).unwrap_err();
+        assert!(e.contains("at least 1"), "{e}");
+        let e = check_schema(&json!({"enum": ["a", "b"]}), &json!("c")).unwrap_err();
+        assert!(e.contains("one of"), "{e}");
+    }
+
+    #[test]
+    fn the_filter_holds_back_the_call() {
+        let mut filter = CallFilter::default();
+        let mut shown = String::new();
+        for piece in ["The answer", " <tool", "_ca", "ll>{\"name\"", ": \"x\"}"] {
+            shown.push_str(&filter.push(piece));
+        }
+        shown.push_str(&filter.finish());
+        assert_eq!(shown, "The answer ");
+        let mut plain = CallFilter::default();
+        let mut shown = plain.push("a <b> <to");
+        shown.push_str(&plain.push("day"));
+        shown.push_str(&plain.finish());
+        assert_eq!(shown, "a <b> <today");
+    }
+}

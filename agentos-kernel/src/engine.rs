@@ -20,6 +20,7 @@ use crate::chat::{CHATML_TEMPLATE, ChatTemplate};
 use crate::device::{DeviceChoice, SelectedDevice, select_device};
 use crate::error::{KernelError, Result};
 use crate::gguf::GgufFile;
+use crate::grammar::{Constraint, GrammarCompiler, SequenceGrammar};
 use crate::kv_cache::{BlockTable, KvCache, KvCacheConfig, KvStorage, PrefixParent};
 use crate::model::transformer::{AttentionWanted, SequenceSlice};
 use crate::model::weights::{GgufWeights, SafetensorsWeights, WeightSource};
@@ -307,6 +308,8 @@ pub struct Engine {
     config: EngineConfig,
     info: ModelInfo,
     stats: EngineStats,
+    /// Built on the first constrained request (it indexes the whole vocabulary).
+    grammars: std::sync::OnceLock<std::result::Result<Arc<GrammarCompiler>, String>>,
 }
 
 impl Engine {
@@ -352,6 +355,7 @@ impl Engine {
             config,
             info,
             stats: EngineStats::default(),
+            grammars: std::sync::OnceLock::new(),
         })
     }
 
@@ -361,6 +365,21 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// The state of a new sequence constrained by `constraint`, or why its grammar does not
+    /// compile.
+    pub fn grammar(&self, constraint: &Constraint) -> Result<SequenceGrammar> {
+        let compiler = self
+            .grammars
+            .get_or_init(|| {
+                GrammarCompiler::new(self.tokenizer.clone())
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| KernelError::InvalidRequest(e.clone()))?;
+        compiler.start(constraint)
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {

@@ -9,6 +9,8 @@
 //! - **Engine** ([`engine`]): a paged KV cache ([`kv_cache`]), batched forwards over any mix
 //!   of prefill chunks and decode steps, attention probabilities and embeddings on request,
 //!   sampling, and continuous batching on a dedicated thread.
+//! - **Grammars** ([`grammar`]): constrained sampling per request (JSON Schema or Lark, through
+//!   llguidance over our own tokenizer), optionally lazy (free until a start text).
 //! - **Actor** ([`actor`]): `KernelActor`, the engine behind typed ractor messages.
 //!
 //! ```no_run
@@ -40,6 +42,7 @@ pub mod device;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod grammar;
 pub mod kv_cache;
 pub mod model;
 pub mod model_spec;
@@ -59,6 +62,7 @@ pub use engine::{
     LogitsWanted, ModelInfo, SequenceId, TextAttention,
 };
 pub use error::{GgufError, KernelError, Result};
+pub use grammar::{Constraint, Grammar};
 pub use kv_cache::{KvCacheConfig, KvStorage};
 pub use model::{ModelConfig, WeightDtype};
 pub use model_spec::ModelSpec;

@@ -95,6 +95,56 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Encodes text as plain text: special tokens written in it are not matched (no BOS).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<TokenId>> {
+        match &self.backend {
+            Backend::Bpe(bpe) => Ok(bpe.encode_plain(text)),
+            Backend::HuggingFace(tok) => {
+                let enc = tok
+                    .encode(text, false)
+                    .map_err(|e| KernelError::Tokenizer(e.to_string()))?;
+                if enc.get_ids().iter().any(|&id| self.is_special(id)) {
+                    // `tokenizers` matches added tokens before its model runs; taking them
+                    // apart again is not done for tokenizer.json models yet.
+                    return Err(KernelError::Tokenizer(
+                        "this text holds special-token text, which a tokenizer.json model cannot encode as plain text here"
+                            .into(),
+                    ));
+                }
+                Ok(enc.get_ids().to_vec())
+            }
+        }
+    }
+
+    /// For every id, whether it is a special (control) token.
+    pub fn special_mask(&self) -> Vec<bool> {
+        match &self.backend {
+            Backend::Bpe(bpe) => (0..bpe.vocab_size() as TokenId).map(|id| bpe.is_special(id)).collect(),
+            Backend::HuggingFace(tok) => {
+                let mut mask = vec![false; self.vocab_size()];
+                for (id, added) in tok.get_added_tokens_decoder() {
+                    if added.special
+                        && let Some(slot) = mask.get_mut(id as usize)
+                    {
+                        *slot = true;
+                    }
+                }
+                mask
+            }
+        }
+    }
+
+    /// Whether `id` is a special (control) token, such as `<|im_end|>`.
+    pub fn is_special(&self, id: TokenId) -> bool {
+        match &self.backend {
+            Backend::Bpe(bpe) => bpe.is_special(id),
+            Backend::HuggingFace(tok) => tok
+                .get_added_tokens_decoder()
+                .get(&id)
+                .is_some_and(|added| added.special),
+        }
+    }
+
     /// The bytes a token stands for (special tokens render as their text).
     pub fn token_bytes(&self, id: TokenId) -> Result<Vec<u8>> {
         match &self.backend {

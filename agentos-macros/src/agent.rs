@@ -7,7 +7,7 @@ use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, ExprUnary, Fields, Ident, Item, ItemStruct, Lit, LitStr, UnOp};
 
 const KEYS: &str = "name, role, system, priority, temperature, top_p, top_k, repetition_penalty, seed, \
-                    max_tokens, history, tools, max_steps, memory, custom_hooks";
+                    max_tokens, history, tools, max_steps, tool_choice, memory, custom_hooks";
 const PRIORITIES: [&str; 5] = ["Realtime", "High", "Normal", "Low", "Background"];
 
 /// Expands `#[agent(attr)] item`. On misuse, returns the item unchanged plus `compile_error!`s
@@ -41,6 +41,7 @@ struct Attributes {
     history: Option<usize>,
     tools: Option<Vec<LitStr>>,
     max_steps: Option<usize>,
+    tool_choice: Option<Ident>,
     custom_hooks: bool,
     memory: bool,
 }
@@ -87,6 +88,10 @@ fn expand_item(attr: TokenStream, item: Item) -> syn::Result<TokenStream> {
     let history = Literal::usize_suffixed(attrs.history.unwrap_or(4));
     let tools = attrs.tools.clone().unwrap_or_default();
     let max_steps = Literal::usize_suffixed(attrs.max_steps.unwrap_or(8));
+    let tool_choice = attrs
+        .tool_choice
+        .clone()
+        .unwrap_or_else(|| Ident::new("Auto", Span::call_site()));
     let memory = attrs.memory;
 
     let mut sampling = Vec::new();
@@ -137,6 +142,7 @@ fn expand_item(attr: TokenStream, item: Item) -> syn::Result<TokenStream> {
                     max_tokens: #max_tokens,
                     tools: ::std::vec![#(::std::string::String::from(#tools)),*],
                     max_steps: #max_steps,
+                    tool_choice: ::agentos_runtime::ToolChoice::#tool_choice,
                     history_turns: #history,
                     memory: #memory,
                 }
@@ -263,6 +269,21 @@ fn parse_attributes(attr: TokenStream) -> syn::Result<Attributes> {
                     ));
                 }
                 set_once!(max_steps, v)
+            }
+            "tool_choice" => {
+                let value: LitStr = string_value(&meta, &key)?;
+                let variant = match value.value().as_str() {
+                    "auto" => "Auto",
+                    "first" => "First",
+                    "required" => "Required",
+                    _ => {
+                        return Err(syn::Error::new(
+                            value.span(),
+                            "`tool_choice` is \"auto\", \"first\" (the first step of a turn is a call) or \"required\" (every step is)",
+                        ));
+                    }
+                };
+                set_once!(tool_choice, Ident::new(variant, value.span()))
             }
             "tools" => {
                 let value: Expr = meta.value()?.parse()?;

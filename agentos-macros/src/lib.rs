@@ -23,6 +23,7 @@
 //! | `history` | whole number (recent turns in each prompt) | 4 |
 //! | `tools` | list of strings: system calls and tools the agent may call | none |
 //! | `max_steps` | whole number ≥ 1 (calls per turn) | 8 |
+//! | `tool_choice` | `"auto"`, `"first"` (each turn's first step is a call), `"required"` (every step is) | `"auto"` |
 //! | `memory` | flag: the agent has an S-MMU memory | a fixed recent history |
 //! | `custom_hooks` | flag: you implement `AgentHooks` yourself | empty `AgentHooks` impl |
 //!

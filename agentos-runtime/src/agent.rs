@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::RuntimeError;
-use crate::syscall::{Step, SyscallError};
+use crate::syscall::{Step, SyscallError, ToolChoice};
 use crate::types::{AgentInfo, Priority, TaskId};
 
 /// A role an agent can play. Implemented by `#[agent]`; see the module docs.
@@ -89,6 +89,8 @@ pub struct AgentSpec {
     /// Most calls one turn makes. When the model asks for one more, the turn ends with the
     /// text before that call and [`Response::step_limit_reached`].
     pub max_steps: usize,
+    /// Whether steps must make a call (see [`ToolChoice`]).
+    pub tool_choice: ToolChoice,
     /// How many recent turns are put back into each prompt (without memory); the checkpoint
     /// keeps these, every older turn is in the journal's history.
     pub history_turns: usize,

@@ -50,7 +50,7 @@ pub use error::{Result, RuntimeError};
 pub use os::{AgentOS, AgentOsBuilder};
 pub use scheduler::{AgentSchedStats, SchedulerConfig, SchedulerStats};
 pub use supervisor::{RestartIntensity, Shutdown, Strategy, SupervisorEvent};
-pub use syscall::{FnTool, Step, Syscall, SyscallConfig, SyscallError, Tool, ToolFuture, ToolSet};
+pub use syscall::{FnTool, Step, Syscall, SyscallConfig, SyscallError, Tool, ToolChoice, ToolFuture, ToolSet};
 pub use types::{AgentInfo, AgentState, Pid, Priority, TaskId};
 
 /// Everything a typical program needs: `use agentos_runtime::prelude::*;`.

@@ -650,6 +650,7 @@ mod tests {
                 max_tokens: 16,
                 tools: Vec::new(),
                 max_steps: AgentSpec::DEFAULT_MAX_STEPS,
+                tool_choice: crate::syscall::ToolChoice::Auto,
                 history_turns: 2,
                 memory: false,
             }

@@ -99,6 +99,22 @@ pub enum Syscall {
     Tool { name: String, arguments: String },
 }
 
+/// When an agent with tools must make a call (`#[agent(tool_choice = "...")]`). The call
+/// itself is always constrained to the grammar of the agent's tools (name and arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolChoice {
+    /// The model decides at every step whether to call (a call, once opened, is constrained).
+    #[default]
+    Auto,
+    /// The first step of every turn is a call; later steps are as `Auto`. For small models
+    /// that seldom open a call on their own.
+    First,
+    /// Every step is a call, until `exit` or `max_steps` (the step after the last call is
+    /// free, for the answer).
+    Required,
+}
+
 /// The system calls an agent can be given (by name in `#[agent(tools = [...])]`).
 pub const SYSCALLS: &[&str] = &[
     "exit",
@@ -270,6 +286,9 @@ pub struct Step {
     pub result: Result<String, SyscallError>,
     /// How long the call took.
     pub duration_ms: u64,
+    /// Prompt tokens of the generation that wrote the call (each step's prompt holds every
+    /// earlier call and result).
+    pub prompt_tokens: u32,
 }
 
 /// What a call returns to the model when it fails. Serialisable: a step's result is recorded

@@ -5,13 +5,19 @@
 //! ```
 //! Prints one JSON object: device, dtype, prefill_tps (512-token prompt), decode_tps (one
 //! sequence, 128 tokens), aggregate_decode_tps (keyed by sequences decoding together),
-//! peak_rss_bytes, plus load time and per-phase seconds.
+//! grammar (8 chat requests through the Batcher, JSON-Schema constrained against the same
+//! requests free, in the same run: tokens/s of each and the mean mask time per constrained
+//! token), peak_rss_bytes, plus load time and per-phase seconds.
 
 use std::time::Instant;
 
 use agentos_examples::{Args, init_logging, peak_rss_bytes};
+use agentos_kernel::engine::generate::{Batcher, BatcherStats, prepare};
 use agentos_kernel::engine::sampling::argmax;
-use agentos_kernel::{Engine, ForwardItem, LogitsWanted, SequenceId, TokenId};
+use agentos_kernel::{
+    ChatMessage, Constraint, Engine, ForwardItem, GenerateRequest, GenerationEvent, Grammar, LogitsWanted, SequenceId,
+    TokenId,
+};
 
 const PREFILL_TOKENS: usize = 512;
 const DECODE_TOKENS: usize = 128;
@@ -79,6 +85,8 @@ fn main() -> agentos_kernel::Result<()> {
         }
     }
 
+    let grammar = grammar_cost(&mut engine)?;
+
     let info = engine.info();
     let report = serde_json::json!({
         "model": info.name,
@@ -94,6 +102,7 @@ fn main() -> agentos_kernel::Result<()> {
         "decode_tps": round(DECODE_TOKENS as f64 / decode_seconds),
         "aggregate_decode_steps": AGGREGATE_STEPS,
         "aggregate_decode_tps": aggregate,
+        "grammar": grammar,
         "peak_rss_bytes": peak_rss_bytes(),
     });
     if args.flag("json") {
@@ -125,6 +134,63 @@ fn decode_from(engine: &mut Engine, seqs: &[SequenceId], next: &[TokenId], steps
 
 fn decode(engine: &mut Engine, seqs: &[SequenceId], steps: usize) -> agentos_kernel::Result<()> {
     decode_from(engine, seqs, &vec![0; seqs.len()], steps)
+}
+
+/// 8 chat requests batched through the Batcher, free and then constrained to a JSON Schema:
+/// tokens/s of each, and what computing the masks cost per constrained token.
+fn grammar_cost(engine: &mut Engine) -> agentos_kernel::Result<serde_json::Value> {
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 24},
+            "population": {"type": "integer", "minimum": 0},
+            "landmarks": {"type": "array", "items": {"type": "string", "maxLength": 24}, "maxItems": 3}
+        },
+        "required": ["city", "population", "landmarks"],
+        "additionalProperties": false
+    });
+    let cities = ["Paris", "Tokyo", "Lagos", "Lima", "Oslo", "Cairo", "Delhi", "Quito"];
+    let run = |engine: &mut Engine, constrained: bool| -> agentos_kernel::Result<(f64, BatcherStats)> {
+        let mut batcher = Batcher::new();
+        let mut receivers = Vec::new();
+        for city in cities {
+            let mut request = GenerateRequest::chat(vec![ChatMessage::user(format!(
+                "Describe {city} as JSON with its population and landmarks."
+            ))])
+            .max_tokens(48);
+            if constrained {
+                request = request.constraint(Constraint {
+                    grammar: Grammar::JsonSchema(schema.clone()),
+                    after: None,
+                });
+            }
+            let prepared = prepare(request, engine.tokenizer(), engine.template(), engine.model_config())?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            batcher.submit(prepared, Box::new(tx));
+            receivers.push(rx);
+        }
+        let t = Instant::now();
+        while !batcher.is_idle() {
+            batcher.step(engine);
+        }
+        let seconds = t.elapsed().as_secs_f64();
+        for rx in receivers {
+            if let Some(GenerationEvent::Failed(e)) = rx.try_iter().find(|e| matches!(e, GenerationEvent::Failed(_))) {
+                return Err(e);
+            }
+        }
+        let stats = batcher.stats();
+        Ok((stats.generated_tokens as f64 / seconds, stats))
+    };
+    let (free_tps, _) = run(engine, false)?;
+    let (constrained_tps, stats) = run(engine, true)?;
+    Ok(serde_json::json!({
+        "sequences": cities.len(),
+        "free_tps": round(free_tps),
+        "constrained_tps": round(constrained_tps),
+        "masks": stats.grammar_masks,
+        "mask_us_per_token": round(stats.grammar_mask_us as f64 / stats.grammar_masks.max(1) as f64),
+    }))
 }
 
 fn round(x: f64) -> f64 {

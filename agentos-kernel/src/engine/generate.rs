@@ -14,6 +14,7 @@ use super::sampling::{Sampler, SamplingParams};
 use super::{AttentionEntropy, Embeddings, Engine, ForwardItem, LogitsWanted, SequenceId, TextAttention};
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::error::{KernelError, Result};
+use crate::grammar::{Constraint, SequenceGrammar};
 use crate::model::ModelConfig;
 use crate::tokenizer::{StreamDecoder, TokenId, Tokenizer};
 
@@ -43,6 +44,9 @@ pub struct GenerateRequest {
     /// larger class when every slot is taken (default [`GenerateRequest::DEFAULT_PRIORITY`]).
     #[serde(default = "default_priority")]
     pub priority: u8,
+    /// A grammar the output must match (see [`crate::grammar`]); `None`: free generation.
+    #[serde(default)]
+    pub constraint: Option<Constraint>,
 }
 
 fn default_priority() -> u8 {
@@ -61,6 +65,7 @@ impl GenerateRequest {
             stop: Vec::new(),
             ignore_eos: false,
             priority: Self::DEFAULT_PRIORITY,
+            constraint: None,
         }
     }
 
@@ -80,6 +85,11 @@ impl GenerateRequest {
 
     pub fn priority(mut self, priority: u8) -> Self {
         self.priority = priority;
+        self
+    }
+
+    pub fn constraint(mut self, constraint: Constraint) -> Self {
+        self.constraint = Some(constraint);
         self
     }
 }
@@ -161,6 +171,7 @@ pub struct PreparedRequest {
     pub stop: Vec<String>,
     pub ignore_eos: bool,
     pub priority: u8,
+    pub constraint: Option<Constraint>,
 }
 
 /// Validates and tokenizes a request. Every problem is an `InvalidRequest` saying what is wrong.
@@ -212,6 +223,7 @@ pub fn prepare(
         stop: request.stop,
         ignore_eos: request.ignore_eos,
         priority: request.priority,
+        constraint: request.constraint,
     })
 }
 
@@ -391,6 +403,8 @@ struct Running {
     /// After a swap: the token to continue with once `context` is back in the cache.
     resume: Option<TokenId>,
     sampler: Sampler,
+    /// Its place in its grammar, for a constrained request.
+    grammar: Option<SequenceGrammar>,
     decoder: StreamDecoder,
     text: String,
     emitted: usize,
@@ -443,6 +457,9 @@ pub struct BatcherStats {
     pub generated_tokens: u64,
     /// Tokens run through the model for jobs (memory work).
     pub job_tokens: u64,
+    /// Grammar masks computed (one per constrained token) and the time they took.
+    pub grammar_masks: u64,
+    pub grammar_mask_us: u64,
 }
 
 /// A holder of KV blocks that memory pressure may take them from.
@@ -906,6 +923,12 @@ impl Batcher {
                     self.stats.generated_tokens += 1;
                     let mut logits = out.logits.pop().expect("logits were requested");
                     let history: Vec<TokenId> = r.request.prompt.iter().chain(&r.generated).copied().collect();
+                    if let Some(grammar) = &mut r.grammar {
+                        let started = Instant::now();
+                        grammar.mask(&mut logits);
+                        self.stats.grammar_mask_us += started.elapsed().as_micros() as u64;
+                        self.stats.grammar_masks += grammar.active() as u64;
+                    }
                     let token = r.sampler.sample(&mut logits, &history);
                     if let Some(reason) = Self::accept(engine, r, token) {
                         finished.push((id, reason));
@@ -1156,6 +1179,15 @@ impl Batcher {
                 ))));
                 continue;
             }
+            let grammar = match w.request.constraint.as_ref().map(|c| engine.grammar(c)) {
+                None => None,
+                Some(Ok(grammar)) => Some(grammar),
+                Some(Err(e)) => {
+                    let mut w = w;
+                    w.sink.send(GenerationEvent::Failed(e));
+                    continue;
+                }
+            };
             let (sequence, cached) = engine.create_sequence_with_prefix(&w.request.prompt);
             if !self.make_room(engine, sequence, w.request.prompt.len() - cached + 1, class) {
                 engine.release_sequence(sequence);
@@ -1166,6 +1198,7 @@ impl Batcher {
                 id: w.id,
                 sequence: Some(sequence),
                 sampler: Sampler::new(w.request.sampling.clone()),
+                grammar,
                 context: w.request.prompt.clone(),
                 class,
                 request: w.request,
@@ -1307,6 +1340,9 @@ impl Batcher {
         r.next = Some(token);
         let piece = r.decoder.push(tokenizer, token).unwrap_or_default();
         r.text.push_str(&piece);
+        if let Some(grammar) = &mut r.grammar {
+            grammar.commit(token, &r.text);
+        }
 
         if let Some(at) = r.request.stop.iter().filter_map(|s| r.text.find(s.as_str())).min() {
             r.text.truncate(at);

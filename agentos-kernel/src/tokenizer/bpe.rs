@@ -149,6 +149,19 @@ impl BpeTokenizer {
         out
     }
 
+    /// Encodes text with no special tokens: `<|im_start|>` written in it is plain text.
+    pub fn encode_plain(&self, text: &str) -> Vec<TokenId> {
+        let mut out = Vec::new();
+        for piece in self.pre.split(text) {
+            self.encode_word(piece, &mut out);
+        }
+        out
+    }
+
+    pub fn is_special(&self, id: TokenId) -> bool {
+        self.special_ids.get(id as usize).copied().unwrap_or(false)
+    }
+
     /// Splits text around special tokens, longest special first (llama.cpp's partitioning).
     fn split_specials<'t>(&self, text: &'t str) -> Vec<Fragment<'t>> {
         let mut fragments = vec![Fragment::Text(text)];

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use agentos_kernel::{ChatMessage, GenerateRequest, GenerationEvent, GenerationSummary, KernelMsg, Prompt};
+use agentos_kernel::{ChatMessage, Constraint, GenerateRequest, GenerationEvent, GenerationSummary, KernelMsg, Prompt};
 use ractor::concurrency::OneshotReceiver;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::de::DeserializeOwned;
@@ -46,10 +46,10 @@ use crate::rpc;
 use crate::scheduler::SchedulerMsg;
 use crate::supervisor::SupervisorEvent;
 use crate::syscall::wire::{
-    CallFilter, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_ROLE, call_text, parse_call, result_text, split_call,
-    tools_prompt,
+    CallFilter, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_ROLE, ToolDescription, call_grammar, call_text, parse_call,
+    result_text, split_call, tools_prompt,
 };
-use crate::syscall::{Step, Syscall};
+use crate::syscall::{Step, Syscall, ToolChoice};
 use crate::system::System;
 use crate::types::{AgentState, TaskId};
 use agentos_memory::{ActiveContext, Embedder, L1Msg, MemoryError, PageId};
@@ -92,6 +92,8 @@ pub struct AgentActorState<R> {
     pending_ingest: Option<OneshotReceiver<agentos_memory::Result<Vec<PageId>>>>,
     /// The system prompt with the agent's tool list (the role's prompt alone without tools).
     system_prompt: String,
+    /// The agent's tools as its prompt and call grammar show them.
+    tools: Vec<ToolDescription>,
     _live: LiveActor,
 }
 
@@ -174,9 +176,10 @@ impl<R: Agent> Actor for AgentActor<R> {
             spec,
             initial,
         } = args;
-        let system_prompt = match spec.tools.is_empty() {
+        let tools = describe_tools(&spec, &system)?;
+        let system_prompt = match tools.is_empty() {
             true => spec.system.clone(),
-            false => format!("{}{}", spec.system, tools_prompt(&describe_tools(&spec, &system)?)),
+            false => format!("{}{}", spec.system, tools_prompt(&tools)),
         };
         let checkpoint = match system.journal.load_checkpoint::<Checkpoint<R>>(&record.name).await? {
             None => None,
@@ -200,7 +203,8 @@ impl<R: Agent> Actor for AgentActor<R> {
                     system: system.clone(),
                     spec,
                     pending_ingest: None,
-                    system_prompt,
+                    system_prompt: system_prompt.clone(),
+                    tools: tools.clone(),
                     _live: LiveActor::new(&system),
                 }
             }
@@ -216,7 +220,8 @@ impl<R: Agent> Actor for AgentActor<R> {
                     system: system.clone(),
                     spec,
                     pending_ingest: None,
-                    system_prompt,
+                    system_prompt: system_prompt.clone(),
+                    tools: tools.clone(),
                     _live: LiveActor::new(&system),
                 }
             }
@@ -628,8 +633,12 @@ impl<R: Agent> AgentActorState<R> {
         let mut first_token = None;
         let (mut prompt_tokens, mut completion_tokens) = (0, 0);
         let (reply, finish_reason, step_limit_reached) = loop {
+            let constraint = match tooled {
+                true => self.call_constraint(steps.len()),
+                false => None,
+            };
             let summary = self
-                .generate(&prompt, tooled, accepted, &events, &mut first_token)
+                .generate(&prompt, constraint, tooled, accepted, &events, &mut first_token)
                 .await?;
             prompt_tokens += summary.prompt_tokens;
             completion_tokens += summary.tokens.len();
@@ -639,7 +648,8 @@ impl<R: Agent> AgentActorState<R> {
             if steps.len() >= self.spec.max_steps {
                 break (before.trim_end().to_string(), summary.finish_reason, true);
             }
-            let (step, exit) = self.make_call(before, body, &events).await;
+            let (mut step, exit) = self.make_call(before, body, &events).await;
+            step.prompt_tokens = summary.prompt_tokens as u32;
             self.system.journal.record_step(id, steps.len(), &step).await?;
             push_step(&mut prompt.messages, &step, max_result_chars);
             steps.push(step);
@@ -704,6 +714,7 @@ impl<R: Agent> AgentActorState<R> {
     async fn generate(
         &self,
         prompt: &TurnPrompt,
+        constraint: Option<Constraint>,
         tooled: bool,
         accepted: Instant,
         events: &Option<mpsc::UnboundedSender<StreamEvent>>,
@@ -717,6 +728,7 @@ impl<R: Agent> AgentActorState<R> {
             stop: prompt.stop.clone(),
             ignore_eos: false,
             priority: record.priority() as u8,
+            constraint,
         };
         let scheduler = self.system.scheduler.get().ok_or_else(|| self.system.down_error())?;
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -756,6 +768,21 @@ impl<R: Agent> AgentActorState<R> {
                 None => return Err(RuntimeError::KernelLost),
             }
         }
+    }
+
+    /// The grammar of step `step`'s generation: a call of one of the agent's tools, forced
+    /// (`<tool_call>` and the call) where its tool choice asks for a call, otherwise lazy (free
+    /// text, and a valid call once the model opens one); none once `max_steps` calls are made.
+    fn call_constraint(&self, step: usize) -> Option<Constraint> {
+        if step >= self.spec.max_steps {
+            return None;
+        }
+        let forced = match self.spec.tool_choice {
+            ToolChoice::Auto => false,
+            ToolChoice::First => step == 0,
+            ToolChoice::Required => true,
+        };
+        Some(call_grammar(&self.tools, forced))
     }
 
     /// Parses and runs the call in `body`; returns its step and, for a successful `exit`, the
@@ -808,6 +835,7 @@ impl<R: Agent> AgentActorState<R> {
             arguments,
             result,
             duration_ms: started.elapsed().as_millis() as u64,
+            prompt_tokens: 0,
         };
         (step, exit)
     }

@@ -854,6 +854,7 @@ mod tests {
                 arguments: format!("{{\"path\":\"{n}.txt\"}}"),
                 result: Ok(format!("\"contents of {n}\"")),
                 duration_ms: n,
+                prompt_tokens: 10,
             };
             for n in 0..3 {
                 journal.record_step(id, n as usize, &step(n)).await.unwrap();

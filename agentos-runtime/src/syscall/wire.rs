@@ -13,6 +13,7 @@
 //!   `<tool_response>{"name": "fs_read", "content": …}</tool_response>`, or `"error"` in place of
 //!   `"content"` when the call failed.
 
+use agentos_kernel::{Constraint, Grammar};
 use serde_json::{Value, json};
 
 use crate::syscall::SyscallError;
@@ -49,6 +50,37 @@ pub fn tools_prompt(tools: &[ToolDescription]) -> String {
          Its result comes back inside <tool_response></tool_response>. When you have the answer, reply without a call.",
     );
     out
+}
+
+/// The grammar of a call to one of `tools`: `{"name": <a tool's name>, "arguments": <its
+/// arguments' schema>}`. `forced`: the generation must open with `<tool_call>` and make the
+/// call; otherwise it is free until the model writes `<tool_call>`, and the call is
+/// constrained from there. Either way generation ends where the call's JSON does.
+pub fn call_grammar(tools: &[ToolDescription], forced: bool) -> Constraint {
+    let alternatives: Vec<Value> = tools
+        .iter()
+        .map(|tool| {
+            json!({
+                "type": "object",
+                "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
+                "required": ["name", "arguments"],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    let schema = json!({"anyOf": alternatives});
+    match forced {
+        true => Constraint {
+            grammar: Grammar::Lark(format!(
+                "start: \"{TOOL_CALL_OPEN}\" \"\\n\"? call\ncall: %json {schema}\n"
+            )),
+            after: None,
+        },
+        false => Constraint {
+            grammar: Grammar::JsonSchema(schema),
+            after: Some(TOOL_CALL_OPEN.to_string()),
+        },
+    }
 }
 
 /// A reply split at its call: the text before `<tool_call>` and the call's body (up to

@@ -112,7 +112,10 @@ fn crafted_corpus() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         for (k, x) in changes {
             v[*k] = x.clone();
         }
-        serde_json::to_vec_pretty(&v).unwrap()
+        // Sorted keys, as the saved files have them, whatever order serde_json keeps.
+        let sorted: std::collections::BTreeMap<String, serde_json::Value> =
+            v.as_object().expect("an object").clone().into_iter().collect();
+        serde_json::to_vec_pretty(&sorted).unwrap()
     };
     vec![
         ("gguf", "tensor-f32-bytes-overflow.bin", one(&[1 << 62], F32)),

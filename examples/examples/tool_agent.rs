@@ -1,0 +1,86 @@
+//! An agent that acts: it answers a question about a file by calling system calls, with the
+//! default model. Each call and its result are printed as the turn runs.
+//!
+//! The agent may list and read files in a scratch work directory (nothing else); the question
+//! needs a number that only the file holds. Its first step in a turn is a call (`tool_choice =
+//! "first"`: the 135M default model seldom opens one by itself), sampled under the grammar of
+//! its two tools, so the call always parses; what it calls and answers is the model's choice.
+//!
+//! ```text
+//! cargo run --release --example tool_agent -- ["your question"] [--model PATH] [--dtype f32|f16] [--device NAME]
+//! ```
+
+use std::io::Write;
+
+use agentos_examples::{Args, init_logging};
+use agentos_runtime::prelude::*;
+
+/// You are a careful assistant with access to files. Use the functions to look things up before answering.
+#[agent(
+    name = "FileAssistant",
+    tools = ["fs_list", "fs_read"],
+    max_steps = 4,
+    tool_choice = "first",
+    max_tokens = 128
+)]
+#[derive(Default, Serialize, Deserialize)]
+struct FileAssistant;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    init_logging();
+    let args = Args::from_env();
+    let question = args
+        .positional()
+        .unwrap_or_else(|| "How many servers are in the rack? The number is in the file inventory.txt.".to_string());
+
+    let work = std::env::temp_dir().join(format!("agentos-tool-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    std::fs::write(
+        work.join("inventory.txt"),
+        "Rack B7 inventory\nservers: 37\nswitches: 2\n",
+    )?;
+
+    let os = AgentOS::builder()
+        .kernel(args.kernel_args()?)
+        .work_dir(&work)
+        .start()
+        .await?;
+    let assistant = os.spawn(FileAssistant).await?;
+
+    println!("> {question}");
+    let mut reply = assistant.stream(question).await?;
+    while let Some(event) = reply.next().await {
+        match event {
+            StreamEvent::Token(text) => {
+                print!("{text}");
+                std::io::stdout().flush()?;
+            }
+            StreamEvent::ToolCall { name, arguments } => println!("\n[call] {name} {arguments}"),
+            StreamEvent::ToolResult { name, result } => match result {
+                Ok(json) => println!("[result of {name}] {json}"),
+                Err(e) => println!("[error from {name}] {e}"),
+            },
+            StreamEvent::Restarted => println!("\n[the agent restarted; its answer starts over]"),
+            StreamEvent::Done(outcome) => {
+                let response = (*outcome)?;
+                println!();
+                eprintln!(
+                    "[{} call(s){}, {} prompt tokens, {} generated, {:.2}s]",
+                    response.steps.len(),
+                    if response.step_limit_reached {
+                        ", stopped at max_steps"
+                    } else {
+                        ""
+                    },
+                    response.prompt_tokens,
+                    response.completion_tokens,
+                    response.total_time.as_secs_f64()
+                );
+            }
+        }
+    }
+    os.shutdown().await?;
+    std::fs::remove_dir_all(&work)?;
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Agents that act, on the real default model: constrained calls that always parse and
+//! validate, results that reach the next step, max_steps ending a looping agent, and the
+//! calls recorded with the turn.
+
+use std::time::Duration;
+
+use agentos_runtime::prelude::*;
+use agentos_runtime::syscall::wire::check_schema;
+use agentos_runtime::syscall::{SYSCALLS, schema};
+use agentos_runtime::{Syscall, SyscallConfig};
+use serde_json::Value;
+
+use crate::support::kernel_args;
+
+/// You are a careful assistant with access to files. Use the functions to look things up before answering.
+#[agent(name = "Reader", tools = ["fs_list", "fs_read"], tool_choice = "first", max_steps = 3, max_tokens = 48)]
+#[derive(Default, Serialize, Deserialize)]
+struct Reader;
+
+/// You wait.
+#[agent(name = "Waiter", tools = ["sleep"], tool_choice = "required", max_steps = 2, max_tokens = 24)]
+#[derive(Default, Serialize, Deserialize)]
+struct Waiter;
+
+async fn start(work: &std::path::Path) -> AgentOS {
+    AgentOS::builder()
+        .kernel(kernel_args())
+        .syscalls(SyscallConfig {
+            fs_root: Some(work.to_path_buf()),
+            max_sleep: Duration::from_millis(50),
+            ..SyscallConfig::default()
+        })
+        .start()
+        .await
+        .expect("the tree starts with the model")
+}
+
+/// The step's call parses and its arguments validate against the call's schema.
+fn assert_valid(step: &Step, allowed: &[&str]) {
+    assert!(allowed.contains(&step.name.as_str()), "{step:?}");
+    let arguments: Value = serde_json::from_str(&step.arguments).unwrap_or_else(|e| panic!("{step:?}: {e}"));
+    assert!(SYSCALLS.contains(&step.name.as_str()));
+    check_schema(&schema(&step.name).unwrap(), &arguments).unwrap_or_else(|e| panic!("{step:?}: {e}"));
+    Syscall::from_call(&step.name, arguments).unwrap_or_else(|e| panic!("{step:?}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_tool_prompts_make_only_calls_that_parse_and_validate() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("inventory.txt"), "servers: 37\nswitches: 2\n").unwrap();
+    std::fs::write(work.path().join("notes.md"), "The meeting moved to Tuesday.\n").unwrap();
+    let os = start(work.path()).await;
+    let questions = [
+        "How many servers are listed in inventory.txt?",
+        "What does notes.md say?",
+        "Which files are in the work directory?",
+        "Read inventory.txt and tell me the number of switches.",
+        "When is the meeting, according to notes.md?",
+        "List the files, then tell me which one mentions servers.",
+        "Is there a file about the meeting?",
+        "What is the first line of inventory.txt?",
+        "Summarise notes.md in three words.",
+        "How many files are there?",
+        "Count the switches in the inventory.",
+        "Open notes.md.",
+        "Show me the inventory.",
+        "Does inventory.txt mention routers?",
+        "What day is in notes.md?",
+        "Name every file you can see.",
+        "Check the inventory for servers.",
+        "Read the notes file.",
+        "Find the number of servers.",
+        "Look up what the notes say about the meeting.",
+    ];
+    // Four agents share the kernel's batches; each takes five of the prompts in turn.
+    let mut agents = Vec::new();
+    for i in 0..4 {
+        agents.push(os.spawn_named(format!("Reader{i}"), Reader).await.unwrap());
+    }
+    let mut tasks = Vec::new();
+    for (i, agent) in agents.iter().enumerate() {
+        let agent = agent.clone();
+        let mine: Vec<&str> = questions.iter().skip(i).step_by(4).copied().collect();
+        tasks.push(tokio::spawn(async move {
+            let mut responses = Vec::new();
+            for q in mine {
+                responses.push((agent.name().to_string(), q, agent.ask(q).await.unwrap()));
+            }
+            responses
+        }));
+    }
+    let mut calls = 0;
+    let mut succeeded = 0;
+    let mut answered = 0;
+    for task in tasks {
+        for (agent, question, response) in task.await.unwrap() {
+            assert!(!response.steps.is_empty(), "{question}: the first step is a call");
+            for step in &response.steps {
+                assert_valid(step, &["fs_list", "fs_read"]);
+                calls += 1;
+                succeeded += step.result.is_ok() as usize;
+            }
+            assert!(response.steps.len() <= 3, "{question}: at most max_steps calls");
+            answered += 1;
+            let turn = os
+                .history(&agent, response.turn, response.turn + 1)
+                .await
+                .unwrap()
+                .remove(0);
+            assert_eq!(turn.steps, response.steps, "{question}: the turn records its calls");
+        }
+    }
+    assert_eq!(answered, questions.len());
+    eprintln!(
+        "tool prompts: {answered} turns, {calls} calls, all parsed and valid; {succeeded} succeeded (the rest named missing files)"
+    );
+    os.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_result_reaches_the_next_step_and_max_steps_ends_a_looping_agent() {
+    let work = tempfile::tempdir().unwrap();
+    let os = start(work.path()).await;
+    let waiter = os.spawn(Waiter).await.unwrap();
+    let mut stream = waiter.stream("Wait a little, twice.").await.unwrap();
+    let mut events = Vec::new();
+    let response = loop {
+        match stream.next().await.unwrap() {
+            StreamEvent::Done(outcome) => break (*outcome).unwrap(),
+            StreamEvent::Token(_) => {}
+            other => events.push(other),
+        }
+    };
+    // `required`: every step is a call until max_steps; then the answer is free.
+    assert_eq!(response.steps.len(), 2, "{response:?}");
+    for step in &response.steps {
+        assert_valid(step, &["sleep"]);
+        let result: Value = serde_json::from_str(step.result.as_ref().unwrap()).unwrap();
+        assert!(result["slept_ms"].as_u64().unwrap() <= 50, "{result}");
+    }
+    assert_eq!(events.len(), 4, "a call and a result event per step: {events:?}");
+    assert!(matches!(&events[0], StreamEvent::ToolCall { name, .. } if name == "sleep"));
+    assert!(matches!(&events[1], StreamEvent::ToolResult { result: Ok(_), .. }));
+    // Three generations: each prompt holds the calls and results before it, so each is longer
+    // than the one before by at least the step's call and result.
+    let (first, second) = (response.steps[0].prompt_tokens, response.steps[1].prompt_tokens);
+    let last = response.prompt_tokens as u32 - first - second;
+    assert!(second > first + 10 && last > second + 10, "{first} {second} {last}");
+    os.shutdown().await.unwrap();
+}

@@ -323,43 +323,49 @@ pub enum SyscallError {
     Failed(String),
 }
 
+/// Longest name or path a call may give (agent names, file paths, programs).
+pub const MAX_NAME_CHARS: usize = 256;
+
 /// The JSON Schema of a system call's arguments (`None` for names not in [`SYSCALLS`]).
 pub fn schema(name: &str) -> Option<Value> {
     let string = |description: &str| json!({"type": "string", "description": description});
+    // Names and paths are short: the bound also ends a call whose string the model would
+    // otherwise repeat until it runs out of tokens (greedy decoding loops).
+    let short = |description: &str| json!({"type": "string", "description": description, "maxLength": MAX_NAME_CHARS});
     let object = |properties: Value, required: &[&str]| json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false});
     Some(match name {
         "exit" => object(json!({"result": string("the final answer")}), &["result"]),
         "send_msg" => object(
-            json!({"to": string("the name of the receiving agent"), "text": string("the message")}),
+            json!({"to": short("the name of the receiving agent"), "text": string("the message")}),
             &["to", "text"],
         ),
         "fs_read" => object(
-            json!({"path": string("a relative path under the work directory")}),
+            json!({"path": short("a relative path under the work directory")}),
             &["path"],
         ),
         "fs_write" => object(
-            json!({"path": string("a relative path under the work directory"), "content": string("the whole new text of the file")}),
+            json!({"path": short("a relative path under the work directory"), "content": string("the whole new text of the file")}),
             &["path", "content"],
         ),
         "fs_list" => object(
-            json!({"path": string("a relative directory path; \".\" is the work directory")}),
+            json!({"path": short("a relative directory path; \".\" is the work directory")}),
             &["path"],
         ),
         "exec" => object(
             json!({
-                "program": string("the program to run"),
+                "program": short("the program to run"),
                 "args": {"type": "array", "items": {"type": "string"}, "description": "its arguments"},
-                "timeout_ms": {"type": "integer", "minimum": 1, "description": "wall-clock limit in milliseconds"}
+                "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 3_600_000, "description": "wall-clock limit in milliseconds"}
             }),
             &["program"],
         ),
         "mem_write" => object(json!({"text": string("what to remember")}), &["text"]),
         "mem_read" => object(
-            json!({"query": string("what to look for"), "k": {"type": "integer", "minimum": 1, "description": "how many notes"}}),
+            json!({"query": string("what to look for"), "k": {"type": "integer", "minimum": 1, "maximum": 8, "description": "how many notes"}}),
             &["query"],
         ),
         "sleep" => object(
-            json!({"ms": {"type": "integer", "minimum": 0, "description": "milliseconds to wait"}}),
+            json!({"ms": {"type": "integer", "minimum": 0, "maximum": 3_600_000, "description": "milliseconds to wait"}}),
             &["ms"],
         ),
         _ => return None,
@@ -407,6 +413,8 @@ mod tests {
         assert!(extra.to_string().contains("mode"), "{extra}");
         let missing = Syscall::from_call("fs_write", json!({"path": "a"})).unwrap_err();
         assert!(missing.to_string().contains("content"), "{missing}");
+        let long = Syscall::from_call("fs_read", json!({"path": "a".repeat(MAX_NAME_CHARS + 1)})).unwrap_err();
+        assert!(matches!(long, SyscallError::Arguments { .. }), "{long:?}");
         let exec = Syscall::from_call("exec", json!({"program": "echo"})).unwrap();
         assert_eq!(
             exec,

@@ -68,7 +68,12 @@ pub fn call_grammar(tools: &[ToolDescription], forced: bool) -> Constraint {
             })
         })
         .collect();
-    let schema = json!({"anyOf": alternatives});
+    // Compact separators, as the format's examples write calls: a call costs fewer tokens
+    // than one the model pads with newlines and indentation.
+    let schema = json!({
+        "anyOf": alternatives,
+        "x-guidance": {"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "},
+    });
     match forced {
         true => Constraint {
             grammar: Grammar::Lark(format!(
@@ -176,7 +181,7 @@ pub fn result_text(name: &str, result: &Result<Value, SyscallError>, max_chars: 
 
 /// Checks `value` against the subset of JSON Schema that tool schemas here use: `type` (one or
 /// a list), `properties`, `required`, `additionalProperties: false`, `items`, `enum`,
-/// `minimum`/`maximum`. Other keywords are not checked.
+/// `minimum`/`maximum`, `minLength`/`maxLength`. Other keywords are not checked.
 pub fn check_schema(schema: &Value, value: &Value) -> Result<(), String> {
     check_at(schema, value, "arguments")
 }
@@ -203,6 +208,19 @@ fn check_at(schema: &Value, value: &Value, at: &str) -> Result<(), String> {
         && !options.contains(value)
     {
         return Err(format!("{at} must be one of {}", Value::Array(options.clone())));
+    }
+    if let Some(text) = value.as_str() {
+        let chars = text.chars().count() as u64;
+        if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+            && chars > max
+        {
+            return Err(format!("{at} must be at most {max} characters"));
+        }
+        if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+            && chars < min
+        {
+            return Err(format!("{at} must be at least {min} characters"));
+        }
     }
     if let Some(n) = value.as_f64() {
         if let Some(min) = schema.get("minimum").and_then(Value::as_f64)

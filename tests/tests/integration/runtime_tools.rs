@@ -18,7 +18,7 @@ use crate::support::kernel_args;
 struct Reader;
 
 /// You wait.
-#[agent(name = "Waiter", tools = ["sleep"], tool_choice = "required", max_steps = 2, max_tokens = 24)]
+#[agent(name = "Waiter", tools = ["sleep"], tool_choice = "required", max_steps = 2, max_tokens = 32)]
 #[derive(Default, Serialize, Deserialize)]
 struct Waiter;
 

@@ -741,12 +741,12 @@ impl<R: Agent> AgentActorState<R> {
         scheduler.cast(submit).map_err(|_| self.system.down_error())?;
 
         let mut filter = CallFilter::default();
-        let show = |text: String, filter: &mut CallFilter| {
-            let text = if tooled { filter.push(&text) } else { text };
+        let emit = |text: String| {
             if let (Some(events), false) = (events, text.is_empty()) {
                 let _ = events.send(StreamEvent::Token(text));
             }
         };
+        let mut show = |text: String| emit(if tooled { filter.push(&text) } else { text });
         loop {
             match rx.recv().await {
                 Some(GenerationEvent::Token { text, .. }) => {
@@ -754,14 +754,12 @@ impl<R: Agent> AgentActorState<R> {
                         *first_token = Some(accepted.elapsed());
                         record.set_state(AgentState::Running);
                     }
-                    show(text, &mut filter);
+                    show(text);
                 }
                 Some(GenerationEvent::Finished { tail, summary }) => {
-                    show(tail, &mut filter);
-                    let held = filter.finish();
-                    if !held.is_empty() {
-                        show(held, &mut CallFilter::default());
-                    }
+                    show(tail);
+                    // What was held back as a possible start of a call, when none came.
+                    emit(filter.finish());
                     return Ok(summary);
                 }
                 Some(GenerationEvent::Failed(e)) => return Err(RuntimeError::Kernel(e)),

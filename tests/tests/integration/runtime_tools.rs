@@ -2,6 +2,7 @@
 //! validate, results that reach the next step, max_steps ending a looping agent, and the
 //! calls recorded with the turn.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use agentos_runtime::prelude::*;
@@ -21,6 +22,35 @@ struct Reader;
 #[agent(name = "Waiter", tools = ["sleep"], tool_choice = "required", max_steps = 2, max_tokens = 32)]
 #[derive(Default, Serialize, Deserialize)]
 struct Waiter;
+
+/// Calls of `tally` so far (one test uses it).
+static TALLIES: AtomicU32 = AtomicU32::new(0);
+/// `Recorder`'s after_turn panics while this is above zero.
+static RECORDER_PANICS: AtomicU32 = AtomicU32::new(1);
+
+/// Counts a call and returns how many there have been.
+#[tool]
+async fn tally(label: String) -> u32 {
+    let _ = label;
+    TALLIES.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+/// You keep a tally.
+#[agent(name = "Recorder", tools = ["tally"], tool_choice = "required", max_steps = 1, max_tokens = 32, custom_hooks)]
+#[derive(Default, Serialize, Deserialize)]
+struct Recorder;
+
+impl AgentHooks for Recorder {
+    fn after_turn(&mut self, _turn: &Turn) -> Result<(), String> {
+        if RECORDER_PANICS
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("the agent fails after its call was made and recorded");
+        }
+        Ok(())
+    }
+}
 
 async fn start(work: &std::path::Path) -> AgentOS {
     AgentOS::builder()
@@ -146,5 +176,37 @@ async fn a_call_result_reaches_the_next_step_and_max_steps_ends_a_looping_agent(
     let (first, second) = (response.steps[0].prompt_tokens, response.steps[1].prompt_tokens);
     let last = response.prompt_tokens as u32 - first - second;
     assert!(second > first + 10 && last > second + 10, "{first} {second} {last}");
+    os.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_redelivered_after_a_crash_replays_its_recorded_call_instead_of_calling_again() {
+    let work = tempfile::tempdir().unwrap();
+    let os = AgentOS::builder()
+        .kernel(kernel_args())
+        .work_dir(work.path())
+        .tool(TallyTool)
+        .start()
+        .await
+        .unwrap();
+    let recorder = os.spawn(Recorder).await.unwrap();
+    let mut stream = recorder.stream("Add one to the tally.").await.unwrap();
+    let mut restarted = 0;
+    let response = loop {
+        match stream.next().await.unwrap() {
+            StreamEvent::Done(outcome) => break (*outcome).unwrap(),
+            StreamEvent::Restarted => restarted += 1,
+            _ => {}
+        }
+    };
+    assert_eq!((restarted, response.attempts), (1, 2), "{response:?}");
+    assert_eq!(response.steps.len(), 1, "{response:?}");
+    assert_eq!(response.steps[0].name, "tally");
+    assert_eq!(response.steps[0].result, Ok("1".to_string()));
+    assert_eq!(
+        TALLIES.load(Ordering::SeqCst),
+        1,
+        "the second run replayed the call, it did not call again"
+    );
     os.shutdown().await.unwrap();
 }

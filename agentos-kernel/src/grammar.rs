@@ -153,11 +153,6 @@ impl SequenceGrammar {
         }
     }
 
-    /// Whether the grammar is complete (only an end-of-generation token is allowed now).
-    pub fn complete(&self) -> bool {
-        self.active() && self.matcher.is_stopped()
-    }
-
     fn fail(&mut self, reason: String) {
         tracing::warn!(%reason, "the grammar stopped constraining this generation");
         self.failed = Some(reason);

@@ -27,6 +27,7 @@ pub(crate) mod dispatch;
 pub mod handle;
 pub(crate) mod journal;
 pub(crate) mod record;
+pub(crate) mod spawn;
 
 use std::time::Duration;
 
@@ -193,6 +194,20 @@ pub(crate) enum TaskInput {
     Ask(String),
     /// Take a message from another agent.
     Deliver { from: String, text: String },
+    /// Answer a prompt with JSON matching `schema` (JSON text: the journal's encoding keeps
+    /// no free-form values), constrained by the kernel's grammar; the turn makes no calls.
+    AskJson { prompt: String, schema: String },
+}
+
+impl TaskInput {
+    /// The prompt and response schema of a task for the model (a delivery has neither).
+    fn into_prompt(self) -> (String, Option<String>) {
+        match self {
+            TaskInput::Ask(prompt) => (prompt, None),
+            TaskInput::AskJson { prompt, schema } => (prompt, Some(schema)),
+            TaskInput::Deliver { .. } => (String::new(), None),
+        }
+    }
 }
 
 /// How a task ended, as recorded in the journal (see [`AgentOS::task_result`](crate::AgentOS::task_result)).

@@ -6,9 +6,10 @@ use std::time::Duration;
 use agentos_kernel::KernelArgs;
 use agentos_memory::MemoryConfig;
 
+use crate::agent::spawn::RoleSet;
 use crate::scheduler::SchedulerConfig;
 use crate::supervisor::{RestartIntensity, Strategy};
-use crate::syscall::{SyscallConfig, ToolSet};
+use crate::syscall::{McpServer, SyscallConfig, ToolSet};
 
 /// How to start an [`AgentOS`](crate::AgentOS). Build it with [`AgentOS::builder`](crate::AgentOS::builder).
 #[derive(Debug, Clone)]
@@ -59,6 +60,11 @@ pub struct RuntimeConfig {
     pub syscalls: SyscallConfig,
     /// User tools the agents may call by name (see [`Tool`](crate::Tool)). Default none.
     pub tools: ToolSet,
+    /// MCP servers started with the AgentOS; their tools join `tools` (see
+    /// [`syscall::mcp`](crate::syscall::mcp)). Default none.
+    pub mcp_servers: Vec<McpServer>,
+    /// Roles the `spawn_agent` system call can start. Default none.
+    pub roles: RoleSet,
 }
 
 impl Default for RuntimeConfig {
@@ -78,6 +84,8 @@ impl Default for RuntimeConfig {
             memory: MemoryConfig::default(),
             syscalls: SyscallConfig::default(),
             tools: ToolSet::default(),
+            mcp_servers: Vec::new(),
+            roles: RoleSet::default(),
         }
     }
 }

@@ -56,6 +56,9 @@ pub enum RuntimeError {
     )]
     UnknownTool { agent: String, tool: String },
 
+    #[error("agent `{agent}`'s reply is not the JSON asked for: {reason}")]
+    BadJson { agent: String, reason: String },
+
     #[error("actor messaging failed: {0}")]
     Messaging(String),
 }

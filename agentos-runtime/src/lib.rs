@@ -37,6 +37,7 @@ pub mod types;
 
 pub use agent::actor::AgentActor;
 pub use agent::handle::{AgentHandle, TokenStream};
+pub use agent::spawn::RoleSet;
 pub use agent::{
     Agent, AgentHooks, AgentMsg, AgentSpec, Delivered, FailureKind, Response, StreamEvent, TaskFailure, TaskOutcome,
     TaskStatus, Turn, TurnPrompt,
@@ -50,21 +51,28 @@ pub use error::{Result, RuntimeError};
 pub use os::{AgentOS, AgentOsBuilder};
 pub use scheduler::{AgentSchedStats, SchedulerConfig, SchedulerStats};
 pub use supervisor::{RestartIntensity, Shutdown, Strategy, SupervisorEvent};
-pub use syscall::{FnTool, Step, Syscall, SyscallConfig, SyscallError, Tool, ToolChoice, ToolFuture, ToolSet};
+pub use syscall::{
+    FnTool, McpServer, McpServerInfo, Step, Syscall, SyscallConfig, SyscallError, Tool, ToolChoice, ToolFuture, ToolSet,
+};
 pub use types::{AgentInfo, AgentState, Pid, Priority, TaskId};
 
 /// Everything a typical program needs: `use agentos_runtime::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        Agent, AgentHandle, AgentHooks, AgentInfo, AgentOS, AgentSpec, AgentState, Priority, Response,
+        Agent, AgentHandle, AgentHooks, AgentInfo, AgentOS, AgentSpec, AgentState, McpServer, Priority, Response,
         RestartIntensity, RuntimeConfig, RuntimeError, SchedulerConfig, Step, Strategy, StreamEvent, SupervisorEvent,
         SyscallConfig, SyscallError, TaskId, TaskOutcome, TaskStatus, Tool, Turn, TurnPrompt,
     };
     pub use crate::{agent, tool};
     pub use agentos_kernel::{ChatMessage, KernelArgs, ModelSpec, SamplingParams};
     pub use futures::StreamExt;
+    pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};
 }
+
+/// The JSON Schema derive [`AgentHandle::ask_json`] takes its schema from (`#[derive(JsonSchema)]`
+/// expands to paths under `schemars`: add `schemars = "1"` to your dependencies).
+pub use schemars;
 
 /// Not public API: paths the `#[agent]` expansion refers to.
 #[doc(hidden)]

@@ -10,6 +10,10 @@
 //!     └── agents      supervisor (agent_strategy) ─ AgentActor<R> × N
 //! ```
 //!
+//! MCP servers ([`AgentOsBuilder::mcp_server`]) are child processes outside this tree: each is
+//! started before the tree and watched by a task of its own that starts it again when it ends
+//! (see [`syscall::mcp`](crate::syscall::mcp)); shutdown stops them after the tree.
+//!
 //! Children start in that order and stop in the reverse order. When the root passes its restart
 //! intensity it stops everything; [`AgentOS::wait`] and every pending or later call then return
 //! [`RuntimeError::SystemDown`] with the reason. Above the root sits a small watcher actor that
@@ -26,6 +30,7 @@
 //! process, and a task answered with an error (stopped agent, shutdown) is recorded as failed
 //! and never runs later.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,11 +40,9 @@ use agentos_kernel::{KernelActor, KernelArgs, KernelMsg};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{broadcast, oneshot, watch};
 
-use crate::agent::actor::{AgentActor, AgentArgs};
-use crate::agent::dispatch::describe_tools;
 use crate::agent::handle::AgentHandle;
 use crate::agent::journal::Journal;
-use crate::agent::record::{AgentRecord, SharedRecord, TaskReply};
+use crate::agent::spawn::spawn_agent;
 use crate::agent::{Agent, AgentSpec, TaskStatus};
 use crate::config::RuntimeConfig;
 use crate::error::{Result, RuntimeError};
@@ -47,12 +50,13 @@ use crate::mmu::MemorySystem;
 use crate::rpc;
 use crate::scheduler::{SchedulerActor, SchedulerArgs, SchedulerConfig, SchedulerMsg, SchedulerStats};
 use crate::supervisor::{
-    ActorSlot, ChildSpec, Restart, RestartIntensity, Shutdown, Strategy, Supervisor, SupervisorArgs, SupervisorEvent,
+    ActorSlot, ChildSpec, Restart, RestartIntensity, Strategy, Supervisor, SupervisorArgs, SupervisorEvent,
     SupervisorMsg,
 };
-use crate::syscall::{SyscallConfig, Tool};
+use crate::syscall::mcp::McpConnection;
+use crate::syscall::{McpServer, McpServerInfo, SyscallConfig, Tool};
 use crate::system::{System, SystemSettings};
-use crate::types::{AgentInfo, AgentState, Pid, TaskId};
+use crate::types::{AgentInfo, AgentState, TaskId};
 
 /// The running system. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct AgentOS {
@@ -132,6 +136,20 @@ impl AgentOsBuilder {
         self
     }
 
+    /// Starts `server` with the AgentOS and offers its tools like [`tool`](Self::tool)s (see
+    /// [`syscall::mcp`](crate::syscall::mcp)).
+    pub fn mcp_server(mut self, server: McpServer) -> Self {
+        self.config.mcp_servers.push(server);
+        self
+    }
+
+    /// Lets agents start agents of role `R` with the `spawn_agent` system call (by its
+    /// `#[agent(role = ...)]`; each child starts from `R::default()`).
+    pub fn role<R: Agent + Default>(mut self) -> Self {
+        self.config.roles.add::<R>();
+        self
+    }
+
     pub fn config(mut self, config: RuntimeConfig) -> Self {
         self.config = config;
         self
@@ -178,9 +196,13 @@ impl AgentOS {
             config.memory_timeout,
         ));
         let journal = Journal::open(&checkpoint_dir, config.task_outcomes_kept)?;
-        let tools = config.tools.by_name().map_err(|reason| RuntimeError::Start {
-            what: "the tools".into(),
-            reason,
+        let (mcp, tools) = start_mcp_servers(&config).await?;
+        let tools = config_tools(&config, tools).map_err(|reason| {
+            mcp.iter().for_each(|server| server.stop());
+            RuntimeError::Start {
+                what: "the tools".into(),
+                reason,
+            }
         })?;
         let settings = SystemSettings {
             call_timeout: config.call_timeout,
@@ -188,6 +210,8 @@ impl AgentOS {
             max_task_attempts: config.max_task_attempts,
             syscalls: config.syscalls.clone(),
             tools,
+            roles: config.roles.clone(),
+            mcp,
         };
         let system = Arc::new(System::new(
             scheduler_slot,
@@ -288,69 +312,7 @@ impl AgentOS {
     }
 
     async fn spawn_with<R: Agent>(&self, name: String, spec: AgentSpec, role: R) -> Result<AgentHandle> {
-        let system = &self.system;
-        system.check_accepting()?;
-        describe_tools(&spec, system)?;
-        let initial =
-            bincode::serde::encode_to_vec(&role, bincode::config::standard()).map_err(|e| RuntimeError::Start {
-                what: format!("agent `{name}`"),
-                reason: format!("cannot serialise its state: {e}"),
-            })?;
-        let pid = Pid(system.next_pid.fetch_add(1, Ordering::Relaxed));
-        let record = Arc::new(AgentRecord::new(
-            pid,
-            name.clone(),
-            spec.role.clone(),
-            spec.tools.clone(),
-            spec.priority,
-        ));
-        let memory = spec.memory;
-        let child = agent_child_spec::<R>(record.clone(), system.clone(), Arc::new(spec), Arc::new(initial));
-        *record.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child.clone());
-        system.registry().insert(record.clone())?;
-        // Tasks this name had accepted and not finished (the process ended under them) run
-        // again; their callers are gone, their outcomes are recorded for `task_result`.
-        let recovered = match system.journal.pending(&name).await {
-            Ok(pending) => pending,
-            Err(e) => {
-                system.forget_agent(&record);
-                return Err(e);
-            }
-        };
-        for (id, task) in recovered {
-            record.enqueue(id, task.input, TaskReply::Nobody, task.attempts)?;
-        }
-        if memory && let Err(reason) = system.memory.start_l1(&name, pid).await {
-            system.forget_agent(&record);
-            return Err(RuntimeError::Start {
-                what: format!("the memory of agent `{name}`"),
-                reason,
-            });
-        }
-
-        let started = match system.agent_supervisor.get() {
-            Some(supervisor) => rpc::call(
-                &supervisor,
-                "the agent supervisor (spawn)",
-                system.call_timeout,
-                |reply| SupervisorMsg::StartChild(child, reply),
-                || system.down_error(),
-            )
-            .await
-            .and_then(|r| {
-                r.map_err(|reason| RuntimeError::Start {
-                    what: format!("agent `{name}`"),
-                    reason,
-                })
-            }),
-            None => Err(system.down_error()),
-        };
-        if let Err(e) = started {
-            system.forget_agent(&record);
-            system.memory.stop_l1(&name).await;
-            return Err(e);
-        }
-        Ok(AgentHandle::new(record, system.clone()))
+        spawn_agent(&self.system, name, spec, role).await
     }
 
     /// The running agent called `name`.
@@ -444,6 +406,11 @@ impl AgentOS {
         .await
     }
 
+    /// The mounted MCP servers: process, whether they run, restarts, their tools.
+    pub fn mcp_servers(&self) -> Vec<McpServerInfo> {
+        self.system.mcp.iter().map(|server| server.info()).collect()
+    }
+
     /// The reason the system went down, if it did.
     pub fn down_reason(&self) -> Option<String> {
         self.system.down_reason()
@@ -484,6 +451,9 @@ impl AgentOS {
         let _ = self.root.stop_and_wait(None, None).await;
         let mut down = self.down.clone();
         let _ = down.wait_for(|d| *d).await;
+        for server in &system.mcp {
+            server.stop();
+        }
         // Every outcome is on disk now; free the directory for whoever opens it next.
         system.journal.close();
         if let Some(dir) = &self.ephemeral_dir {
@@ -504,6 +474,9 @@ impl Drop for AgentOS {
         if self.system.down_reason().is_none() {
             self.system.shutting_down.store(true, Ordering::SeqCst);
             self.root.stop(None);
+        }
+        for server in &self.system.mcp {
+            server.stop();
         }
     }
 }
@@ -572,33 +545,38 @@ impl Actor for RootWatch {
     }
 }
 
-/// How the agent supervisor starts (and restarts) one agent. Agents are killed, not asked, when
-/// their supervisor stops them: an agent may be in the middle of an LLM turn, everything it has
-/// is in its record and the journal, and its cut-short start is given back.
-fn agent_child_spec<R: Agent>(
-    record: SharedRecord,
-    system: Arc<System>,
-    spec: Arc<AgentSpec>,
-    initial: Arc<Vec<u8>>,
-) -> ChildSpec {
-    let id = record.name.clone();
-    ChildSpec::new(id, Restart::Transient, move |supervisor| {
-        let args = AgentArgs {
-            record: record.clone(),
-            system: system.clone(),
-            spec: spec.clone(),
-            initial: initial.clone(),
-        };
-        async move {
-            if args.record.queue().actor.is_some() {
-                args.record.set_state(AgentState::Restarting);
-                args.record.restarts.fetch_add(1, Ordering::Relaxed);
+/// Starts every configured MCP server; on an error the ones started are stopped again.
+async fn start_mcp_servers(config: &RuntimeConfig) -> Result<(Vec<Arc<McpConnection>>, Vec<Arc<dyn Tool>>)> {
+    let mut servers = Vec::new();
+    let mut tools = Vec::new();
+    for server in &config.mcp_servers {
+        match McpConnection::start(server.clone()).await {
+            Ok((connection, offered)) => {
+                servers.push(connection);
+                tools.extend(offered);
             }
-            let (agent, _join) = Actor::spawn_linked(None, AgentActor::<R>::new(), args, supervisor).await?;
-            Ok(agent.get_cell())
+            Err(reason) => {
+                servers.iter().for_each(|s: &Arc<McpConnection>| s.stop());
+                return Err(RuntimeError::Start {
+                    what: format!("the MCP server `{}`", server.name),
+                    reason,
+                });
+            }
         }
-    })
-    .with_shutdown(Shutdown::Kill)
+    }
+    Ok((servers, tools))
+}
+
+/// The user's tools and the MCP servers' tools, by name (a name given twice is an error).
+fn config_tools(
+    config: &RuntimeConfig,
+    mcp_tools: Vec<Arc<dyn Tool>>,
+) -> std::result::Result<HashMap<String, Arc<dyn Tool>>, String> {
+    let mut all = config.tools.clone();
+    for tool in mcp_tools {
+        all.add(tool);
+    }
+    all.by_name()
 }
 
 fn ephemeral_checkpoint_dir() -> PathBuf {

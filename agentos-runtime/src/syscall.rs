@@ -16,6 +16,7 @@
 //! ([`schema`]) that the prompt shows and that the arguments are checked against.
 
 pub(crate) mod drivers;
+pub mod mcp;
 pub mod tool;
 pub mod wire;
 
@@ -25,6 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use mcp::{McpServer, McpServerInfo};
 pub use tool::{FnTool, Tool, ToolArgument, ToolFuture, ToolSet};
 
 /// Limits and resources of the system calls (part of [`RuntimeConfig`](crate::RuntimeConfig)).
@@ -51,6 +53,19 @@ pub struct SyscallConfig {
     /// Longest any one call may take (a tool, a memory lookup, a send); past it the call's
     /// result is a timeout error. Default 60 s.
     pub call_timeout: Duration,
+    /// Hosts `net_fetch` may fetch from: exact names (`"example.com"`, `"127.0.0.1"`) or
+    /// `"*.example.com"` for its subdomains. Default empty: `net_fetch` is denied.
+    pub net_allow: Vec<String>,
+    /// Bytes of a fetched body kept (read while it streams; the rest is not read). Default 256 KiB.
+    pub max_fetch_bytes: usize,
+    /// Longest a fetch may take, redirects included. Default 20 s.
+    pub fetch_timeout: Duration,
+    /// How long `recv_msg` waits when the call gives no timeout (at most `max_sleep`). Default 10 s.
+    pub recv_timeout: Duration,
+    /// Whether the kernel's grammar constrains calls (default `true`). Off, the model writes
+    /// calls freely (they are parsed and checked all the same) and `tool_choice` cannot force
+    /// one: for models that write valid calls on their own, or to measure what the grammar buys.
+    pub constrained_calls: bool,
 }
 
 impl Default for SyscallConfig {
@@ -64,6 +79,11 @@ impl Default for SyscallConfig {
             max_result_chars: 4000,
             max_sleep: Duration::from_secs(60),
             call_timeout: Duration::from_secs(60),
+            net_allow: Vec::new(),
+            max_fetch_bytes: 256 << 10,
+            fetch_timeout: Duration::from_secs(20),
+            recv_timeout: Duration::from_secs(10),
+            constrained_calls: true,
         }
     }
 }
@@ -74,8 +94,15 @@ impl Default for SyscallConfig {
 pub enum Syscall {
     /// End the turn with `result` as the reply.
     Exit { result: String },
+    /// Start an agent of a role registered with the AgentOS, named `name`, and give it `task`.
+    /// The call returns at once; the child's answer is delivered to the caller as a message
+    /// from the child (see `recv_msg`).
+    SpawnAgent { role: String, name: String, task: String },
     /// Send `text` to the agent named `to` (delivered through its durable inbox).
     SendMsg { to: String, text: String },
+    /// Wait for the next message delivered to this agent (at most `timeout_ms`, capped by the
+    /// configuration) and take it.
+    RecvMsg { timeout_ms: Option<u64> },
     /// Read a UTF-8 text file under the agent's file root.
     FsRead { path: String },
     /// Create or replace a text file under the agent's file root.
@@ -94,6 +121,8 @@ pub enum Syscall {
     MemRead { query: String, k: Option<usize> },
     /// Wait `ms` milliseconds (capped by the configuration).
     Sleep { ms: u64 },
+    /// GET an http(s) URL from an allowed host.
+    NetFetch { url: String },
     /// A user tool registered with the AgentOS, by name, with JSON arguments (kept as JSON
     /// text so the call stays serialisable in every format).
     Tool { name: String, arguments: String },
@@ -118,7 +147,9 @@ pub enum ToolChoice {
 /// The system calls an agent can be given (by name in `#[agent(tools = [...])]`).
 pub const SYSCALLS: &[&str] = &[
     "exit",
+    "spawn_agent",
     "send_msg",
+    "recv_msg",
     "fs_read",
     "fs_write",
     "fs_list",
@@ -126,6 +157,7 @@ pub const SYSCALLS: &[&str] = &[
     "mem_write",
     "mem_read",
     "sleep",
+    "net_fetch",
 ];
 
 impl Syscall {
@@ -133,7 +165,9 @@ impl Syscall {
     pub fn name(&self) -> &str {
         match self {
             Syscall::Exit { .. } => "exit",
+            Syscall::SpawnAgent { .. } => "spawn_agent",
             Syscall::SendMsg { .. } => "send_msg",
+            Syscall::RecvMsg { .. } => "recv_msg",
             Syscall::FsRead { .. } => "fs_read",
             Syscall::FsWrite { .. } => "fs_write",
             Syscall::FsList { .. } => "fs_list",
@@ -141,6 +175,7 @@ impl Syscall {
             Syscall::MemWrite { .. } => "mem_write",
             Syscall::MemRead { .. } => "mem_read",
             Syscall::Sleep { .. } => "sleep",
+            Syscall::NetFetch { .. } => "net_fetch",
             Syscall::Tool { name, .. } => name,
         }
     }
@@ -167,6 +202,23 @@ impl Syscall {
         struct SendMsg {
             to: String,
             text: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct SpawnAgent {
+            role: String,
+            name: String,
+            task: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RecvMsg {
+            timeout_ms: Option<u64>,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct NetFetch {
+            url: String,
         }
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -219,10 +271,24 @@ impl Syscall {
                 let a: Exit = args(name, arguments)?;
                 Syscall::Exit { result: a.result }
             }
+            "spawn_agent" => {
+                let a: SpawnAgent = args(name, arguments)?;
+                Syscall::SpawnAgent {
+                    role: a.role,
+                    name: a.name,
+                    task: a.task,
+                }
+            }
             "send_msg" => {
                 let a: SendMsg = args(name, arguments)?;
                 Syscall::SendMsg { to: a.to, text: a.text }
             }
+            "recv_msg" => Syscall::RecvMsg {
+                timeout_ms: args::<RecvMsg>(name, arguments)?.timeout_ms,
+            },
+            "net_fetch" => Syscall::NetFetch {
+                url: args::<NetFetch>(name, arguments)?.url,
+            },
             "fs_read" => Syscall::FsRead {
                 path: args::<Path>(name, arguments)?.path,
             },
@@ -335,9 +401,25 @@ pub fn schema(name: &str) -> Option<Value> {
     let object = |properties: Value, required: &[&str]| json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false});
     Some(match name {
         "exit" => object(json!({"result": string("the final answer")}), &["result"]),
+        "spawn_agent" => object(
+            json!({
+                "role": short("the role of the new agent"),
+                "name": short("a name for the new agent"),
+                "task": string("what the new agent should do")
+            }),
+            &["role", "name", "task"],
+        ),
         "send_msg" => object(
             json!({"to": short("the name of the receiving agent"), "text": string("the message")}),
             &["to", "text"],
+        ),
+        "recv_msg" => object(
+            json!({"timeout_ms": {"type": "integer", "minimum": 0, "maximum": 3_600_000, "description": "how long to wait, in milliseconds"}}),
+            &[],
+        ),
+        "net_fetch" => object(
+            json!({"url": {"type": "string", "description": "an http or https URL", "maxLength": 2048}}),
+            &["url"],
         ),
         "fs_read" => object(
             json!({"path": short("a relative path under the work directory")}),
@@ -376,7 +458,10 @@ pub fn schema(name: &str) -> Option<Value> {
 pub fn description(name: &str) -> Option<&'static str> {
     Some(match name {
         "exit" => "Finish the task and give the final answer.",
+        "spawn_agent" => "Start a helper agent of a given role on a task; its answer arrives as a message.",
         "send_msg" => "Send a message to another agent.",
+        "recv_msg" => "Wait for the next message from another agent.",
+        "net_fetch" => "Fetch a web page or file by URL.",
         "fs_read" => "Read a text file.",
         "fs_write" => "Write a text file (replaces it).",
         "fs_list" => "List the entries of a directory.",

@@ -14,10 +14,12 @@ use tokio::sync::broadcast;
 
 use crate::agent::journal::Journal;
 use crate::agent::record::{AgentRecord, SharedRecord, fail_tasks};
+use crate::agent::spawn::RoleSet;
 use crate::error::{Result, RuntimeError};
 use crate::mmu::MemorySystem;
 use crate::scheduler::SchedulerMsg;
 use crate::supervisor::{ActorSlot, ChildSpec, SupervisorEvent, SupervisorMsg};
+use crate::syscall::mcp::McpConnection;
 use crate::syscall::{SyscallConfig, Tool};
 use crate::types::Pid;
 
@@ -43,8 +45,12 @@ pub(crate) struct System {
     pub max_task_attempts: u32,
     /// Limits of the system calls.
     pub syscalls: SyscallConfig,
-    /// User tools, by name.
+    /// User tools and the tools of mounted MCP servers, by name.
     pub tools: HashMap<String, Arc<dyn Tool>>,
+    /// Roles `spawn_agent` can start.
+    pub roles: RoleSet,
+    /// Mounted MCP servers (their tools are in `tools`).
+    pub mcp: Vec<Arc<McpConnection>>,
 }
 
 #[derive(Default)]
@@ -78,6 +84,8 @@ pub(crate) struct SystemSettings {
     pub max_task_attempts: u32,
     pub syscalls: SyscallConfig,
     pub tools: HashMap<String, Arc<dyn Tool>>,
+    pub roles: RoleSet,
+    pub mcp: Vec<Arc<McpConnection>>,
 }
 
 impl System {
@@ -107,6 +115,8 @@ impl System {
             max_task_attempts: settings.max_task_attempts.max(1),
             syscalls: settings.syscalls,
             tools: settings.tools,
+            roles: settings.roles,
+            mcp: settings.mcp,
         }
     }
 

@@ -108,3 +108,31 @@ fn proc_status_kb(field: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The reference filesystem MCP server (`@modelcontextprotocol/server-filesystem`), serving
+/// `root` (which is also its working directory, so relative paths resolve there). It is the
+/// npm package pinned in `mcp/package-lock.json`; when `mcp/node_modules` lacks it, this runs
+/// `npm ci` there first (from the lock file: nothing is fetched at run time after that).
+pub fn filesystem_mcp_server(root: &std::path::Path) -> Result<agentos_runtime::McpServer, String> {
+    use std::sync::Mutex;
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mcp");
+    let script = dir.join("node_modules/@modelcontextprotocol/server-filesystem/dist/index.js");
+    let _installing = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if !script.is_file() {
+        eprintln!("installing the MCP filesystem server: npm ci in {}", dir.display());
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--silent"])
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run npm (install Node.js 20 or later): {e}"))?;
+        if !status.success() || !script.is_file() {
+            return Err(format!("`npm ci` in {} failed ({status})", dir.display()));
+        }
+    }
+    Ok(agentos_runtime::McpServer::stdio("filesystem", "node")
+        .arg(script.to_string_lossy())
+        .arg(root.to_string_lossy())
+        .cwd(root))
+}

@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use agentos_kernel::{ChatMessage, Constraint, GenerateRequest, GenerationEvent, GenerationSummary, KernelMsg, Prompt};
+use agentos_kernel::{
+    ChatMessage, Constraint, GenerateRequest, GenerationEvent, GenerationSummary, Grammar, KernelMsg, Prompt,
+};
 use ractor::concurrency::OneshotReceiver;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::de::DeserializeOwned;
@@ -330,9 +332,10 @@ impl<R: Agent> AgentActorState<R> {
         };
         let mut memory_text = None;
         let (outcome, completion) = match input {
-            TaskInput::Ask(prompt) => {
+            TaskInput::Ask(_) | TaskInput::AskJson { .. } => {
+                let (prompt, schema) = input.into_prompt();
                 record.set_state(AgentState::Waiting);
-                match self.run_turn(id, prompt, attempts, accepted, events).await {
+                match self.run_turn(id, prompt, schema, attempts, accepted, events).await {
                     Ok((response, completion, text)) => {
                         memory_text = text;
                         (Ok(Some(response)), completion)
@@ -593,6 +596,7 @@ impl<R: Agent> AgentActorState<R> {
         &mut self,
         id: TaskId,
         task: String,
+        response_schema: Option<String>,
         attempts: u32,
         accepted: Instant,
         events: Option<mpsc::UnboundedSender<StreamEvent>>,
@@ -603,11 +607,27 @@ impl<R: Agent> AgentActorState<R> {
         } else {
             self.assemble(&task)
         };
+        let response_schema = match response_schema {
+            Some(text) => {
+                let schema: serde_json::Value = serde_json::from_str(&text).map_err(|e| RuntimeError::BadJson {
+                    agent: self.record.name.clone(),
+                    reason: format!("the schema is not JSON: {e}"),
+                })?;
+                // The model writes better JSON when it is told what is wanted; the grammar
+                // makes sure of the syntax.
+                if let Some(last) = prompt.messages.last_mut() {
+                    last.content
+                        .push_str(&format!("\n\nAnswer only with JSON matching this schema: {text}"));
+                }
+                Some(schema)
+            }
+            None => None,
+        };
         self.role.prepare(&mut prompt);
         if self.system.kernel.is_none() {
             return Err(RuntimeError::NoKernel);
         }
-        let tooled = !self.spec.tools.is_empty();
+        let tooled = !self.spec.tools.is_empty() && response_schema.is_none();
         let mut steps = match tooled {
             true => self.system.journal.steps(id).await?,
             false => Vec::new(),
@@ -633,9 +653,13 @@ impl<R: Agent> AgentActorState<R> {
         let mut first_token = None;
         let (mut prompt_tokens, mut completion_tokens) = (0, 0);
         let (reply, finish_reason, step_limit_reached) = loop {
-            let constraint = match tooled {
-                true => self.call_constraint(steps.len()),
-                false => None,
+            let constraint = match (&response_schema, tooled) {
+                (Some(schema), _) => Some(Constraint {
+                    grammar: Grammar::JsonSchema(schema.clone()),
+                    after: None,
+                }),
+                (None, true) => self.call_constraint(steps.len()),
+                (None, false) => None,
             };
             let summary = self
                 .generate(&prompt, constraint, tooled, accepted, &events, &mut first_token)
@@ -683,7 +707,10 @@ impl<R: Agent> AgentActorState<R> {
         while self.turns.len() > self.spec.history_turns {
             self.turns.pop_front();
         }
-        let inbox = match self.inbox.is_empty() {
+        // Messages the turn showed (at its start, or taken by `recv_msg`, which records them in
+        // the inbox until the turn is done) leave the inbox with it.
+        let received = steps.iter().any(|s| s.name == "recv_msg" && s.result.is_ok());
+        let inbox = match self.inbox.is_empty() && !received {
             true => InboxChange::Keep,
             false => InboxChange::Clear,
         };
@@ -770,9 +797,10 @@ impl<R: Agent> AgentActorState<R> {
 
     /// The grammar of step `step`'s generation: a call of one of the agent's tools, forced
     /// (`<tool_call>` and the call) where its tool choice asks for a call, otherwise lazy (free
-    /// text, and a valid call once the model opens one); none once `max_steps` calls are made.
+    /// text, and a valid call once the model opens one); none once `max_steps` calls are made or
+    /// when `SyscallConfig::constrained_calls` is off.
     fn call_constraint(&self, step: usize) -> Option<Constraint> {
-        if step >= self.spec.max_steps {
+        if step >= self.spec.max_steps || !self.system.syscalls.constrained_calls {
             return None;
         }
         let forced = match self.spec.tool_choice {

@@ -8,11 +8,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use serde_json::{Value, json};
 
-use crate::agent::AgentSpec;
 use crate::agent::handle::AgentHandle;
+use crate::agent::journal::{Completion, InboxChange};
 use crate::agent::record::SharedRecord;
+use crate::agent::{AgentSpec, Delivered, TaskOutcome};
 use crate::error::RuntimeError;
 use crate::syscall::wire::{ToolDescription, check_schema};
 use crate::syscall::{SYSCALLS, Syscall, SyscallError, description, drivers, schema};
@@ -35,7 +38,11 @@ pub(crate) fn describe_tools(spec: &AgentSpec, system: &System) -> Result<Vec<To
     spec.tools
         .iter()
         .map(|name| {
-            if let (Some(parameters), Some(text)) = (schema(name), description(name)) {
+            if let (Some(mut parameters), Some(text)) = (schema(name), description(name)) {
+                if name == "spawn_agent" {
+                    // The grammar then lets the model name only roles that exist.
+                    parameters["properties"]["role"]["enum"] = json!(system.roles.names());
+                }
                 return Ok(ToolDescription {
                     name: name.clone(),
                     description: text.to_string(),
@@ -86,6 +93,15 @@ async fn run(caller: &Caller<'_>, call: &Syscall) -> Result<Value, SyscallError>
     let handle = || AgentHandle::new(caller.record.clone(), caller.system.clone());
     match call {
         Syscall::Exit { result } => Ok(json!({ "result": result })),
+        Syscall::SpawnAgent { role, name, task } => spawn(caller, role, name, task).await,
+        Syscall::RecvMsg { timeout_ms } => {
+            let wait = timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(config.recv_timeout)
+                .min(config.max_sleep);
+            receive(caller, wait).await
+        }
+        Syscall::NetFetch { url } => drivers::net_fetch(config, url).await,
         Syscall::SendMsg { to, text } => {
             let target = {
                 let registry = caller.system.registry();
@@ -139,6 +155,66 @@ async fn run(caller: &Caller<'_>, call: &Syscall) -> Result<Value, SyscallError>
                 reason,
             })?;
             tool.call(arguments).await.map_err(SyscallError::Failed)
+        }
+    }
+}
+
+/// `spawn_agent`: starts the child (supervised like every agent), journals its task, and
+/// forwards its answer to the caller as a message from the child once it is done.
+async fn spawn(caller: &Caller<'_>, role: &str, name: &str, task: &str) -> Result<Value, SyscallError> {
+    let system = caller.system;
+    let start = system.roles.spawn(system, role, name.to_string()).ok_or_else(|| {
+        SyscallError::NotFound(format!(
+            "no role `{role}`; the roles are: {}",
+            system.roles.names().join(", ")
+        ))
+    })?;
+    let child = start.await.map_err(|e| match e {
+        RuntimeError::NameTaken(name) => SyscallError::Denied(format!("an agent named `{name}` exists already")),
+        other => failed(other),
+    })?;
+    let stream = child.stream(task.to_string()).await.map_err(failed)?;
+    let task_id = stream.task_id();
+    let parent = AgentHandle::new(caller.record.clone(), system.clone());
+    tokio::spawn(async move {
+        let answer = match stream.response().await {
+            Ok(response) => response.text,
+            Err(e) => format!("(the task failed: {e})"),
+        };
+        if let Err(e) = child.send(&parent, answer).await {
+            tracing::warn!(child = %child.name(), error = %e, "could not deliver a spawned agent's answer");
+        }
+    });
+    Ok(json!({ "spawned": name, "role": role, "task": task_id.0 }))
+}
+
+/// `recv_msg`: takes the oldest message waiting for the caller, waiting up to `wait` for one.
+/// Taking it records the delivery in the journal with the message in the agent's inbox, so a
+/// crash before the step is recorded shows it again (as an earlier message) instead of losing it.
+async fn receive(caller: &Caller<'_>, wait: Duration) -> Result<Value, SyscallError> {
+    let record = caller.record;
+    let journal = &caller.system.journal;
+    let deadline = Instant::now() + wait;
+    let mut queued = record.watch_queue();
+    loop {
+        if let Some((id, from, text)) = record.take_delivery() {
+            let delivered = Delivered { from, text };
+            let inbox = journal.encode(&delivered).map_err(failed)?;
+            let completion = Completion {
+                checkpoint: None,
+                turn: None,
+                inbox: InboxChange::Add(inbox),
+            };
+            journal
+                .complete(id, &record.name, &TaskOutcome::Delivered, completion)
+                .await
+                .map_err(|e| SyscallError::Io(format!("the message could not be recorded: {e}")))?;
+            return Ok(json!({ "from": delivered.from, "text": delivered.text }));
+        }
+        match tokio::time::timeout_at(deadline, queued.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(SyscallError::Failed("the agent is stopping".into())),
+            Err(_) => return Err(SyscallError::Timeout(wait.as_millis() as u64)),
         }
     }
 }

@@ -7,9 +7,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use agentos_kernel::FinishReason;
 use agentos_memory::{ActiveContext, L1Msg, L1Stats, PageId, PageView};
 use futures::Stream;
 use ractor::{ActorRef, RpcReplyPort};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::agent::dispatch::{Caller, dispatch};
@@ -137,6 +140,55 @@ impl AgentHandle {
     /// Asks the agent to answer `prompt` and waits for the whole reply.
     pub async fn ask(&self, prompt: impl Into<String>) -> Result<Response> {
         self.stream(prompt).await?.response().await
+    }
+
+    /// Asks the agent to answer `prompt` with a value of type `T`: the reply is constrained by
+    /// the kernel's grammar to JSON matching `T`'s JSON Schema (derive `schemars::JsonSchema`),
+    /// then deserialised. The turn makes no tool calls. A reply cut short by the agent's
+    /// `max_tokens` is incomplete JSON: the error says so (give the role more tokens).
+    ///
+    /// ```no_run
+    /// # async fn example(agent: agentos_runtime::AgentHandle) -> agentos_runtime::Result<()> {
+    /// #[derive(serde::Deserialize, schemars::JsonSchema)]
+    /// struct Verdict {
+    ///     accept: bool,
+    ///     reason: String,
+    /// }
+    /// let verdict: Verdict = agent.ask_json("Should we accept the proposal? Say why.").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn ask_json<T: DeserializeOwned + JsonSchema>(&self, prompt: impl Into<String>) -> Result<T> {
+        let schema = serde_json::to_value(schemars::schema_for!(T)).map_err(|e| RuntimeError::BadJson {
+            agent: self.record.name.clone(),
+            reason: format!("the schema of the type cannot be written: {e}"),
+        })?;
+        let response = self.ask_with_schema(prompt, schema).await?;
+        serde_json::from_str(&response.text).map_err(|e| RuntimeError::BadJson {
+            agent: self.record.name.clone(),
+            reason: match response.finish_reason {
+                FinishReason::MaxTokens => format!("the reply was cut at max_tokens ({e})"),
+                _ => e.to_string(),
+            },
+        })
+    }
+
+    /// Asks the agent to answer `prompt` with JSON matching `schema` (constrained decoding);
+    /// the response's text is that JSON.
+    pub async fn ask_with_schema(&self, prompt: impl Into<String>, schema: serde_json::Value) -> Result<Response> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let input = TaskInput::AskJson {
+            prompt: prompt.into(),
+            schema: schema.to_string(),
+        };
+        let task = self.submit(&self.record, input, TaskReply::Stream(tx)).await?;
+        TokenStream {
+            task,
+            events: rx,
+            system: self.system.clone(),
+            agent: self.record.name.clone(),
+        }
+        .response()
+        .await
     }
 
     /// Asks the agent to answer `prompt`, streaming the reply token by token. Returns once the

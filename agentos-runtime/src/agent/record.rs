@@ -168,6 +168,29 @@ impl AgentRecord {
         Ok(())
     }
 
+    /// Takes the oldest queued delivery (not the running task) out of the queue, for `recv_msg`:
+    /// its id, sender and text. The agent's state is left alone (it is running a turn).
+    pub fn take_delivery(&self) -> Option<(TaskId, String, String)> {
+        let mut queue = self.queue();
+        let running = queue.running;
+        let id = queue
+            .tasks
+            .iter()
+            .find(|(id, task)| Some(**id) != running && matches!(task.input, TaskInput::Deliver { .. }))
+            .map(|(id, _)| *id)?;
+        let task = queue.tasks.remove(&id)?;
+        self.queued.send_replace(queue.tasks.len());
+        match task.input {
+            TaskInput::Deliver { from, text } => Some((id, from, text)),
+            TaskInput::Ask(_) | TaskInput::AskJson { .. } => None,
+        }
+    }
+
+    /// Changes whenever a task is queued or taken (a `recv_msg` waits on it).
+    pub fn watch_queue(&self) -> watch::Receiver<usize> {
+        self.queued.subscribe()
+    }
+
     /// Takes task `id` out of the queue, leaving the agent's state as the rest of the queue
     /// says: done before its caller is answered, so a caller that sees its answer also sees
     /// the agent idle (or busy with the next task).

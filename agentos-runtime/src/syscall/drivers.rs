@@ -1,4 +1,4 @@
-//! The drivers behind the file and exec system calls.
+//! The drivers behind the file, exec and fetch system calls.
 //!
 //! Paths are resolved beneath the configured file root: absolute paths and `..` are refused
 //! before anything is touched, and the deepest existing ancestor of the target is
@@ -6,6 +6,10 @@
 //! refused too. The check and the use are two steps (a symlink swapped in between them is not
 //! caught); resolving inside the kernel with `openat2(RESOLVE_BENEATH)` is the isolation
 //! issue's work.
+//!
+//! `net_fetch` fetches only from hosts on `SyscallConfig::net_allow`, over http or https, and
+//! follows at most [`MAX_REDIRECTS`] redirects itself, checking each new host against the
+//! list; the body is read up to `max_fetch_bytes` while it streams (the rest is not read).
 
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
@@ -208,6 +212,122 @@ async fn read_capped(mut pipe: impl AsyncRead + Unpin, cap: usize) -> (String, b
     (String::from_utf8_lossy(&kept).into_owned(), cut)
 }
 
+/// Redirects `net_fetch` follows (each target is checked against the allowed hosts).
+pub(crate) const MAX_REDIRECTS: usize = 5;
+
+/// The host of `url` when its scheme is http or https and the host is allowed.
+fn allowed_host(config: &SyscallConfig, url: &str) -> Result<String, SyscallError> {
+    let lower = url.trim_start().to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(SyscallError::Denied(format!(
+            "`{url}`: only http and https URLs are fetched"
+        )));
+    }
+    let uri: ureq::http::Uri = url.parse().map_err(|e| SyscallError::Arguments {
+        name: "net_fetch".into(),
+        reason: format!("`{url}` is not a URL: {e}"),
+    })?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(SyscallError::Denied(format!(
+                "`{url}`: only http and https URLs are fetched"
+            )));
+        }
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| SyscallError::Denied(format!("`{url}` names no host")))?
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_ascii_lowercase();
+    let allowed = config.net_allow.iter().any(|pattern| {
+        let pattern = pattern.to_ascii_lowercase();
+        match pattern.strip_prefix("*.") {
+            Some(domain) => host.ends_with(&format!(".{domain}")),
+            None => host == pattern,
+        }
+    });
+    match allowed {
+        true => Ok(host),
+        false => Err(SyscallError::Denied(format!("fetching from `{host}` is not allowed"))),
+    }
+}
+
+/// `net_fetch`: a GET of `url`, its status, content type and (UTF-8, lossy) body.
+pub(crate) async fn net_fetch(config: &SyscallConfig, url: &str) -> Result<Value, SyscallError> {
+    allowed_host(config, url)?;
+    let config = config.clone();
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || fetch_blocking(&config, url))
+        .await
+        .map_err(|e| SyscallError::Failed(format!("the fetch stopped: {e}")))?
+}
+
+fn fetch_blocking(config: &SyscallConfig, mut url: String) -> Result<Value, SyscallError> {
+    use std::io::Read;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(config.fetch_timeout))
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .build()
+        .into();
+    for _ in 0..=MAX_REDIRECTS {
+        let mut response = agent.get(&url).call().map_err(|e| match e {
+            ureq::Error::Timeout(_) => SyscallError::Timeout(config.fetch_timeout.as_millis() as u64),
+            other => SyscallError::Io(format!("fetching `{url}`: {other}")),
+        })?;
+        let status = response.status();
+        if status.is_redirection()
+            && let Some(location) = response.headers().get("location").and_then(|l| l.to_str().ok())
+        {
+            let next: ureq::http::Uri = location
+                .parse()
+                .map_err(|e| SyscallError::Io(format!("bad redirect `{location}`: {e}")))?;
+            url = match next.host() {
+                Some(_) => location.to_string(),
+                None => {
+                    // A relative redirect stays on the same scheme and authority.
+                    let base: ureq::http::Uri = url.parse().map_err(|e| SyscallError::Io(format!("{e}")))?;
+                    let authority = base.authority().map(|a| a.as_str()).unwrap_or_default();
+                    let scheme = base.scheme_str().unwrap_or("http");
+                    let path = if location.starts_with('/') {
+                        location.to_string()
+                    } else {
+                        format!("/{location}")
+                    };
+                    format!("{scheme}://{authority}{path}")
+                }
+            };
+            allowed_host(config, &url)?;
+            continue;
+        }
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let mut body = Vec::new();
+        let cap = config.max_fetch_bytes;
+        response
+            .body_mut()
+            .as_reader()
+            .take(cap as u64 + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| SyscallError::Io(format!("reading `{url}`: {e}")))?;
+        let truncated = body.len() > cap;
+        body.truncate(cap);
+        return Ok(json!({
+            "url": url,
+            "status": status.as_u16(),
+            "content_type": content_type,
+            "body": String::from_utf8_lossy(&body),
+            "truncated": truncated,
+        }));
+    }
+    Err(SyscallError::Failed(format!("more than {MAX_REDIRECTS} redirects")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,5 +355,19 @@ mod tests {
             std::os::unix::fs::symlink(root.join("sub"), root.join("inside")).unwrap();
             assert!(resolve(root, "inside/x").is_ok());
         }
+    }
+
+    #[test]
+    fn fetches_only_from_listed_hosts() {
+        let config = SyscallConfig {
+            net_allow: vec!["example.com".into(), "*.docs.rs".into()],
+            ..SyscallConfig::default()
+        };
+        assert_eq!(allowed_host(&config, "https://Example.com/a").unwrap(), "example.com");
+        assert!(allowed_host(&config, "https://serde.docs.rs/x").is_ok());
+        assert!(allowed_host(&config, "https://docs.rs/x").is_err());
+        assert!(allowed_host(&config, "https://example.com.evil.net/").is_err());
+        assert!(allowed_host(&config, "https://user@evil.net/").is_err());
+        assert!(allowed_host(&config, "gopher://example.com/").is_err());
     }
 }

@@ -56,13 +56,25 @@ pub fn tools_prompt(tools: &[ToolDescription]) -> String {
 /// arguments' schema>}`. `forced`: the generation must open with `<tool_call>` and make the
 /// call; otherwise it is free until the model writes `<tool_call>`, and the call is
 /// constrained from there. Either way generation ends where the call's JSON does.
+///
+/// Arguments are generated with the properties their schema declares only: a schema that does
+/// not say `additionalProperties` (as many MCP servers' do not) would otherwise let a small
+/// model invent property after property until it runs out of tokens. A call with only declared
+/// properties is valid against the original schema all the same.
 pub fn call_grammar(tools: &[ToolDescription], forced: bool) -> Constraint {
     let alternatives: Vec<Value> = tools
         .iter()
         .map(|tool| {
+            let mut arguments = tool.parameters.clone();
+            if let Some(object) = arguments.as_object_mut()
+                && object.contains_key("properties")
+                && !object.contains_key("additionalProperties")
+            {
+                object.insert("additionalProperties".into(), Value::Bool(false));
+            }
             json!({
                 "type": "object",
-                "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
+                "properties": {"name": {"const": tool.name}, "arguments": arguments},
                 "required": ["name", "arguments"],
                 "additionalProperties": false,
             })
@@ -411,5 +423,30 @@ mod tests {
         shown.push_str(&plain.push("day"));
         shown.push_str(&plain.finish());
         assert_eq!(shown, "a <b> <today");
+    }
+
+    #[test]
+    fn call_grammars_generate_only_declared_properties() {
+        let open = ToolDescription {
+            name: "read_text_file".into(),
+            description: String::new(),
+            parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+        };
+        let declared = ToolDescription {
+            name: "loose".into(),
+            description: String::new(),
+            parameters: json!({"type": "object", "properties": {}, "additionalProperties": true}),
+        };
+        let Constraint {
+            grammar: Grammar::JsonSchema(schema),
+            ..
+        } = call_grammar(&[open, declared], false)
+        else {
+            panic!("a lazy call grammar is a JSON Schema");
+        };
+        let arguments = |i: usize| schema["anyOf"][i]["properties"]["arguments"].clone();
+        assert_eq!(arguments(0)["additionalProperties"], json!(false));
+        // A schema that says what it allows is kept as it is.
+        assert_eq!(arguments(1)["additionalProperties"], json!(true));
     }
 }

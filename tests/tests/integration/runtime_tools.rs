@@ -210,3 +210,47 @@ async fn a_task_redelivered_after_a_crash_replays_its_recorded_call_instead_of_c
     );
     os.shutdown().await.unwrap();
 }
+
+/// You answer questions about places.
+#[agent(name = "Geographer", max_tokens = 96)]
+#[derive(Default, Serialize, Deserialize)]
+struct Geographer;
+
+/// What `ask_json` must produce (its schema comes from the derive, with integer formats).
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+struct City {
+    name: String,
+    population_millions: u32,
+    coastal: bool,
+    landmarks: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_json_returns_a_value_of_the_asked_type() {
+    let work = tempfile::tempdir().unwrap();
+    let os = start(work.path()).await;
+    let geographer = os.spawn(Geographer).await.unwrap();
+    for question in [
+        "Describe Lisbon: its name, population in millions, whether it is on the coast, two landmarks.",
+        "Describe Madrid as JSON.",
+    ] {
+        let city: City = geographer.ask_json(question).await.unwrap();
+        assert!(!city.name.trim().is_empty(), "{city:?}");
+        // Every field came back with its type; written out again it matches the schema.
+        let schema = serde_json::to_value(schemars::schema_for!(City)).unwrap();
+        check_schema(&schema, &serde_json::to_value(&city).unwrap()).unwrap_or_else(|e| panic!("{city:?}: {e}"));
+        eprintln!("ask_json: {question} -> {city:?}");
+    }
+    // A schema of one's own: the reply is one of the allowed values.
+    let response = geographer
+        .ask_with_schema(
+            "Is Lisbon north or south of Madrid?",
+            serde_json::json!({"enum": ["north", "south"]}),
+        )
+        .await
+        .unwrap();
+    let answer: String = serde_json::from_str(&response.text).unwrap();
+    assert!(answer == "north" || answer == "south", "{answer}");
+    assert!(response.steps.is_empty());
+    os.shutdown().await.unwrap();
+}

@@ -1,0 +1,169 @@
+//! Starting agents: from the user's code (`AgentOS::spawn`) and from a model's `spawn_agent`
+//! call, which plays a role registered with [`AgentOsBuilder::role`](crate::AgentOsBuilder::role).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::future::BoxFuture;
+use ractor::Actor;
+
+use crate::agent::actor::{AgentActor, AgentArgs};
+use crate::agent::dispatch::describe_tools;
+use crate::agent::handle::AgentHandle;
+use crate::agent::record::{AgentRecord, SharedRecord, TaskReply};
+use crate::agent::{Agent, AgentSpec};
+use crate::error::{Result, RuntimeError};
+use crate::rpc;
+use crate::supervisor::{ChildSpec, Restart, Shutdown, SupervisorMsg};
+use crate::system::System;
+use crate::types::{AgentState, Pid};
+
+/// Registers and starts an agent playing `role` under `name` (what `AgentOS::spawn` and the
+/// `spawn_agent` system call do).
+pub(crate) async fn spawn_agent<R: Agent>(
+    system: &Arc<System>,
+    name: String,
+    spec: AgentSpec,
+    role: R,
+) -> Result<AgentHandle> {
+    system.check_accepting()?;
+    describe_tools(&spec, system)?;
+    let initial =
+        bincode::serde::encode_to_vec(&role, bincode::config::standard()).map_err(|e| RuntimeError::Start {
+            what: format!("agent `{name}`"),
+            reason: format!("cannot serialise its state: {e}"),
+        })?;
+    let pid = Pid(system.next_pid.fetch_add(1, Ordering::Relaxed));
+    let record = Arc::new(AgentRecord::new(
+        pid,
+        name.clone(),
+        spec.role.clone(),
+        spec.tools.clone(),
+        spec.priority,
+    ));
+    let memory = spec.memory;
+    let child = agent_child_spec::<R>(record.clone(), system.clone(), Arc::new(spec), Arc::new(initial));
+    *record.child.lock().unwrap_or_else(|e| e.into_inner()) = Some(child.clone());
+    system.registry().insert(record.clone())?;
+    // Tasks this name had accepted and not finished (the process ended under them) run
+    // again; their callers are gone, their outcomes are recorded for `task_result`.
+    let recovered = match system.journal.pending(&name).await {
+        Ok(pending) => pending,
+        Err(e) => {
+            system.forget_agent(&record);
+            return Err(e);
+        }
+    };
+    for (id, task) in recovered {
+        record.enqueue(id, task.input, TaskReply::Nobody, task.attempts)?;
+    }
+    if memory && let Err(reason) = system.memory.start_l1(&name, pid).await {
+        system.forget_agent(&record);
+        return Err(RuntimeError::Start {
+            what: format!("the memory of agent `{name}`"),
+            reason,
+        });
+    }
+
+    let started = match system.agent_supervisor.get() {
+        Some(supervisor) => rpc::call(
+            &supervisor,
+            "the agent supervisor (spawn)",
+            system.call_timeout,
+            |reply| SupervisorMsg::StartChild(child, reply),
+            || system.down_error(),
+        )
+        .await
+        .and_then(|r| {
+            r.map_err(|reason| RuntimeError::Start {
+                what: format!("agent `{name}`"),
+                reason,
+            })
+        }),
+        None => Err(system.down_error()),
+    };
+    if let Err(e) = started {
+        system.forget_agent(&record);
+        system.memory.stop_l1(&name).await;
+        return Err(e);
+    }
+    Ok(AgentHandle::new(record, system.clone()))
+}
+
+/// How the agent supervisor starts (and restarts) one agent. Agents are killed, not asked, when
+/// their supervisor stops them: an agent may be in the middle of an LLM turn, everything it has
+/// is in its record and the journal, and its cut-short start is given back.
+fn agent_child_spec<R: Agent>(
+    record: SharedRecord,
+    system: Arc<System>,
+    spec: Arc<AgentSpec>,
+    initial: Arc<Vec<u8>>,
+) -> ChildSpec {
+    let id = record.name.clone();
+    ChildSpec::new(id, Restart::Transient, move |supervisor| {
+        let args = AgentArgs {
+            record: record.clone(),
+            system: system.clone(),
+            spec: spec.clone(),
+            initial: initial.clone(),
+        };
+        async move {
+            if args.record.queue().actor.is_some() {
+                args.record.set_state(AgentState::Restarting);
+                args.record.restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            let (agent, _join) = Actor::spawn_linked(None, AgentActor::<R>::new(), args, supervisor).await?;
+            Ok(agent.get_cell())
+        }
+    })
+    .with_shutdown(Shutdown::Kill)
+}
+
+type SpawnRole = Arc<dyn Fn(Arc<System>, String) -> BoxFuture<'static, Result<AgentHandle>> + Send + Sync>;
+
+/// Roles a model may start agents of with the `spawn_agent` system call, by role name (the
+/// `role` of their `#[agent]`). Each child starts from the role's `Default` state.
+#[derive(Clone, Default)]
+pub struct RoleSet {
+    roles: BTreeMap<String, (Arc<AgentSpec>, SpawnRole)>,
+}
+
+impl RoleSet {
+    /// Registers `R` under its spec's role name (a later role of the same name replaces it).
+    pub fn add<R: Agent + Default>(&mut self) {
+        let spec = Arc::new(R::spec());
+        let template = spec.clone();
+        let spawn: SpawnRole = Arc::new(move |system, name| {
+            let spec = (*template).clone();
+            Box::pin(async move { spawn_agent(&system, name, spec, R::default()).await })
+        });
+        self.roles.insert(spec.role.clone(), (spec, spawn));
+    }
+
+    /// The registered role names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.roles.keys().cloned().collect()
+    }
+
+    pub fn spec(&self, role: &str) -> Option<&AgentSpec> {
+        self.roles.get(role).map(|(spec, _)| spec.as_ref())
+    }
+
+    /// Starts an agent of `role` named `name`; `None` when no such role is registered.
+    pub(crate) fn spawn(
+        &self,
+        system: &Arc<System>,
+        role: &str,
+        name: String,
+    ) -> Option<BoxFuture<'static, Result<AgentHandle>>> {
+        let (_, spawn) = self.roles.get(role)?;
+        Some(spawn(system.clone(), name))
+    }
+}
+
+impl std::fmt::Debug for RoleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.roles.keys()).finish()
+    }
+}

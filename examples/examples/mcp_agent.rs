@@ -1,0 +1,94 @@
+//! An agent that acts through an MCP server: the reference filesystem server
+//! (`@modelcontextprotocol/server-filesystem`, pinned in `mcp/package-lock.json`) serves a
+//! scratch directory, and an agent on the default model answers a question that needs a file
+//! in it, through the server's `read_text_file` and `list_directory` tools. Each call and its
+//! result are printed as the turn runs.
+//!
+//! ```text
+//! cargo run --release --example mcp_agent -- ["your question"] [--model PATH] [--dtype f32|f16] [--device NAME]
+//! ```
+//! Needs Node.js; `npm ci` runs in `mcp/` first when the server is not installed there.
+
+use std::io::Write;
+
+use agentos_examples::{Args, filesystem_mcp_server, init_logging};
+use agentos_runtime::prelude::*;
+
+/// You are a careful assistant with access to files. Use the functions to look things up before answering.
+#[agent(
+    name = "FileAssistant",
+    tools = ["list_directory", "read_text_file"],
+    max_steps = 4,
+    tool_choice = "first",
+    max_tokens = 128
+)]
+#[derive(Default, Serialize, Deserialize)]
+struct FileAssistant;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    init_logging();
+    let args = Args::from_env();
+    let question = args
+        .positional()
+        .unwrap_or_else(|| "How many servers are in the rack? The number is in the file inventory.txt.".to_string());
+
+    let work = std::env::temp_dir().join(format!("agentos-mcp-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let work = work.canonicalize()?;
+    std::fs::write(
+        work.join("inventory.txt"),
+        "Rack B7 inventory\nservers: 37\nswitches: 2\n",
+    )?;
+
+    let os = AgentOS::builder()
+        .kernel(args.kernel_args()?)
+        .mcp_server(filesystem_mcp_server(&work)?)
+        .start()
+        .await?;
+    for server in os.mcp_servers() {
+        eprintln!(
+            "[mcp] {} (pid {:?}) offers {}",
+            server.name,
+            server.pid,
+            server.tools.join(", ")
+        );
+    }
+    let assistant = os.spawn(FileAssistant).await?;
+
+    println!("> {question}");
+    let mut reply = assistant.stream(question).await?;
+    while let Some(event) = reply.next().await {
+        match event {
+            StreamEvent::Token(text) => {
+                print!("{text}");
+                std::io::stdout().flush()?;
+            }
+            StreamEvent::ToolCall { name, arguments } => println!("\n[call] {name} {arguments}"),
+            StreamEvent::ToolResult { name, result } => match result {
+                Ok(json) => println!("[result of {name}] {json}"),
+                Err(e) => println!("[error from {name}] {e}"),
+            },
+            StreamEvent::Restarted => println!("\n[the agent restarted; its answer starts over]"),
+            StreamEvent::Done(outcome) => {
+                let response = (*outcome)?;
+                println!();
+                eprintln!(
+                    "[{} call(s){}, {} prompt tokens, {} generated, {:.2}s]",
+                    response.steps.len(),
+                    if response.step_limit_reached {
+                        ", stopped at max_steps"
+                    } else {
+                        ""
+                    },
+                    response.prompt_tokens,
+                    response.completion_tokens,
+                    response.total_time.as_secs_f64()
+                );
+            }
+        }
+    }
+    os.shutdown().await?;
+    std::fs::remove_dir_all(&work)?;
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! Measures agents that act: the dispatcher's own cost, what grammar masks cost next to a
+//! decode step, how many calls parse and validate with and without constraints, and how many
+//! single-tool tasks the default model answers correctly.
+//!
+//! ```text
+//! cargo run --release --example tools_bench -- --json [--tasks N] [--seed S] [--model PATH] [--dtype f32|f16] [--device NAME]
+//! ```
+//! Prints one JSON object:
+//! - `syscall_dispatch_us`: p50 and p99 of one call through `AgentHandle::call` (checkpoint,
+//!   schema check, driver), no model: a user tool (`add`) and `fs_read` of a small file.
+//! - `grammar`: tool-call generations through the Batcher under the call grammar of three
+//!   tools, for 1 and 8 sequences: `mask_us_per_token`, `forward_us_per_step`,
+//!   `forward_us_per_token` and `mask_share_of_step` (mask time per step over forward time per
+//!   step). The top-level `mask_us_per_token` and `forward_us_per_token` are the 1-sequence ones.
+//! - `valid_calls_constrained` / `valid_calls_unconstrained`: of the calls the agents emitted
+//!   over the task set, the fraction that parsed, named one of the agent's tools and whose
+//!   arguments validated (the same tasks, with `SyscallConfig::constrained_calls` on and off),
+//!   with the number of calls and of tasks that made one.
+//! - `task_success` (constrained) and `task_success_unconstrained`: the fraction of tasks whose
+//!   final answer contains the right number. The tasks are single-tool: add or multiply two
+//!   numbers with a tool, or read a number from a named file; the numbers come from `--seed`.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use agentos_examples::{Args, init_logging};
+use agentos_kernel::engine::generate::{Batcher, prepare};
+use agentos_kernel::{ChatMessage, Engine, GenerateRequest, GenerationEvent};
+use agentos_runtime::prelude::*;
+use agentos_runtime::syscall::wire::{ToolDescription, call_grammar, check_schema, tools_prompt};
+use agentos_runtime::syscall::{description, schema};
+use agentos_runtime::{FnTool, Syscall};
+use serde_json::{Value, json};
+
+/// You are a calculator assistant. Use the add function to add the numbers in the question,
+/// then state the result.
+#[agent(name = "Adder", role = "adder", tools = ["add"], tool_choice = "first", max_steps = 2, max_tokens = 64)]
+#[derive(Default, Serialize, Deserialize)]
+struct Adder;
+
+/// You are a calculator assistant. Use the multiply function to multiply the numbers in the
+/// question, then state the result.
+#[agent(name = "Multiplier", role = "multiplier", tools = ["multiply"], tool_choice = "first", max_steps = 2, max_tokens = 64)]
+#[derive(Default, Serialize, Deserialize)]
+struct Multiplier;
+
+/// You are a careful assistant with access to files. Read the file the question names, then
+/// answer with what it says.
+#[agent(name = "FileReader", role = "reader", tools = ["fs_read"], tool_choice = "first", max_steps = 2, max_tokens = 64)]
+#[derive(Default, Serialize, Deserialize)]
+struct FileReader;
+
+fn arithmetic_tool(
+    name: &'static str,
+    verb: &str,
+    op: fn(i64, i64) -> Option<i64>,
+) -> FnTool<impl Fn(Value) -> std::future::Ready<Result<Value, String>> + Send + Sync + 'static> {
+    FnTool::new(
+        name,
+        format!("{verb} two integers a and b and return the result."),
+        json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+               "required": ["a", "b"], "additionalProperties": false}),
+        move |args: Value| {
+            let result = match (args["a"].as_i64(), args["b"].as_i64()) {
+                (Some(a), Some(b)) => op(a, b)
+                    .map(|n| json!(n))
+                    .ok_or_else(|| "the result overflows".to_string()),
+                _ => Err("a and b must be integers".to_string()),
+            };
+            std::future::ready(result)
+        },
+    )
+}
+
+/// One task: which role answers it, the question, and the number the answer must contain.
+struct Task {
+    role: &'static str,
+    question: String,
+    expected: String,
+}
+
+/// A small deterministic generator (the task numbers are not chosen by hand).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, low: u64, high: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        low + (self.0 >> 33) % (high - low)
+    }
+}
+
+fn tasks(count: usize, seed: u64, work: &std::path::Path) -> std::io::Result<Vec<Task>> {
+    let mut rng = Lcg(seed);
+    let mut out = Vec::new();
+    for i in 0..count {
+        let (a, b) = (rng.next(10, 1000), rng.next(10, 1000));
+        let variant = rng.next(0, 3) as usize;
+        let task = match i % 3 {
+            0 => Task {
+                role: "adder",
+                question: [
+                    format!("What is {a} plus {b}?"),
+                    format!("Add {a} and {b}."),
+                    format!("Compute the sum of {a} and {b}."),
+                ][variant]
+                    .clone(),
+                expected: (a + b).to_string(),
+            },
+            1 => Task {
+                role: "multiplier",
+                question: [
+                    format!("What is {a} times {b}?"),
+                    format!("Multiply {a} by {b}."),
+                    format!("Compute the product of {a} and {b}."),
+                ][variant]
+                    .clone(),
+                expected: (a * b).to_string(),
+            },
+            _ => {
+                let file = format!("report-{i}.txt");
+                let total = a * 10 + b;
+                std::fs::write(work.join(&file), format!("Quarterly report\ntotal: {total}\n"))?;
+                Task {
+                    role: "reader",
+                    question: [
+                        format!("What is the total in {file}?"),
+                        format!("Read {file} and tell me the total."),
+                        format!("Which total does the file {file} give?"),
+                    ][variant]
+                        .clone(),
+                    expected: total.to_string(),
+                }
+            }
+        };
+        out.push(task);
+    }
+    Ok(out)
+}
+
+fn percentiles(mut samples: Vec<f64>) -> Value {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    json!({"p50": round(at(0.5)), "p99": round(at(0.99)), "calls": samples.len()})
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// p50/p99 of `AgentHandle::call` without a model.
+async fn dispatch_cost(work: &std::path::Path) -> Result<Value, Box<dyn std::error::Error>> {
+    /// You use tools.
+    #[agent(name = "Caller", tools = ["add", "fs_read"])]
+    #[derive(Default, Serialize, Deserialize)]
+    struct Caller;
+
+    std::fs::write(work.join("small.txt"), "servers: 37\n")?;
+    let os = AgentOS::builder()
+        .without_kernel()
+        .work_dir(work)
+        .tool(arithmetic_tool("add", "Add", i64::checked_add))
+        .start()
+        .await?;
+    let agent = os.spawn(Caller).await?;
+    let add = Syscall::from_call("add", json!({"a": 2, "b": 40}))?;
+    let read = Syscall::from_call("fs_read", json!({"path": "small.txt"}))?;
+    let mut out = serde_json::Map::new();
+    for (label, call) in [("tool", add), ("fs_read", read)] {
+        for _ in 0..200 {
+            agent.call(call.clone()).await?;
+        }
+        let mut samples = Vec::new();
+        for _ in 0..2000 {
+            let t = Instant::now();
+            agent.call(call.clone()).await?;
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        out.insert(label.to_string(), percentiles(samples));
+    }
+    os.shutdown().await?;
+    Ok(Value::Object(out))
+}
+
+/// Mask and forward time of forced tool-call generations through the Batcher.
+fn grammar_cost(args: &Args) -> Result<Value, Box<dyn std::error::Error>> {
+    let mut engine = Engine::load(&args.model(), args.engine_config()?)?;
+    let tools: Vec<ToolDescription> = ["fs_read", "fs_list", "exec"]
+        .iter()
+        .map(|name| ToolDescription {
+            name: name.to_string(),
+            description: description(name).unwrap_or_default().to_string(),
+            parameters: schema(name).unwrap_or_default(),
+        })
+        .collect();
+    let system = format!("You are a careful assistant.{}", tools_prompt(&tools));
+    let questions = [
+        "Read the file inventory.txt.",
+        "List the work directory.",
+        "Run the program date.",
+        "What does notes.md say?",
+        "Show me the files.",
+        "Open config.toml.",
+        "Run uname with the argument -a.",
+        "Read the file report.txt.",
+    ];
+    let mut runs = Vec::new();
+    for sequences in [1usize, 8] {
+        let mut batcher = Batcher::new();
+        let mut receivers = Vec::new();
+        for question in questions.iter().cycle().take(sequences) {
+            let request =
+                GenerateRequest::chat(vec![ChatMessage::system(system.clone()), ChatMessage::user(*question)])
+                    .max_tokens(48)
+                    .constraint(call_grammar(&tools, true));
+            let prepared = prepare(request, engine.tokenizer(), engine.template(), engine.model_config())?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            batcher.submit(prepared, Box::new(tx));
+            receivers.push(rx);
+        }
+        let before = engine.stats();
+        while !batcher.is_idle() {
+            batcher.step(&mut engine);
+        }
+        let after = engine.stats();
+        for rx in receivers {
+            if let Some(GenerationEvent::Failed(e)) = rx.try_iter().find(|e| matches!(e, GenerationEvent::Failed(_))) {
+                return Err(e.into());
+            }
+        }
+        let stats = batcher.stats();
+        let forwards = (after.forwards - before.forwards).max(1) as f64;
+        let forward_us = (after.forward_seconds - before.forward_seconds) * 1e6;
+        let mask_us_per_token = stats.grammar_mask_us as f64 / stats.grammar_masks.max(1) as f64;
+        let forward_us_per_step = forward_us / forwards;
+        let mask_us_per_step = stats.grammar_mask_us as f64 / forwards;
+        runs.push(json!({
+            "sequences": sequences,
+            "generated_tokens": stats.generated_tokens,
+            "masks": stats.grammar_masks,
+            "mask_us_per_token": round(mask_us_per_token),
+            "forward_us_per_step": round(forward_us_per_step),
+            "forward_us_per_token": round(forward_us / stats.generated_tokens.max(1) as f64),
+            "mask_share_of_step": round(mask_us_per_step / forward_us_per_step * 100.0) / 100.0,
+        }));
+    }
+    Ok(Value::Array(runs))
+}
+
+/// Runs every task once on its own agent (all at once, so the kernel batches them); returns
+/// (valid calls, calls, tasks with a call, tasks answered correctly) and per-role figures.
+async fn run_tasks(
+    args: &Args,
+    work: &std::path::Path,
+    tasks: &[Task],
+    constrained: bool,
+) -> Result<(usize, usize, usize, usize, Value), Box<dyn std::error::Error>> {
+    let os = AgentOS::builder()
+        .kernel(args.kernel_args()?)
+        .syscalls(SyscallConfig {
+            fs_root: Some(work.to_path_buf()),
+            constrained_calls: constrained,
+            ..SyscallConfig::default()
+        })
+        .tool(arithmetic_tool("add", "Add", i64::checked_add))
+        .tool(arithmetic_tool("multiply", "Multiply", i64::checked_mul))
+        .start()
+        .await?;
+    let mut running = Vec::new();
+    for (i, task) in tasks.iter().enumerate() {
+        let name = format!("{}-{i}", task.role);
+        let agent = match task.role {
+            "adder" => os.spawn_named(name, Adder).await?,
+            "multiplier" => os.spawn_named(name, Multiplier).await?,
+            _ => os.spawn_named(name, FileReader).await?,
+        };
+        let question = task.question.clone();
+        running.push(tokio::spawn(async move { agent.ask(question).await }));
+    }
+    let (mut valid, mut calls, mut with_call, mut correct) = (0, 0, 0, 0);
+    let mut by_role: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for (task, handle) in tasks.iter().zip(running) {
+        let response = handle.await??;
+        let allowed = match task.role {
+            "adder" => "add",
+            "multiplier" => "multiply",
+            _ => "fs_read",
+        };
+        with_call += !response.steps.is_empty() as usize;
+        for step in &response.steps {
+            calls += 1;
+            let parsed: Option<Value> = serde_json::from_str(&step.arguments).ok();
+            let call_schema = match allowed {
+                "fs_read" => schema("fs_read"),
+                _ => Some(
+                    json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                                 "required": ["a", "b"], "additionalProperties": false}),
+                ),
+            };
+            let ok = step.name == allowed
+                && parsed
+                    .as_ref()
+                    .zip(call_schema.as_ref())
+                    .is_some_and(|(arguments, schema)| check_schema(schema, arguments).is_ok());
+            valid += ok as usize;
+        }
+        let right = response.text.contains(&task.expected);
+        correct += right as usize;
+        let entry = by_role.entry(task.role).or_default();
+        entry.0 += 1;
+        entry.1 += right as usize;
+        eprintln!(
+            "[{}] {} -> calls {:?} answer {:?} ({})",
+            if constrained { "constrained" } else { "free" },
+            task.question,
+            response
+                .steps
+                .iter()
+                .map(|s| format!("{} {}", s.name, s.arguments))
+                .collect::<Vec<_>>(),
+            response.text,
+            if right { "right" } else { "wrong" }
+        );
+    }
+    os.shutdown().await?;
+    let by_role: serde_json::Map<String, Value> = by_role
+        .into_iter()
+        .map(|(role, (n, right))| (role.to_string(), json!({"tasks": n, "answered_correctly": right})))
+        .collect();
+    Ok((valid, calls, with_call, correct, Value::Object(by_role)))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    init_logging();
+    let args = Args::from_env();
+    let count: usize = args.value("tasks").map(str::parse).transpose()?.unwrap_or(21);
+    let seed: u64 = args.value("seed").map(str::parse).transpose()?.unwrap_or(7);
+    let work = std::env::temp_dir().join(format!("agentos-tools-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+
+    let started = Instant::now();
+    let dispatch = dispatch_cost(&work).await?;
+    let grammar = grammar_cost(&args)?;
+    let task_set = tasks(count, seed, &work)?;
+    let (valid_c, calls_c, with_call_c, correct_c, roles_c) = run_tasks(&args, &work, &task_set, true).await?;
+    let (valid_u, calls_u, with_call_u, correct_u, roles_u) = run_tasks(&args, &work, &task_set, false).await?;
+    let fraction = |a: usize, b: usize| {
+        if b == 0 {
+            Value::Null
+        } else {
+            json!(round(a as f64 / b as f64))
+        }
+    };
+    let result = json!({
+        "syscall_dispatch_us": dispatch,
+        "mask_us_per_token": grammar[0]["mask_us_per_token"],
+        "forward_us_per_token": grammar[0]["forward_us_per_token"],
+        "grammar": grammar,
+        "tasks": task_set.len(),
+        "seed": seed,
+        "valid_calls_constrained": fraction(valid_c, calls_c),
+        "valid_calls_unconstrained": fraction(valid_u, calls_u),
+        "calls_constrained": calls_c,
+        "calls_unconstrained": calls_u,
+        "tasks_with_a_call_constrained": with_call_c,
+        "tasks_with_a_call_unconstrained": with_call_u,
+        "task_success": fraction(correct_c, task_set.len()),
+        "task_success_unconstrained": fraction(correct_u, task_set.len()),
+        "by_role_constrained": roles_c,
+        "by_role_unconstrained": roles_u,
+        "seconds": round(started.elapsed().as_secs_f64()),
+    });
+    std::fs::remove_dir_all(&work)?;
+    if args.flag("json") {
+        println!("{result}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    }
+    Ok(())
+}

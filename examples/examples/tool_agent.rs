@@ -10,9 +10,7 @@
 //! cargo run --release --example tool_agent -- ["your question"] [--model PATH] [--dtype f32|f16] [--device NAME]
 //! ```
 
-use std::io::Write;
-
-use agentos_examples::{Args, init_logging};
+use agentos_examples::{Args, init_logging, print_turn};
 use agentos_runtime::prelude::*;
 
 /// You are a careful assistant with access to files. Use the functions to look things up before answering.
@@ -49,37 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let assistant = os.spawn(FileAssistant).await?;
 
     println!("> {question}");
-    let mut reply = assistant.stream(question).await?;
-    while let Some(event) = reply.next().await {
-        match event {
-            StreamEvent::Token(text) => {
-                print!("{text}");
-                std::io::stdout().flush()?;
-            }
-            StreamEvent::ToolCall { name, arguments } => println!("\n[call] {name} {arguments}"),
-            StreamEvent::ToolResult { name, result } => match result {
-                Ok(json) => println!("[result of {name}] {json}"),
-                Err(e) => println!("[error from {name}] {e}"),
-            },
-            StreamEvent::Restarted => println!("\n[the agent restarted; its answer starts over]"),
-            StreamEvent::Done(outcome) => {
-                let response = (*outcome)?;
-                println!();
-                eprintln!(
-                    "[{} call(s){}, {} prompt tokens, {} generated, {:.2}s]",
-                    response.steps.len(),
-                    if response.step_limit_reached {
-                        ", stopped at max_steps"
-                    } else {
-                        ""
-                    },
-                    response.prompt_tokens,
-                    response.completion_tokens,
-                    response.total_time.as_secs_f64()
-                );
-            }
-        }
-    }
+    print_turn(assistant.stream(question).await?).await?;
     os.shutdown().await?;
     std::fs::remove_dir_all(&work)?;
     Ok(())

@@ -50,6 +50,12 @@ struct Multiplier;
 #[derive(Default, Serialize, Deserialize)]
 struct FileReader;
 
+/// The arguments of `add` and `multiply`.
+fn arithmetic_schema() -> Value {
+    json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+           "required": ["a", "b"], "additionalProperties": false})
+}
+
 fn arithmetic_tool(
     name: &'static str,
     verb: &str,
@@ -58,8 +64,7 @@ fn arithmetic_tool(
     FnTool::new(
         name,
         format!("{verb} two integers a and b and return the result."),
-        json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-               "required": ["a", "b"], "additionalProperties": false}),
+        arithmetic_schema(),
         move |args: Value| {
             let result = match (args["a"].as_i64(), args["b"].as_i64()) {
                 (Some(a), Some(b)) => op(a, b)
@@ -294,10 +299,7 @@ async fn run_tasks(
             let parsed: Option<Value> = serde_json::from_str(&step.arguments).ok();
             let call_schema = match allowed {
                 "fs_read" => schema("fs_read"),
-                _ => Some(
-                    json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-                                 "required": ["a", "b"], "additionalProperties": false}),
-                ),
+                _ => Some(arithmetic_schema()),
             };
             let ok = step.name == allowed
                 && parsed

@@ -136,3 +136,42 @@ pub fn filesystem_mcp_server(root: &std::path::Path) -> Result<agentos_runtime::
         .arg(root.to_string_lossy())
         .cwd(root))
 }
+
+/// Prints an agent's streamed turn as it runs: tokens as they come, each call and its result on
+/// lines of their own, and a summary line (calls, tokens, time) on stderr at the end.
+pub async fn print_turn(mut reply: agentos_runtime::TokenStream) -> Result<(), Box<dyn std::error::Error>> {
+    use agentos_runtime::StreamEvent;
+    use futures::StreamExt;
+    use std::io::Write;
+    while let Some(event) = reply.next().await {
+        match event {
+            StreamEvent::Token(text) => {
+                print!("{text}");
+                std::io::stdout().flush()?;
+            }
+            StreamEvent::ToolCall { name, arguments } => println!("\n[call] {name} {arguments}"),
+            StreamEvent::ToolResult { name, result } => match result {
+                Ok(json) => println!("[result of {name}] {json}"),
+                Err(e) => println!("[error from {name}] {e}"),
+            },
+            StreamEvent::Restarted => println!("\n[the agent restarted; its answer starts over]"),
+            StreamEvent::Done(outcome) => {
+                let response = (*outcome)?;
+                println!();
+                eprintln!(
+                    "[{} call(s){}, {} prompt tokens, {} generated, {:.2}s]",
+                    response.steps.len(),
+                    if response.step_limit_reached {
+                        ", stopped at max_steps"
+                    } else {
+                        ""
+                    },
+                    response.prompt_tokens,
+                    response.completion_tokens,
+                    response.total_time.as_secs_f64()
+                );
+            }
+        }
+    }
+    Ok(())
+}

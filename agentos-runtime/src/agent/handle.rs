@@ -175,20 +175,11 @@ impl AgentHandle {
     /// Asks the agent to answer `prompt` with JSON matching `schema` (constrained decoding);
     /// the response's text is that JSON.
     pub async fn ask_with_schema(&self, prompt: impl Into<String>, schema: serde_json::Value) -> Result<Response> {
-        let (tx, rx) = mpsc::unbounded_channel();
         let input = TaskInput::AskJson {
             prompt: prompt.into(),
             schema: schema.to_string(),
         };
-        let task = self.submit(&self.record, input, TaskReply::Stream(tx)).await?;
-        TokenStream {
-            task,
-            events: rx,
-            system: self.system.clone(),
-            agent: self.record.name.clone(),
-        }
-        .response()
-        .await
+        self.stream_task(input).await?.response().await
     }
 
     /// Asks the agent to answer `prompt`, streaming the reply token by token. Returns once the
@@ -196,10 +187,13 @@ impl AgentHandle {
     /// does not cancel the task: the turn still completes and is recorded in the agent's history
     /// and the journal (it is the agent's work, not only the caller's).
     pub async fn stream(&self, prompt: impl Into<String>) -> Result<TokenStream> {
+        self.stream_task(TaskInput::Ask(prompt.into())).await
+    }
+
+    /// Journals `input` for this agent and returns the stream of its reply.
+    async fn stream_task(&self, input: TaskInput) -> Result<TokenStream> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = self
-            .submit(&self.record, TaskInput::Ask(prompt.into()), TaskReply::Stream(tx))
-            .await?;
+        let task = self.submit(&self.record, input, TaskReply::Stream(tx)).await?;
         Ok(TokenStream {
             task,
             events: rx,

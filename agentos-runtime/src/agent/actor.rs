@@ -321,15 +321,17 @@ impl<R: Agent> AgentActorState<R> {
             };
             return self.finish(id, Err(error), Completion::none()).await;
         };
-        if let Err(e) = self.system.journal.started(id).await {
-            tracing::warn!(error = %e, "could not count the start in the journal");
-        }
+        // Armed before the first await: a stop that lands while the journal counts the start
+        // gives the start back too (the journal applies the count and its refund in order).
         let mut guard = StartGuard {
             record: record.clone(),
             journal: self.system.journal.clone(),
             id,
             armed: true,
         };
+        if let Err(e) = self.system.journal.started(id).await {
+            tracing::warn!(error = %e, "could not count the start in the journal");
+        }
         let mut memory_text = None;
         let (outcome, completion) = match input {
             TaskInput::Ask(_) | TaskInput::AskJson { .. } => {

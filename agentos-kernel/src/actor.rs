@@ -55,9 +55,11 @@ pub enum KernelMsg {
         tokens: Vec<TokenId>,
         reply: RpcReplyPort<Result<String>>,
     },
-    /// Render messages with the model's chat template (with an open assistant turn).
+    /// Render messages with the model's chat template (with an open assistant turn); `tools`
+    /// (function objects) go to its tools branch, none renders without.
     RenderChat {
         messages: Vec<ChatMessage>,
+        tools: Vec<serde_json::Value>,
         reply: RpcReplyPort<Result<String>>,
     },
     Info(RpcReplyPort<ModelInfo>),
@@ -170,8 +172,8 @@ impl Actor for KernelActor {
             KernelMsg::Detokenize { tokens, reply } => {
                 let _ = reply.send(engine.tokenizer.decode(&tokens));
             }
-            KernelMsg::RenderChat { messages, reply } => {
-                let _ = reply.send(engine.template.render(&messages, true));
+            KernelMsg::RenderChat { messages, tools, reply } => {
+                let _ = reply.send(engine.template.render_with_tools(&messages, &tools, true));
             }
             KernelMsg::Info(reply) => {
                 let _ = reply.send(engine.info.clone());

@@ -1,7 +1,15 @@
 //! Chat rendering with the model's own Jinja template (`tokenizer.chat_template`).
+//!
+//! A template may have a tools branch: given a `tools` list (OpenAI's function objects,
+//! `{"type": "function", "function": {"name", "description", "parameters"}}`), it writes the
+//! tool list and calling instructions the model was trained on, and renders `tool` messages
+//! (results) its own way. [`ChatTemplate::has_tools_branch`] says whether a template has one
+//! whose calls are written inside `<tool_call>` tags (Hermes, Qwen2.5, SmolLM3 style), the call
+//! format the runtime parses and constrains.
 
 use minijinja::{Environment, Error, ErrorKind, context};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::{KernelError, Result};
 
@@ -38,6 +46,7 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    tools_branch: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -57,22 +66,49 @@ impl ChatTemplate {
         });
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| KernelError::ChatTemplate(format!("cannot parse the template: {e}")))?;
+        let reads_tools = env
+            .get_template("chat")
+            .map_err(|e| KernelError::ChatTemplate(e.to_string()))?
+            .undeclared_variables(false)
+            .contains("tools");
         Ok(ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            tools_branch: reads_tools && source.contains("<tool_call>"),
         })
+    }
+
+    /// Whether the template renders a `tools` list itself and has the model write calls inside
+    /// `<tool_call>` tags. Only then is the model's own tool format used: a template whose
+    /// calls look different (Llama 3.1's bare JSON, Mistral's `[TOOL_CALLS]`) would teach the
+    /// model calls that the runtime's parser and call grammar do not read.
+    pub fn has_tools_branch(&self) -> bool {
+        self.tools_branch
     }
 
     /// Renders messages; `add_generation_prompt` opens the assistant's turn.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// Renders messages with `tools` (function objects) given to the template's tools branch;
+    /// no tools renders as [`ChatTemplate::render`] does (`tools` is then undefined, as in HF).
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[Value],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let template = self
             .env
             .get_template("chat")
             .map_err(|e| KernelError::ChatTemplate(e.to_string()))?;
+        let tools = (!tools.is_empty()).then_some(tools);
         template
             .render(context! {
                 messages => messages,
+                tools => tools,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
@@ -108,6 +144,47 @@ mod tests {
         assert_eq!(t.render(&[ChatMessage::user("  x ")], false).unwrap(), "x");
         let err = t.render(&[ChatMessage::system("s")], false).unwrap_err();
         assert!(err.to_string().contains("first must be user"), "{err}");
+    }
+
+    /// The tools branch of Qwen2.5's template (abridged to the parts that matter here).
+    const HERMES_TOOLS_TEMPLATE: &str = r##"{%- if tools %}{{- '<|im_start|>system\n' }}{%- if messages[0].role == 'system' %}{{- messages[0].content + '\n\n' }}{%- endif %}{{- "# Tools\n\n<tools>" }}{%- for tool in tools %}{{- "\n" }}{{- tool | tojson }}{%- endfor %}{{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags.<|im_end|>\n" }}{%- elif messages[0].role == 'system' %}{{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}{%- endif %}{%- for message in messages %}{%- if message.role == "user" or (message.role == "assistant") %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}{%- elif message.role == "tool" %}{{- '<|im_start|>user\n<tool_response>\n' + message.content + '\n</tool_response><|im_end|>\n' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"##;
+
+    #[test]
+    fn a_tools_branch_is_detected_and_given_the_tools() {
+        let plain = ChatTemplate::new(CHATML_TEMPLATE, "", "<|im_end|>").unwrap();
+        assert!(!plain.has_tools_branch());
+        let hermes = ChatTemplate::new(HERMES_TOOLS_TEMPLATE, "", "<|im_end|>").unwrap();
+        assert!(hermes.has_tools_branch());
+        // Reads `tools` but writes calls some other way: not a branch the runtime can use.
+        let other =
+            ChatTemplate::new("{% if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}{% endif %}", "", "").unwrap();
+        assert!(!other.has_tools_branch());
+
+        let tool = serde_json::json!({"type": "function", "function": {"name": "add", "description": "Adds.", "parameters": {"type": "object"}}});
+        let messages = [
+            ChatMessage::system("Be brief."),
+            ChatMessage::user("1+2?"),
+            ChatMessage::assistant("<tool_call>{\"name\":\"add\",\"arguments\":{}}</tool_call>"),
+            ChatMessage::new("tool", "3"),
+        ];
+        let out = hermes.render_with_tools(&messages, &[tool], true).unwrap();
+        assert!(
+            out.starts_with("<|im_start|>system\nBe brief.\n\n# Tools\n\n<tools>\n{\""),
+            "{out}"
+        );
+        assert!(out.contains("\"type\":\"function\""), "{out}");
+        assert!(out.contains("\"name\":\"add\""), "{out}");
+        assert!(
+            out.contains("<|im_start|>user\n<tool_response>\n3\n</tool_response><|im_end|>\n"),
+            "{out}"
+        );
+        assert!(out.ends_with("<|im_start|>assistant\n"), "{out}");
+        // Without tools the same template renders its plain branch.
+        let out = hermes.render(&messages[..2], true).unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+2?<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]

@@ -67,6 +67,11 @@ pub struct EngineConfig {
     /// `max_batch_tokens`.
     #[serde(default)]
     pub max_step_prefill_with_decodes: Option<usize>,
+    /// Jinja source that replaces the chat template the model ships (as llama.cpp's
+    /// `--chat-template-file`): for a file whose template is missing, wrong, or lacks the tools
+    /// branch its model was trained with. `None` (default): the model's own.
+    #[serde(default)]
+    pub chat_template: Option<String>,
 }
 
 fn default_time_slice() -> usize {
@@ -129,6 +134,7 @@ impl Default for EngineConfig {
             host_kernels: default_host_kernels(),
             max_step_decodes: None,
             max_step_prefill_with_decodes: None,
+            chat_template: None,
         }
     }
 }
@@ -294,6 +300,11 @@ pub struct ModelInfo {
     pub device: String,
     pub device_description: String,
     pub device_reason: String,
+    /// The chat template has a tools branch with `<tool_call>` calls
+    /// ([`ChatTemplate::has_tools_branch`]): callers pass tools to it
+    /// ([`Prompt::ChatWithTools`](crate::Prompt::ChatWithTools)) instead of writing their own.
+    #[serde(default)]
+    pub template_has_tools_branch: bool,
 }
 
 pub struct Engine {
@@ -343,6 +354,7 @@ impl Engine {
             device: device.name.clone(),
             device_description: device.description.clone(),
             device_reason: device.reason.clone(),
+            template_has_tools_branch: template.has_tools_branch(),
         };
         Ok(Engine {
             model,
@@ -756,7 +768,13 @@ fn load_gguf(path: &Path, config: &EngineConfig, device: &SelectedDevice) -> Res
             model_config.vocab_size
         )));
     }
-    let template = chat_template(gguf.string("tokenizer.chat_template").ok(), &tokenizer)?;
+    let template = chat_template(
+        config
+            .chat_template
+            .as_deref()
+            .or(gguf.string("tokenizer.chat_template").ok()),
+        &tokenizer,
+    )?;
     let weights = GgufWeights {
         gguf: &gguf,
         config: &model_config,
@@ -789,7 +807,10 @@ fn load_hf_dir(dir: &Path, config: &EngineConfig, device: &SelectedDevice) -> Re
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| v["chat_template"].as_str().map(str::to_string));
-    let template = chat_template(template_source.as_deref(), &tokenizer)?;
+    let template = chat_template(
+        config.chat_template.as_deref().or(template_source.as_deref()),
+        &tokenizer,
+    )?;
     let weights = SafetensorsWeights::open_dir(dir)?;
     let model = build_model(&model_config, &weights, config, device)?;
     Ok((model_config, tokenizer, template, model))

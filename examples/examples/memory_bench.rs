@@ -467,6 +467,7 @@ async fn fit(
     loop {
         let rendered = ractor::call!(kernel, |reply| KernelMsg::RenderChat {
             messages: messages.clone(),
+            tools: Vec::new(),
             reply
         })??;
         let tokens = ractor::call!(kernel, |reply| KernelMsg::Tokenize { text: rendered, reply })??;

@@ -228,7 +228,11 @@ async fn prefix_prefill_ratio(os: &AgentOS) -> Result<(f64, serde_json::Value), 
         let kernel = kernel.clone();
         let messages = vec![ChatMessage::system(system.clone()), ChatMessage::user(q)];
         async move {
-            let text = ractor::call!(kernel, |reply| KernelMsg::RenderChat { messages, reply })??;
+            let text = ractor::call!(kernel, |reply| KernelMsg::RenderChat {
+                messages,
+                tools: Vec::new(),
+                reply
+            })??;
             let tokens = ractor::call!(kernel, |reply| KernelMsg::Tokenize { text, reply })??;
             Ok::<Vec<TokenId>, Box<dyn std::error::Error>>(tokens)
         }

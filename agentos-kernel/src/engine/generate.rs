@@ -25,6 +25,13 @@ pub enum Prompt {
     Text(String),
     /// Messages rendered with the model's chat template, ending with an open assistant turn.
     Chat(Vec<ChatMessage>),
+    /// Messages rendered with the model's chat template given `tools` (function objects, see
+    /// [`crate::chat`]) for its tools branch; use it where
+    /// [`ChatTemplate::has_tools_branch`] holds.
+    ChatWithTools {
+        messages: Vec<ChatMessage>,
+        tools: Vec<serde_json::Value>,
+    },
     /// Token ids as they are.
     Tokens(Vec<TokenId>),
 }
@@ -190,13 +197,14 @@ pub fn prepare(
     }
     let prompt = match request.prompt {
         Prompt::Text(t) => tokenizer.encode(&t)?,
-        Prompt::Chat(messages) => {
-            if messages.is_empty() {
-                return Err(KernelError::InvalidRequest(
-                    "a chat prompt needs at least one message".into(),
-                ));
-            }
-            tokenizer.encode(&template.render(&messages, true)?)?
+        Prompt::Chat(messages) | Prompt::ChatWithTools { messages, .. } if messages.is_empty() => {
+            return Err(KernelError::InvalidRequest(
+                "a chat prompt needs at least one message".into(),
+            ));
+        }
+        Prompt::Chat(messages) => tokenizer.encode(&template.render(&messages, true)?)?,
+        Prompt::ChatWithTools { messages, tools } => {
+            tokenizer.encode(&template.render_with_tools(&messages, &tools, true)?)?
         }
         Prompt::Tokens(t) => t,
     };

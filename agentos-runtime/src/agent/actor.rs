@@ -48,8 +48,8 @@ use crate::rpc;
 use crate::scheduler::SchedulerMsg;
 use crate::supervisor::SupervisorEvent;
 use crate::syscall::wire::{
-    CallFilter, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_ROLE, ToolDescription, call_grammar, call_text, parse_call,
-    result_text, split_call, tools_prompt,
+    CallFilter, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_ROLE, ToolDescription, ToolFormat, call_grammar, call_text,
+    parse_call, result_text, split_call, tool_objects, tools_prompt,
 };
 use crate::syscall::{Step, Syscall, ToolChoice};
 use crate::system::System;
@@ -92,10 +92,14 @@ pub struct AgentActorState<R> {
     spec: Arc<AgentSpec>,
     /// The L1's answer to the last turn written to memory; read at the next memory turn.
     pending_ingest: Option<OneshotReceiver<agentos_memory::Result<Vec<PageId>>>>,
-    /// The system prompt with the agent's tool list (the role's prompt alone without tools).
+    /// The role's system prompt; once the tool format is known to be
+    /// [`ToolFormat::SystemPrompt`], with the agent's tool list appended.
     system_prompt: String,
     /// The agent's tools as its prompt and call grammar show them.
     tools: Vec<ToolDescription>,
+    /// How the tools reach the model, asked of the kernel at the first turn (`None` before, and
+    /// for an agent without tools).
+    tool_format: Option<ToolFormat>,
     _live: LiveActor,
 }
 
@@ -179,10 +183,7 @@ impl<R: Agent> Actor for AgentActor<R> {
             initial,
         } = args;
         let tools = describe_tools(&spec, &system)?;
-        let system_prompt = match tools.is_empty() {
-            true => spec.system.clone(),
-            false => format!("{}{}", spec.system, tools_prompt(&tools)),
-        };
+        let system_prompt = spec.system.clone();
         let checkpoint = match system.journal.load_checkpoint::<Checkpoint<R>>(&record.name).await? {
             None => None,
             Some(Ok(checkpoint)) => Some(checkpoint),
@@ -207,6 +208,7 @@ impl<R: Agent> Actor for AgentActor<R> {
                     pending_ingest: None,
                     system_prompt: system_prompt.clone(),
                     tools: tools.clone(),
+                    tool_format: None,
                     _live: LiveActor::new(&system),
                 }
             }
@@ -224,6 +226,7 @@ impl<R: Agent> Actor for AgentActor<R> {
                     pending_ingest: None,
                     system_prompt: system_prompt.clone(),
                     tools: tools.clone(),
+                    tool_format: None,
                     _live: LiveActor::new(&system),
                 }
             }
@@ -530,11 +533,50 @@ impl<R: Agent> AgentActorState<R> {
         let messages = messages.to_vec();
         let timeout = self.system.call_timeout;
         let lost = || RuntimeError::KernelLost;
-        let render = |reply| KernelMsg::RenderChat { messages, reply };
+        let tools = self.template_tools();
+        let render = |reply| KernelMsg::RenderChat { messages, tools, reply };
         let text = rpc::call(&kernel, "the kernel (chat template)", timeout, render, lost).await??;
         let tokenize = |reply| KernelMsg::Tokenize { text, reply };
         let tokens = rpc::call(&kernel, "the kernel (tokenizer)", timeout, tokenize, lost).await??;
         Ok(tokens.len())
+    }
+
+    /// How this agent's tools reach the model: asked of the kernel once (whether the model's
+    /// chat template has a tools branch); without the template's branch the tool list is
+    /// appended to the system prompt here.
+    async fn resolve_tool_format(&mut self) -> Result<(), RuntimeError> {
+        if self.tools.is_empty() || self.tool_format.is_some() {
+            return Ok(());
+        }
+        let kernel = self
+            .system
+            .kernel
+            .as_ref()
+            .and_then(|slot| slot.get())
+            .ok_or(RuntimeError::KernelLost)?;
+        let timeout = self.system.call_timeout;
+        let info = rpc::call(&kernel, "the kernel (model info)", timeout, KernelMsg::Info, || {
+            RuntimeError::KernelLost
+        })
+        .await?;
+        let format = match info.template_has_tools_branch {
+            true => ToolFormat::Template,
+            false => {
+                self.system_prompt.push_str(&tools_prompt(&self.tools));
+                ToolFormat::SystemPrompt
+            }
+        };
+        tracing::debug!(agent = %self.record.name, ?format, "tool format");
+        self.tool_format = Some(format);
+        Ok(())
+    }
+
+    /// The tools to hand to the chat template's tools branch (none unless it has one).
+    fn template_tools(&self) -> Vec<serde_json::Value> {
+        match self.tool_format {
+            Some(ToolFormat::Template) => tool_objects(&self.tools),
+            _ => Vec::new(),
+        }
     }
 
     /// The task, preceded by messages other agents sent since the last turn.
@@ -603,6 +645,10 @@ impl<R: Agent> AgentActorState<R> {
         accepted: Instant,
         events: Option<mpsc::UnboundedSender<StreamEvent>>,
     ) -> Result<(Response, Completion, Option<String>), RuntimeError> {
+        if self.system.kernel.is_some() {
+            self.resolve_tool_format().await?;
+        }
+        let format = self.tool_format.unwrap_or(ToolFormat::SystemPrompt);
         let mut prompt = if self.spec.memory {
             self.check_previous_ingest().await;
             self.assemble_from_memory(&task).await?
@@ -636,7 +682,7 @@ impl<R: Agent> AgentActorState<R> {
         };
         let max_result_chars = self.system.syscalls.max_result_chars;
         for step in &steps {
-            push_step(&mut prompt.messages, step, max_result_chars);
+            push_step(&mut prompt.messages, step, max_result_chars, format);
             if let Some(events) = &events {
                 let _ = events.send(StreamEvent::ToolCall {
                     name: step.name.clone(),
@@ -677,7 +723,7 @@ impl<R: Agent> AgentActorState<R> {
             let (mut step, exit) = self.make_call(before, body, &events).await;
             step.prompt_tokens = summary.prompt_tokens as u32;
             self.system.journal.record_step(id, steps.len(), &step).await?;
-            push_step(&mut prompt.messages, &step, max_result_chars);
+            push_step(&mut prompt.messages, &step, max_result_chars, format);
             steps.push(step);
             if let Some(result) = exit {
                 break (result, summary.finish_reason, false);
@@ -750,8 +796,15 @@ impl<R: Agent> AgentActorState<R> {
         first_token: &mut Option<std::time::Duration>,
     ) -> Result<GenerationSummary, RuntimeError> {
         let record = &self.record;
+        let tools = self.template_tools();
         let request = GenerateRequest {
-            prompt: Prompt::Chat(prompt.messages.clone()),
+            prompt: match tools.is_empty() {
+                true => Prompt::Chat(prompt.messages.clone()),
+                false => Prompt::ChatWithTools {
+                    messages: prompt.messages.clone(),
+                    tools,
+                },
+            },
             max_tokens: prompt.max_tokens,
             sampling: prompt.sampling.clone(),
             stop: prompt.stop.clone(),
@@ -870,7 +923,7 @@ impl<R: Agent> AgentActorState<R> {
 }
 
 /// Appends a step to the prompt: the assistant's text and call, then the call's result.
-fn push_step(messages: &mut Vec<ChatMessage>, step: &Step, max_result_chars: usize) {
+fn push_step(messages: &mut Vec<ChatMessage>, step: &Step, max_result_chars: usize, format: ToolFormat) {
     let call = match serde_json::from_str::<serde_json::Value>(&step.arguments) {
         Ok(arguments) if !step.name.is_empty() => call_text(&step.name, &arguments),
         _ => format!("{TOOL_CALL_OPEN}{}{TOOL_CALL_CLOSE}", step.arguments),
@@ -883,6 +936,6 @@ fn push_step(messages: &mut Vec<ChatMessage>, step: &Step, max_result_chars: usi
         .map_err(Clone::clone);
     messages.push(ChatMessage::new(
         TOOL_ROLE,
-        result_text(&step.name, &result, max_result_chars),
+        result_text(&step.name, &result, max_result_chars, format),
     ));
 }

@@ -1,17 +1,23 @@
 //! The wire format between the model and the runtime: how tools are shown, how calls are
 //! written, how results come back.
 //!
-//! SmolLM2's chat template has no tools branch, so this is the convention it and Hermes-style
-//! models were trained on:
+//! Calls are always written the same way: `<tool_call>{"name": "fs_read", "arguments": {"path":
+//! "a.txt"}}</tool_call>`. Generation stops at `</tool_call>` (a stop string) or, under the
+//! call grammar, where the call's JSON ends: one call per step. The call in the assistant
+//! message that the next step replays is written the same way.
 //!
-//! - The system prompt ends with the tool list, one JSON object per line inside
-//!   `<tools>…</tools>`: `{"type": "function", "function": {"name", "description", "parameters"}}`
-//!   where `parameters` is the JSON Schema of the arguments.
-//! - The model calls one by writing `<tool_call>{"name": "fs_read", "arguments": {"path":
-//!   "a.txt"}}</tool_call>`. Generation stops at `</tool_call>`: one call per step.
-//! - The result goes back as a message with the role `tool`:
-//!   `<tool_response>{"name": "fs_read", "content": …}</tool_response>`, or `"error"` in place of
-//!   `"content"` when the call failed.
+//! Where the tools and results go depends on the model's chat template ([`ToolFormat`]):
+//!
+//! - **The template's own tools branch** ([`ToolFormat::Template`]), when the template has one
+//!   whose calls are `<tool_call>` tags (Hermes, Qwen2.5, SmolLM3): the tools go to the template
+//!   as OpenAI function objects ([`tool_objects`]), which writes them and its calling
+//!   instructions as the model was trained to read them; a result is a `tool` message whose
+//!   content is `{"name": …, "content": …}` (or `"error"`), wrapped as the template wraps it.
+//! - **Otherwise** ([`ToolFormat::SystemPrompt`]), SmolLM2's case, the Hermes convention that
+//!   SmolLM2 and Hermes-style models were trained on: the system prompt ends with the tool list,
+//!   one function object per line inside `<tools>…</tools>`, with instructions
+//!   ([`tools_prompt`]); a result is a `tool` message
+//!   `<tool_response>{"name": …, "content": …}</tool_response>`.
 
 use agentos_kernel::{Constraint, Grammar};
 use serde_json::{Value, json};
@@ -32,16 +38,36 @@ pub struct ToolDescription {
     pub parameters: Value,
 }
 
-/// The block appended to an agent's system prompt when it has tools.
+/// Where an agent's tool list and call results are written (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolFormat {
+    /// The model's chat template renders the tools and results (its tools branch).
+    Template,
+    /// The runtime writes the tools into the system prompt and results as `<tool_response>`.
+    SystemPrompt,
+}
+
+/// The tools as OpenAI function objects, the form chat templates and the prompt block take:
+/// `{"type": "function", "function": {"name", "description", "parameters"}}`.
+pub fn tool_objects(tools: &[ToolDescription]) -> Vec<Value> {
+    tools
+        .iter()
+        .map(|tool| {
+            json!({
+                "type": "function",
+                "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
+            })
+        })
+        .collect()
+}
+
+/// The block appended to an agent's system prompt when it has tools and the template has no
+/// tools branch.
 pub fn tools_prompt(tools: &[ToolDescription]) -> String {
     let mut out = String::from(
         "\n\nYou can call functions to do the task. The functions are listed, as JSON schemas, inside <tools></tools>:\n<tools>\n",
     );
-    for tool in tools {
-        let entry = json!({
-            "type": "function",
-            "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
-        });
+    for entry in tool_objects(tools) {
         out.push_str(&entry.to_string());
         out.push('\n');
     }
@@ -175,7 +201,9 @@ pub fn call_text(name: &str, arguments: &Value) -> String {
 
 /// A call's result as the content of its `tool` message. `content` is the JSON the call
 /// returned; it is cut to `max_chars` characters (a marker says so) to keep the prompt bounded.
-pub fn result_text(name: &str, result: &Result<Value, SyscallError>, max_chars: usize) -> String {
+/// In [`ToolFormat::SystemPrompt`] it is wrapped in `<tool_response>` tags; a template with a
+/// tools branch wraps results itself.
+pub fn result_text(name: &str, result: &Result<Value, SyscallError>, max_chars: usize, format: ToolFormat) -> String {
     let body = match result {
         Ok(content) => {
             let rendered = content.to_string();
@@ -188,7 +216,10 @@ pub fn result_text(name: &str, result: &Result<Value, SyscallError>, max_chars: 
         }
         Err(e) => json!({"name": name, "error": e.to_string()}),
     };
-    format!("<tool_response>\n{body}\n</tool_response>")
+    match format {
+        ToolFormat::SystemPrompt => format!("<tool_response>\n{body}\n</tool_response>"),
+        ToolFormat::Template => body.to_string(),
+    }
 }
 
 /// Checks `value` against the subset of JSON Schema that tool schemas here use: `type` (one or
@@ -386,11 +417,26 @@ mod tests {
     #[test]
     fn results_are_bounded() {
         let long = Ok(json!("x".repeat(100)));
-        let text = result_text("fs_read", &long, 10);
+        let text = result_text("fs_read", &long, 10, ToolFormat::SystemPrompt);
+        assert!(text.starts_with("<tool_response>\n{"), "{text}");
         assert!(text.contains("\"truncated\":true"), "{text}");
         assert!(text.len() < 100, "{text}");
-        let error = result_text("fs_read", &Err(SyscallError::NotFound("a".into())), 10);
+        let error = result_text(
+            "fs_read",
+            &Err(SyscallError::NotFound("a".into())),
+            10,
+            ToolFormat::SystemPrompt,
+        );
         assert!(error.contains("\"error\":\"not found: a\""), "{error}");
+        // A template with a tools branch wraps the result itself.
+        let bare = result_text(
+            "fs_read",
+            &Err(SyscallError::NotFound("a".into())),
+            10,
+            ToolFormat::Template,
+        );
+        let bare: Value = serde_json::from_str(&bare).unwrap();
+        assert_eq!(bare, json!({"name": "fs_read", "error": "not found: a"}));
     }
 
     #[test]

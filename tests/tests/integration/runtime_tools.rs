@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use agentos_runtime::prelude::*;
-use agentos_runtime::syscall::wire::check_schema;
+use agentos_runtime::syscall::wire::{ToolFormat, call_text, check_schema, result_text};
 use agentos_runtime::syscall::{SYSCALLS, schema};
 use agentos_runtime::{Syscall, SyscallConfig};
 use serde_json::Value;
@@ -252,5 +252,123 @@ async fn ask_json_returns_a_value_of_the_asked_type() {
     let answer: String = serde_json::from_str(&response.text).unwrap();
     assert!(answer == "north" || answer == "south", "{answer}");
     assert!(response.steps.is_empty());
+    os.shutdown().await.unwrap();
+}
+
+/// A Qwen2.5-style ChatML template with a tools branch (SmolLM2 speaks ChatML, so it runs with
+/// it): the template, not the runtime, writes the tool list and wraps results.
+const TEMPLATE_WITH_TOOLS: &str = r##"{%- if tools %}{{- '<|im_start|>system\n' }}{%- if messages[0].role == 'system' %}{{- messages[0].content + '\n\n' }}{%- endif %}{{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}{%- for tool in tools %}{{- "\n" }}{{- tool | tojson }}{%- endfor %}{{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}{%- elif messages[0].role == 'system' %}{{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}{%- endif %}{%- for message in messages %}{%- if message.role == "user" or (message.role == "system" and not loop.first) or message.role == "assistant" %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}{%- elif message.role == "tool" %}{{- '<|im_start|>user\n<tool_response>\n' + message.content + '\n</tool_response><|im_end|>\n' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"##;
+
+/// The messages `TemplateSleeper` was last prepared with.
+static TEMPLATE_PROMPT: std::sync::Mutex<Vec<ChatMessage>> = std::sync::Mutex::new(Vec::new());
+
+/// You pause when asked.
+#[agent(name = "TemplateSleeper", tools = ["sleep"], tool_choice = "first", max_steps = 1, max_tokens = 32, custom_hooks)]
+#[derive(Default, Serialize, Deserialize)]
+struct TemplateSleeper;
+
+impl AgentHooks for TemplateSleeper {
+    fn prepare(&mut self, prompt: &mut TurnPrompt) {
+        *TEMPLATE_PROMPT.lock().unwrap() = prompt.messages.clone();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_with_a_tools_branch_renders_the_tools_and_results_itself() {
+    let work = tempfile::tempdir().unwrap();
+    let mut kernel = kernel_args();
+    kernel.config.chat_template = Some(TEMPLATE_WITH_TOOLS.to_string());
+    let os = AgentOS::builder()
+        .kernel(kernel)
+        .syscalls(SyscallConfig {
+            fs_root: Some(work.path().to_path_buf()),
+            max_sleep: Duration::from_millis(50),
+            ..SyscallConfig::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    let agent = os.spawn(TemplateSleeper).await.unwrap();
+    let response = agent.ask("Pause for 10 milliseconds, then say done.").await.unwrap();
+    let step = &response.steps[0];
+    assert_eq!(step.name, "sleep", "{response:?}");
+    assert!(step.result.is_ok(), "{step:?}");
+
+    // The runtime left its own tool block out of the system prompt...
+    let messages = TEMPLATE_PROMPT.lock().unwrap().clone();
+    assert_eq!(messages[0].role, "system");
+    assert_eq!(messages[0].content, "You pause when asked.");
+    // ...and the first step's prompt is the template's rendering with the tools given to it.
+    let tools = vec![serde_json::json!({
+        "type": "function",
+        "function": {
+            "name": "sleep",
+            "description": agentos_runtime::syscall::description("sleep").unwrap(),
+            "parameters": schema("sleep").unwrap(),
+        },
+    })];
+    let kernel = os.kernel().unwrap();
+    let rendered = ractor::call!(kernel, |reply| agentos_kernel::KernelMsg::RenderChat {
+        messages: messages.clone(),
+        tools: tools.clone(),
+        reply
+    })
+    .unwrap()
+    .unwrap();
+    assert!(
+        rendered.contains("# Tools\n\nYou may call one or more functions"),
+        "{rendered}"
+    );
+    assert!(rendered.contains(r#""name":"sleep""#), "{rendered}");
+    assert!(
+        !rendered.contains("You can call functions to do the task"),
+        "{rendered}"
+    );
+    let tokens = ractor::call!(kernel, |reply| agentos_kernel::KernelMsg::Tokenize {
+        text: rendered,
+        reply
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(step.prompt_tokens as usize, tokens.len(), "{response:?}");
+
+    // The second (last) step's prompt adds the call and its result as a `tool` message that the
+    // runtime left unwrapped: the template wraps it, once.
+    let mut next = messages;
+    let arguments: Value = serde_json::from_str(&step.arguments).unwrap();
+    next.push(ChatMessage::assistant(format!(
+        "{}{}",
+        step.text,
+        call_text("sleep", &arguments)
+    )));
+    let result: Value = serde_json::from_str(step.result.as_ref().unwrap()).unwrap();
+    next.push(ChatMessage::new(
+        "tool",
+        result_text("sleep", &Ok(result), usize::MAX, ToolFormat::Template),
+    ));
+    let rendered = ractor::call!(kernel, |reply| agentos_kernel::KernelMsg::RenderChat {
+        messages: next,
+        tools,
+        reply
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(rendered.matches("<tool_response>").count(), 1, "{rendered}");
+    assert!(
+        rendered.contains("<|im_start|>user\n<tool_response>\n{\""),
+        "{rendered}"
+    );
+    assert!(rendered.contains("\"slept_ms\":"), "{rendered}");
+    let tokens = ractor::call!(kernel, |reply| agentos_kernel::KernelMsg::Tokenize {
+        text: rendered,
+        reply
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        response.prompt_tokens - step.prompt_tokens as usize,
+        tokens.len(),
+        "{response:?}"
+    );
     os.shutdown().await.unwrap();
 }

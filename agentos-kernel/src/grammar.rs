@@ -80,6 +80,7 @@ impl GrammarCompiler {
         Ok(SequenceGrammar {
             matcher,
             pending: constraint.after.clone(),
+            searched: 0,
             tokenizer: self.tokenizer.clone(),
             failed: None,
         })
@@ -91,12 +92,22 @@ pub struct SequenceGrammar {
     matcher: Matcher,
     /// The text that starts the constrained part, until it has been generated.
     pending: Option<String>,
+    /// How much of the generated text has been searched for `pending` without finding it:
+    /// each token searches only what is new (and the start text's length before it), not the
+    /// whole text again.
+    searched: usize,
     tokenizer: Arc<Tokenizer>,
-    /// Why the grammar stopped constraining (reported once by the batcher).
+    /// Why the grammar broke; the batcher then ends the generation
+    /// ([`FinishReason::GrammarFailed`](crate::FinishReason::GrammarFailed)).
     failed: Option<String>,
 }
 
 impl SequenceGrammar {
+    /// Whether the grammar broke (mask, token or forced tokens refused by the grammar engine).
+    pub fn failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
     /// Whether the grammar constrains the next token.
     pub fn active(&self) -> bool {
         self.pending.is_none() && self.failed.is_none()
@@ -121,6 +132,22 @@ impl SequenceGrammar {
         }
     }
 
+    /// The tokens the grammar forces next, in order: where only one continuation is possible
+    /// (`{"name": "` at the start of a call, a property name), it is appended without asking
+    /// the model, each token as the tokenizer would write that text. None while the grammar is
+    /// inactive. The caller passes each one to [`SequenceGrammar::commit`] like a sampled token.
+    pub fn forced(&mut self) -> Vec<TokenId> {
+        if !self.active() {
+            return Vec::new();
+        }
+        let tokens = self.matcher.compute_ff_tokens();
+        if let Some(e) = self.matcher.get_error() {
+            self.fail(format!("computing forced tokens: {e}"));
+            return Vec::new();
+        }
+        tokens
+    }
+
     /// Takes the sampled `token`; `text` is everything generated so far, with it. Starts the
     /// grammar when its start text has appeared (feeding it whatever came after that text in
     /// the same token).
@@ -129,7 +156,13 @@ impl SequenceGrammar {
             return;
         }
         if let Some(after) = &self.pending {
-            if let Some(at) = text.find(after.as_str()) {
+            let mut from = self.searched.saturating_sub(after.len()).min(text.len());
+            while !text.is_char_boundary(from) {
+                from -= 1;
+            }
+            let found = text[from..].find(after.as_str()).map(|at| from + at);
+            self.searched = text.len();
+            if let Some(at) = found {
                 let rest = &text[at + after.len()..];
                 self.pending = None;
                 if !rest.is_empty() {
@@ -154,7 +187,7 @@ impl SequenceGrammar {
     }
 
     fn fail(&mut self, reason: String) {
-        tracing::warn!(%reason, "the grammar stopped constraining this generation");
+        tracing::warn!(%reason, "the grammar broke: the generation ends");
         self.failed = Some(reason);
     }
 }

@@ -189,7 +189,8 @@ fn grammar_cost(engine: &mut Engine) -> agentos_kernel::Result<serde_json::Value
         "free_tps": round(free_tps),
         "constrained_tps": round(constrained_tps),
         "masks": stats.grammar_masks,
-        "mask_us_per_token": round(stats.grammar_mask_us as f64 / stats.grammar_masks.max(1) as f64),
+        "forced_tokens": stats.grammar_forced_tokens,
+        "mask_us_per_token": round(stats.grammar_us as f64 / stats.grammar_masks.max(1) as f64),
     }))
 }
 

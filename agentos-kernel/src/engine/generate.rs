@@ -118,6 +118,9 @@ pub enum FinishReason {
     ContextFull,
     /// The receiver went away or the request was cancelled.
     Cancelled,
+    /// The request's grammar broke (an internal error of the grammar engine, logged with its
+    /// reason): the generation ends rather than go on unconstrained.
+    GrammarFailed,
 }
 
 /// The outcome of one generation.
@@ -408,6 +411,9 @@ struct Running {
     generated: Vec<TokenId>,
     /// The sampled token not yet fed to the model.
     next: Option<TokenId>,
+    /// Tokens the grammar forced after `next` (appended without sampling), fed with it in the
+    /// next forward: one forward for the whole run instead of one per token.
+    forced: Vec<TokenId>,
     /// After a swap: the token to continue with once `context` is back in the cache.
     resume: Option<TokenId>,
     sampler: Sampler,
@@ -465,9 +471,14 @@ pub struct BatcherStats {
     pub generated_tokens: u64,
     /// Tokens run through the model for jobs (memory work).
     pub job_tokens: u64,
-    /// Grammar masks computed (one per constrained token) and the time they took.
+    /// Grammar masks computed (one per sampled constrained token).
     pub grammar_masks: u64,
-    pub grammar_mask_us: u64,
+    /// Tokens a grammar forced: appended without a mask or a sample, and fed to the model
+    /// together with the sampled token before them (counted in `generated_tokens` too).
+    pub grammar_forced_tokens: u64,
+    /// Time the grammars took: masks, taking each token into its grammar (including the
+    /// search for a lazy grammar's start text), and finding forced tokens.
+    pub grammar_us: u64,
 }
 
 /// A holder of KV blocks that memory pressure may take them from.
@@ -764,10 +775,13 @@ impl Batcher {
             let (Some(sequence), Some(next)) = (r.sequence, r.next) else {
                 continue;
             };
-            items.push(ForwardItem::new(sequence, vec![next]));
+            let mut tokens = Vec::with_capacity(1 + r.forced.len());
+            tokens.push(next);
+            tokens.extend_from_slice(&r.forced);
+            budget = budget.saturating_sub(tokens.len());
+            items.push(ForwardItem::new(sequence, tokens));
             plan.push(Planned::Decode(id));
         }
-        budget -= chosen.len();
         // A step that decodes keeps its prefill short, so neither those decodes nor an urgent
         // request arriving meanwhile wait behind a long prompt; the prompt goes on next step.
         if !chosen.is_empty() {
@@ -930,15 +944,40 @@ impl Batcher {
                     r.slice_used += 1;
                     self.stats.generated_tokens += 1;
                     let mut logits = out.logits.pop().expect("logits were requested");
+                    r.forced.clear();
                     let history: Vec<TokenId> = r.request.prompt.iter().chain(&r.generated).copied().collect();
                     if let Some(grammar) = &mut r.grammar {
                         let started = Instant::now();
-                        grammar.mask(&mut logits);
-                        self.stats.grammar_mask_us += started.elapsed().as_micros() as u64;
                         self.stats.grammar_masks += grammar.active() as u64;
+                        grammar.mask(&mut logits);
+                        self.stats.grammar_us += started.elapsed().as_micros() as u64;
+                        if grammar.failed() {
+                            finished.push((id, FinishReason::GrammarFailed));
+                            continue;
+                        }
                     }
                     let token = r.sampler.sample(&mut logits, &history);
-                    if let Some(reason) = Self::accept(engine, r, token) {
+                    r.next = Some(token);
+                    let mut reason = Self::accept(engine, r, token, &mut self.stats);
+                    // Tokens the grammar allows alone are appended without sampling and fed
+                    // with the sampled one in the next forward.
+                    if reason.is_none()
+                        && let Some(grammar) = &mut r.grammar
+                    {
+                        let started = Instant::now();
+                        let forced = grammar.forced();
+                        self.stats.grammar_us += started.elapsed().as_micros() as u64;
+                        for token in forced {
+                            self.stats.generated_tokens += 1;
+                            self.stats.grammar_forced_tokens += 1;
+                            reason = Self::accept(engine, r, token, &mut self.stats);
+                            if reason.is_some() {
+                                break;
+                            }
+                            r.forced.push(token);
+                        }
+                    }
+                    if let Some(reason) = reason {
                         finished.push((id, reason));
                     }
                 }
@@ -989,8 +1028,7 @@ impl Batcher {
         self.running
             .iter()
             .find(|r| r.id == id)
-            .and_then(|r| r.sequence)
-            .and_then(|s| engine.blocks_to_extend(s, 1))
+            .and_then(|r| engine.blocks_to_extend(r.sequence?, 1 + r.forced.len()))
             .unwrap_or(0)
     }
 
@@ -1063,11 +1101,13 @@ impl Batcher {
         if let Some(sequence) = r.sequence.take() {
             engine.release_sequence(sequence);
         }
-        if let Some(next) = r.next.take() {
-            // In the cache were the prompt and every generated token but the last.
+        if r.next.take().is_some() {
+            // In the cache were the prompt and every generated token before `next` and the
+            // forced ones; all but the last are recomputed, the last continues the sequence.
+            r.forced.clear();
             r.context = r.request.prompt.clone();
             r.context.extend_from_slice(&r.generated[..r.generated.len() - 1]);
-            r.resume = Some(next);
+            r.resume = r.generated.last().copied();
         }
         r.prefilled = 0;
     }
@@ -1213,6 +1253,7 @@ impl Batcher {
                 prefilled: cached,
                 generated: Vec::new(),
                 next: None,
+                forced: Vec::new(),
                 resume: None,
                 decoder: StreamDecoder::default(),
                 text: String::new(),
@@ -1338,18 +1379,22 @@ impl Batcher {
     }
 
     /// Records a sampled token, streams the text that became final, and says whether to stop.
-    fn accept(engine: &Engine, r: &mut Running, token: TokenId) -> Option<FinishReason> {
+    fn accept(engine: &Engine, r: &mut Running, token: TokenId, stats: &mut BatcherStats) -> Option<FinishReason> {
         r.first_token.get_or_insert_with(Instant::now);
         let tokenizer = engine.tokenizer();
         if !r.request.ignore_eos && tokenizer.eos_tokens.contains(&token) {
             return Some(FinishReason::Eos);
         }
         r.generated.push(token);
-        r.next = Some(token);
         let piece = r.decoder.push(tokenizer, token).unwrap_or_default();
         r.text.push_str(&piece);
         if let Some(grammar) = &mut r.grammar {
+            let started = Instant::now();
             grammar.commit(token, &r.text);
+            stats.grammar_us += started.elapsed().as_micros() as u64;
+            if grammar.failed() {
+                return Some(FinishReason::GrammarFailed);
+            }
         }
 
         if let Some(at) = r.request.stop.iter().filter_map(|s| r.text.find(s.as_str())).min() {

@@ -167,6 +167,7 @@ impl AgentHandle {
             agent: self.record.name.clone(),
             reason: match response.finish_reason {
                 FinishReason::MaxTokens => format!("the reply was cut at max_tokens ({e})"),
+                FinishReason::GrammarFailed => format!("the grammar engine broke off the reply ({e})"),
                 _ => e.to_string(),
             },
         })

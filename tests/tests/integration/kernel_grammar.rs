@@ -143,3 +143,70 @@ fn a_grammar_that_does_not_compile_fails_its_request_only() {
     assert!(good_done.is_some(), "the other request completes");
     assert_eq!(batcher.stats().grammar_masks, 0);
 }
+
+#[test]
+fn forced_tokens_are_appended_without_sampling_and_continue_the_same_sequence() {
+    let engine = &mut *crate::support::engine_f32();
+    // Everything but the digits is forced once the first token is sampled.
+    let grammar = |prefix: &str| Constraint {
+        grammar: Grammar::Lark(format!("start: \"{prefix}\" /[0-9]{{1,3}}/ \" degrees.\"")),
+        after: None,
+    };
+    let messages = vec![ChatMessage::user("How hot is boiling water in Celsius?")];
+    let request = GenerateRequest::chat(messages.clone()).max_tokens(40);
+    let mut batcher = Batcher::new();
+    let rx = submit(
+        engine,
+        &mut batcher,
+        request.clone().constraint(grammar("The water boils at ")),
+    );
+    let forwards_before = engine.stats().forwards;
+    while !batcher.is_idle() {
+        batcher.step(engine);
+    }
+    let forwards = engine.stats().forwards - forwards_before;
+    let summary = finished(&rx).expect("the generation finishes");
+    let text = summary.text.clone();
+    let digits = text
+        .strip_prefix("The water boils at ")
+        .and_then(|rest| rest.strip_suffix(" degrees."))
+        .unwrap_or_else(|| panic!("{text:?}"));
+    assert!(
+        !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()),
+        "{text:?}"
+    );
+    assert_eq!(engine.tokenizer().decode(&summary.tokens).unwrap(), text);
+    let stats = batcher.stats();
+    assert!(stats.grammar_forced_tokens >= 4, "{stats:?}");
+    assert!(
+        forwards < summary.tokens.len() as u64,
+        "forced runs share a forward: {forwards} forwards for {} tokens",
+        summary.tokens.len()
+    );
+
+    // The forced tokens went into the sequence's KV as if fed one by one: a run whose prompt
+    // already holds the text before the digits picks the same digits.
+    let prompt = engine.template().render(&messages, true).unwrap();
+    let before_digits = &text[..text.len() - digits.len() - " degrees.".len()];
+    let mut tokens = engine.tokenizer().encode(&prompt).unwrap();
+    let forced_prefix_len = summary
+        .tokens
+        .iter()
+        .scan(String::new(), |seen, &t| {
+            seen.push_str(&engine.tokenizer().decode(&[t]).unwrap());
+            Some(seen.len())
+        })
+        .position(|len| len == before_digits.len())
+        .expect("the digits start on a token boundary")
+        + 1;
+    tokens.extend_from_slice(&summary.tokens[..forced_prefix_len]);
+    let continued = GenerateRequest {
+        prompt: agentos_kernel::Prompt::Tokens(tokens),
+        ..request.constraint(Constraint {
+            grammar: Grammar::Lark("start: /[0-9]{1,3}/ \" degrees.\"".into()),
+            after: None,
+        })
+    };
+    let (_, again) = generate(engine, vec![continued]).remove(0);
+    assert_eq!(again.text, format!("{digits} degrees."));
+}

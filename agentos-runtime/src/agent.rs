@@ -82,7 +82,8 @@ pub struct AgentSpec {
     pub system: String,
     pub priority: Priority,
     pub sampling: SamplingParams,
-    /// Most tokens generated per turn.
+    /// Most tokens generated per generation: per turn for an agent without tools, per step
+    /// (each call, and the final answer) for one with tools.
     pub max_tokens: usize,
     /// System calls and user tools the agent may call, by name (see [`syscall`](crate::syscall)).
     /// Empty: the agent only talks, each turn is one generation.

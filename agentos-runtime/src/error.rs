@@ -56,6 +56,9 @@ pub enum RuntimeError {
     )]
     UnknownTool { agent: String, tool: String },
 
+    #[error("agent `{agent}` lists `spawn_agent`, but no role is registered for it to start (AgentOsBuilder::role)")]
+    NoRoles { agent: String },
+
     #[error("agent `{agent}`'s reply is not the JSON asked for: {reason}")]
     BadJson { agent: String, reason: String },
 

@@ -128,8 +128,11 @@ pub enum Syscall {
     Tool { name: String, arguments: String },
 }
 
-/// When an agent with tools must make a call (`#[agent(tool_choice = "...")]`). The call
-/// itself is always constrained to the grammar of the agent's tools (name and arguments).
+/// When an agent with tools must make a call (`#[agent(tool_choice = "...")]`). With
+/// [`SyscallConfig::constrained_calls`] on (the default), every call made within `max_steps`
+/// is constrained to the grammar of the agent's tools (name and arguments). After the last
+/// allowed step the generation is free (constrained to a call under `Required`), and a call
+/// there ends the turn unrun (`Response::step_limit_reached`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolChoice {
@@ -139,8 +142,9 @@ pub enum ToolChoice {
     /// The first step of every turn is a call; later steps are as `Auto`. For small models
     /// that seldom open a call on their own.
     First,
-    /// Every step is a call, until `exit` or `max_steps` (the step after the last call is
-    /// free, for the answer).
+    /// Every generation is a call: the agent answers through `exit` (give it that call). After
+    /// `max_steps` calls the next one is not run and the turn ends with
+    /// `Response::step_limit_reached`.
     Required,
 }
 

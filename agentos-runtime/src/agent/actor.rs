@@ -852,18 +852,19 @@ impl<R: Agent> AgentActorState<R> {
 
     /// The grammar of step `step`'s generation: a call of one of the agent's tools, forced
     /// (`<tool_call>` and the call) where its tool choice asks for a call, otherwise lazy (free
-    /// text, and a valid call once the model opens one); none once `max_steps` calls are made or
-    /// when `SyscallConfig::constrained_calls` is off.
+    /// text, and a valid call once the model opens one); none once `max_steps` calls are made
+    /// (but a forced call under `required`), or when `SyscallConfig::constrained_calls` is off.
     fn call_constraint(&self, step: usize) -> Option<Constraint> {
-        if step >= self.spec.max_steps || !self.system.syscalls.constrained_calls {
+        if !self.system.syscalls.constrained_calls {
             return None;
         }
         let forced = match self.spec.tool_choice {
             ToolChoice::Auto => false,
             ToolChoice::First => step == 0,
-            ToolChoice::Required => true,
+            // Past max_steps too: the turn then ends with the call unrun.
+            ToolChoice::Required => return Some(call_grammar(&self.tools, true)),
         };
-        Some(call_grammar(&self.tools, forced))
+        (step < self.spec.max_steps).then(|| call_grammar(&self.tools, forced))
     }
 
     /// Parses and runs the call in `body`; returns its step and, for a successful `exit`, the

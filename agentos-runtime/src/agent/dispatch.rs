@@ -40,8 +40,15 @@ pub(crate) fn describe_tools(spec: &AgentSpec, system: &System) -> Result<Vec<To
         .map(|name| {
             if let (Some(mut parameters), Some(text)) = (schema(name), description(name)) {
                 if name == "spawn_agent" {
-                    // The grammar then lets the model name only roles that exist.
-                    parameters["properties"]["role"]["enum"] = json!(system.roles.names());
+                    // The grammar then lets the model name only roles that exist (an empty
+                    // list would be a grammar nothing matches).
+                    let roles = system.roles.names();
+                    if roles.is_empty() {
+                        return Err(RuntimeError::NoRoles {
+                            agent: spec.name.clone(),
+                        });
+                    }
+                    parameters["properties"]["role"]["enum"] = json!(roles);
                 }
                 return Ok(ToolDescription {
                     name: name.clone(),
@@ -191,6 +198,8 @@ async fn spawn(caller: &Caller<'_>, role: &str, name: &str, task: &str) -> Resul
 /// `recv_msg`: takes the oldest message waiting for the caller, waiting up to `wait` for one.
 /// Taking it records the delivery in the journal with the message in the agent's inbox, so a
 /// crash before the step is recorded shows it again (as an earlier message) instead of losing it.
+/// The record is written by a task of its own: a call cut off by the dispatcher's timeout while
+/// it waits for the disk still records the message it took out of the queue.
 async fn receive(caller: &Caller<'_>, wait: Duration) -> Result<Value, SyscallError> {
     let record = caller.record;
     let journal = &caller.system.journal;
@@ -205,10 +214,14 @@ async fn receive(caller: &Caller<'_>, wait: Duration) -> Result<Value, SyscallEr
                 turn: None,
                 inbox: InboxChange::Add(inbox),
             };
-            journal
-                .complete(id, &record.name, &TaskOutcome::Delivered, completion)
-                .await
-                .map_err(|e| SyscallError::Io(format!("the message could not be recorded: {e}")))?;
+            let (journal, agent) = (journal.clone(), record.name.clone());
+            let write =
+                tokio::spawn(async move { journal.complete(id, &agent, &TaskOutcome::Delivered, completion).await });
+            match write.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(SyscallError::Io(format!("the message could not be recorded: {e}"))),
+                Err(e) => return Err(SyscallError::Failed(format!("recording the message failed: {e}"))),
+            }
             return Ok(json!({ "from": delivered.from, "text": delivered.text }));
         }
         match tokio::time::timeout_at(deadline, queued.changed()).await {

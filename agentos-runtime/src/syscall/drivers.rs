@@ -165,12 +165,16 @@ pub(crate) async fn exec(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // Its own process group, so that what it starts is killed with it.
+    #[cfg(unix)]
+    command.process_group(0);
     if let Some(root) = &config.fs_root {
         command.current_dir(root);
     }
     let mut child = command
         .spawn()
         .map_err(|e| SyscallError::Failed(format!("cannot start `{program}`: {e}")))?;
+    let _group = KillGroup(child.id());
     let cap = config.max_output_bytes;
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -188,8 +192,25 @@ pub(crate) async fn exec(
                 "truncated": out_cut || err_cut,
             }))
         }
-        // Dropping the future drops the child, which `kill_on_drop` kills.
+        // Dropping the future drops the child, which `kill_on_drop` kills, and `_group` kills
+        // whatever it started.
         Err(_) => Err(SyscallError::Timeout(limit.as_millis() as u64)),
+    }
+}
+
+/// Kills an `exec` child's process group when the call ends in any way (finished, timed out,
+/// or cancelled by the dispatcher's own timeout): nothing it started outlives the call.
+struct KillGroup(Option<u32>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(leader) = self.0 {
+            // SAFETY: killpg only sends a signal; a group that no longer exists is ESRCH.
+            unsafe {
+                libc::killpg(leader as libc::pid_t, libc::SIGKILL);
+            }
+        }
     }
 }
 

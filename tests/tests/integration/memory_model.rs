@@ -5,7 +5,7 @@
 use agentos_kernel::KernelMsg;
 use agentos_runtime::memory::MemoryError;
 use agentos_runtime::prelude::*;
-use agentos_runtime::{MemoryConfig, Tier};
+use agentos_runtime::{MemoryConfig, Syscall, Tier};
 
 use crate::support::kernel_args;
 
@@ -13,6 +13,11 @@ use crate::support::kernel_args;
 #[agent(name = "Keeper", max_tokens = 12, memory)]
 #[derive(Default, Serialize, Deserialize)]
 struct Keeper;
+
+/// You keep notes for the team.
+#[agent(name = "Librarian", max_tokens = 12, memory, tools = ["mem_write", "mem_read"])]
+#[derive(Default, Serialize, Deserialize)]
+struct Librarian;
 
 /// You are a helpful assistant.
 #[agent(name = "Forgetful", max_tokens = 4)]
@@ -158,6 +163,30 @@ async fn agents_write_and_query_memory_explicitly_and_it_outlives_the_system() {
     assert_eq!(found[0].tier, Tier::L1);
     let l2 = os.memory_stats().await.unwrap();
     assert_eq!(l2.pages, ids.len());
+
+    // The same through the system calls a model makes (`mem_write`, `mem_read`).
+    let librarian = os.spawn(Librarian).await.unwrap();
+    let call = |name: &str, arguments: serde_json::Value| Syscall::from_call(name, arguments).unwrap();
+    let written = librarian
+        .call(call(
+            "mem_write",
+            serde_json::json!({"text": "The quarterly audit is due on 14 March. Priya Raman leads it."}),
+        ))
+        .await
+        .unwrap();
+    assert!(written["pages"].as_u64().unwrap() >= 1, "{written}");
+    let read = librarian
+        .call(call(
+            "mem_read",
+            serde_json::json!({"query": "Who leads the quarterly audit?"}),
+        ))
+        .await
+        .unwrap();
+    let notes = read["notes"].as_array().unwrap();
+    assert!(
+        notes.iter().any(|n| n.as_str().unwrap().contains("Priya Raman")),
+        "{read}"
+    );
 
     // An agent without memory says so.
     let plain = os.spawn(Forgetful).await.unwrap();

@@ -64,6 +64,22 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// You plan.
+#[agent(name = "Planner", tools = ["spawn_agent"])]
+#[derive(Default, Serialize, Deserialize)]
+struct Planner;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_may_spawn_is_refused_when_no_role_is_registered() {
+    let os = AgentOS::builder().without_kernel().start().await.unwrap();
+    let e = os.spawn(Planner).await.unwrap_err();
+    assert!(
+        matches!(&e, RuntimeError::NoRoles { agent } if agent == "Planner"),
+        "{e:?}"
+    );
+    os.shutdown().await.unwrap();
+}
+
 /// One test owns the Boss role (its hook records into a static).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spawned_children_answer_their_parent_and_recv_msg_takes_queued_messages() {

@@ -202,6 +202,38 @@ async fn exec_runs_allowed_programs_within_their_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_exec_kills_what_its_program_started() {
+    let work = tempfile::tempdir().unwrap();
+    let os = AgentOS::builder()
+        .without_kernel()
+        .syscalls(SyscallConfig {
+            fs_root: Some(work.path().to_path_buf()),
+            exec_allow: vec!["sh".into()],
+            ..SyscallConfig::default()
+        })
+        .tool(add_tool())
+        .start()
+        .await
+        .unwrap();
+    let filer = os.spawn(Filer).await.unwrap();
+    // A background grandchild that would write a file after the call has timed out.
+    let e = filer
+        .call(call(
+            "exec",
+            json!({"program": "sh", "args": ["-c", "(sleep 1; echo late > late.txt) & sleep 30"], "timeout_ms": 300}),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e, SyscallError::Timeout(300));
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(
+        !work.path().join("late.txt").exists(),
+        "a process the timed-out program started outlived the call"
+    );
+    os.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tools_messages_and_memory_calls_answer_with_typed_results() {
     let work = tempfile::tempdir().unwrap();
     let os = start(work.path()).await;

@@ -161,8 +161,10 @@ async fn a_call_result_reaches_the_next_step_and_max_steps_ends_a_looping_agent(
             other => events.push(other),
         }
     };
-    // `required`: every step is a call until max_steps; then the answer is free.
+    // `required`: every generation is a call; the third is written but not run.
     assert_eq!(response.steps.len(), 2, "{response:?}");
+    assert!(response.step_limit_reached, "{response:?}");
+    assert_eq!(response.text, "", "nothing but calls was written: {response:?}");
     for step in &response.steps {
         assert_valid(step, &["sleep"]);
         let result: Value = serde_json::from_str(step.result.as_ref().unwrap()).unwrap();

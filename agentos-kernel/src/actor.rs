@@ -15,6 +15,7 @@ use crate::engine::generate::{EventSink, GenerateRequest, GenerationEvent, Reque
 use crate::engine::thread::{EngineCommand, EngineThread};
 use crate::engine::{Embeddings, EngineConfig, EngineStats, ModelInfo, TextAttention};
 use crate::error::{KernelError, Result};
+use crate::grammar::Constraint;
 use crate::model_spec::ModelSpec;
 use crate::tokenizer::TokenId;
 
@@ -64,6 +65,11 @@ pub enum KernelMsg {
     },
     Info(RpcReplyPort<ModelInfo>),
     Stats(RpcReplyPort<Result<EngineStats>>),
+    /// Whether `constraint`'s grammar compiles (an error says why not), without generating.
+    CheckGrammar {
+        constraint: Constraint,
+        reply: RpcReplyPort<Result<()>>,
+    },
     /// Sent by the engine thread when it stops unexpectedly.
     EngineExited {
         panicked: bool,
@@ -185,6 +191,14 @@ impl Actor for KernelActor {
                     }),
                 });
                 result?;
+            }
+            KernelMsg::CheckGrammar { constraint, reply } => {
+                engine.send(EngineCommand::CheckGrammar {
+                    constraint,
+                    reply: Box::new(move |r| {
+                        let _ = reply.send(r);
+                    }),
+                })?;
             }
             KernelMsg::EngineExited { panicked } => {
                 return Err(ActorProcessingErr::from(format!(

@@ -59,6 +59,9 @@ pub enum RuntimeError {
     #[error("agent `{agent}` lists `spawn_agent`, but no role is registered for it to start (AgentOsBuilder::role)")]
     NoRoles { agent: String },
 
+    #[error("agent `{agent}`'s tools make a call grammar the kernel cannot compile: {reason}")]
+    ToolGrammar { agent: String, reason: String },
+
     #[error("agent `{agent}`'s reply is not the JSON asked for: {reason}")]
     BadJson { agent: String, reason: String },
 

@@ -10,6 +10,7 @@ use super::generate::{Batcher, EventSink, Job, JobOutput, PreparedRequest, Reque
 use super::{Embeddings, Engine, EngineConfig, EngineStats, ModelInfo, TextAttention};
 use crate::chat::ChatTemplate;
 use crate::error::{KernelError, Result};
+use crate::grammar::Constraint;
 use crate::model_spec::ModelSpec;
 use crate::tokenizer::Tokenizer;
 
@@ -38,6 +39,11 @@ pub enum EngineCommand {
     },
     Stats {
         reply: Box<dyn FnOnce(EngineStats) + Send>,
+    },
+    /// Whether `constraint`'s grammar compiles against the model's tokenizer.
+    CheckGrammar {
+        constraint: Constraint,
+        reply: Box<dyn FnOnce(Result<()>) + Send>,
     },
     Shutdown,
 }
@@ -193,6 +199,7 @@ fn run(mut engine: Engine, rx: Receiver<EngineCommand>) {
                     Err(e) => reply(Err(e)),
                 },
                 EngineCommand::Stats { reply } => reply(engine.stats()),
+                EngineCommand::CheckGrammar { constraint, reply } => reply(engine.grammar(&constraint).map(drop)),
                 EngineCommand::Shutdown => return,
             }
         }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use agentos_kernel::KernelMsg;
 use serde_json::{Value, json};
 
 use crate::agent::handle::AgentHandle;
@@ -17,7 +18,8 @@ use crate::agent::journal::{Completion, InboxChange};
 use crate::agent::record::SharedRecord;
 use crate::agent::{AgentSpec, Delivered, TaskOutcome};
 use crate::error::RuntimeError;
-use crate::syscall::wire::{ToolDescription, check_schema};
+use crate::rpc;
+use crate::syscall::wire::{ToolDescription, call_grammar, check_schema};
 use crate::syscall::{SYSCALLS, Syscall, SyscallError, description, drivers, schema};
 use crate::system::System;
 
@@ -69,6 +71,40 @@ pub(crate) fn describe_tools(spec: &AgentSpec, system: &System) -> Result<Vec<To
             }
         })
         .collect()
+}
+
+/// Compiles an agent's call grammars once with the kernel, so that a tool whose schema the
+/// grammar engine cannot follow (an MCP server's, say) is an error at spawn instead of a failed
+/// generation at every turn. Without a kernel (or while it restarts) nothing is checked.
+pub(crate) async fn check_call_grammar(
+    system: &System,
+    agent: &str,
+    tools: &[ToolDescription],
+) -> Result<(), RuntimeError> {
+    if tools.is_empty() || !system.syscalls.constrained_calls {
+        return Ok(());
+    }
+    let Some(kernel) = system.kernel.as_ref().and_then(|slot| slot.get()) else {
+        return Ok(());
+    };
+    // Lazy (free text until `<tool_call>`) and forced: the two forms a turn uses.
+    for forced in [false, true] {
+        let constraint = call_grammar(tools, forced);
+        let check = |reply| KernelMsg::CheckGrammar { constraint, reply };
+        rpc::call(
+            &kernel,
+            "the kernel (grammar check)",
+            system.call_timeout,
+            check,
+            || RuntimeError::KernelLost,
+        )
+        .await?
+        .map_err(|e| RuntimeError::ToolGrammar {
+            agent: agent.to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 /// Runs `call` for `caller`: the policy check, then the driver, within the call timeout.

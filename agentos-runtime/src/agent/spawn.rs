@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use ractor::Actor;
 
 use crate::agent::actor::{AgentActor, AgentArgs};
-use crate::agent::dispatch::describe_tools;
+use crate::agent::dispatch::{check_call_grammar, describe_tools};
 use crate::agent::handle::AgentHandle;
 use crate::agent::record::{AgentRecord, SharedRecord, TaskReply};
 use crate::agent::{Agent, AgentSpec};
@@ -28,7 +28,8 @@ pub(crate) async fn spawn_agent<R: Agent>(
     role: R,
 ) -> Result<AgentHandle> {
     system.check_accepting()?;
-    describe_tools(&spec, system)?;
+    let tools = describe_tools(&spec, system)?;
+    check_call_grammar(system, &name, &tools).await?;
     let initial =
         bincode::serde::encode_to_vec(&role, bincode::config::standard()).map_err(|e| RuntimeError::Start {
             what: format!("agent `{name}`"),

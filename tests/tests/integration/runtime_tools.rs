@@ -8,7 +8,7 @@ use std::time::Duration;
 use agentos_runtime::prelude::*;
 use agentos_runtime::syscall::wire::{ToolFormat, call_text, check_schema, result_text};
 use agentos_runtime::syscall::{SYSCALLS, schema};
-use agentos_runtime::{Syscall, SyscallConfig};
+use agentos_runtime::{FnTool, Syscall, SyscallConfig};
 use serde_json::Value;
 
 use crate::support::kernel_args;
@@ -372,5 +372,30 @@ async fn a_template_with_a_tools_branch_renders_the_tools_and_results_itself() {
         tokens.len(),
         "{response:?}"
     );
+    os.shutdown().await.unwrap();
+}
+
+/// You use a tool whose schema cannot be compiled.
+#[agent(name = "Breaker", tools = ["broken"])]
+#[derive(Default, Serialize, Deserialize)]
+struct Breaker;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_whose_schema_the_grammar_engine_cannot_compile_is_refused_at_spawn() {
+    // A reference to a definition that does not exist: nothing can be generated against it.
+    let schema = serde_json::json!({"type": "object", "properties": {"x": {"$ref": "#/$defs/missing"}}});
+    let broken = FnTool::new("broken", "Never works.", schema, |_| async { Ok(Value::Null) });
+    let os = AgentOS::builder()
+        .kernel(kernel_args())
+        .tool(broken)
+        .start()
+        .await
+        .unwrap();
+    let e = os.spawn(Breaker).await.unwrap_err();
+    assert!(
+        matches!(&e, RuntimeError::ToolGrammar { agent, .. } if agent == "Breaker"),
+        "{e}"
+    );
+    assert!(os.agent("Breaker").is_none(), "a refused agent is not registered");
     os.shutdown().await.unwrap();
 }

@@ -342,7 +342,7 @@ impl AgentOS {
 
     /// The kernel actor currently running, if this AgentOS has a kernel.
     pub fn kernel(&self) -> Option<ActorRef<KernelMsg>> {
-        self.system.kernel.as_ref().and_then(|slot| slot.get())
+        self.system.kernel()
     }
 
     /// Where task `id` stands: pending (queued, running, or waiting for its agent to be spawned

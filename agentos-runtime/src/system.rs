@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use agentos_kernel::KernelMsg;
+use ractor::ActorRef;
 use tokio::sync::broadcast;
 
 use crate::agent::journal::Journal;
@@ -89,6 +90,11 @@ pub(crate) struct SystemSettings {
 }
 
 impl System {
+    /// The kernel actor, when the system has one and it is running (not between restarts).
+    pub fn kernel(&self) -> Option<ActorRef<KernelMsg>> {
+        self.kernel.as_ref().and_then(|slot| slot.get())
+    }
+
     pub fn new(
         scheduler: ActorSlot<SchedulerMsg>,
         kernel: Option<ActorSlot<KernelMsg>>,

@@ -524,12 +524,7 @@ impl<R: Agent> AgentActorState<R> {
 
     /// Tokens of `messages` rendered with the model's chat template.
     async fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<usize, RuntimeError> {
-        let kernel = self
-            .system
-            .kernel
-            .as_ref()
-            .and_then(|slot| slot.get())
-            .ok_or(RuntimeError::KernelLost)?;
+        let kernel = self.system.kernel().ok_or(RuntimeError::KernelLost)?;
         let messages = messages.to_vec();
         let timeout = self.system.call_timeout;
         let lost = || RuntimeError::KernelLost;
@@ -548,12 +543,7 @@ impl<R: Agent> AgentActorState<R> {
         if self.tools.is_empty() || self.tool_format.is_some() {
             return Ok(());
         }
-        let kernel = self
-            .system
-            .kernel
-            .as_ref()
-            .and_then(|slot| slot.get())
-            .ok_or(RuntimeError::KernelLost)?;
+        let kernel = self.system.kernel().ok_or(RuntimeError::KernelLost)?;
         let timeout = self.system.call_timeout;
         let info = rpc::call(&kernel, "the kernel (model info)", timeout, KernelMsg::Info, || {
             RuntimeError::KernelLost

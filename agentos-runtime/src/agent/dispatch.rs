@@ -84,7 +84,7 @@ pub(crate) async fn check_call_grammar(
     if tools.is_empty() || !system.syscalls.constrained_calls {
         return Ok(());
     }
-    let Some(kernel) = system.kernel.as_ref().and_then(|slot| slot.get()) else {
+    let Some(kernel) = system.kernel() else {
         return Ok(());
     };
     // Lazy (free text until `<tool_call>`) and forced: the two forms a turn uses.

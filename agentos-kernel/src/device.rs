@@ -149,17 +149,35 @@ fn init_wgpu(kind: DeviceKind, name: &str, description: String, reason: String) 
 
 fn adapters() -> Vec<burn::tensor::wgpu::wgpu::AdapterInfo> {
     use burn::tensor::wgpu::wgpu;
-    // Adapter enumeration must not take the process down on machines with broken drivers.
-    std::panic::catch_unwind(|| {
+    // Enumeration is async; it runs on a thread of its own so that the small runtime driving
+    // it is never started inside the caller's (an engine loaded from async code would
+    // otherwise find no adapter at all). A panic there (a broken driver) means no adapters,
+    // not a process taken down.
+    let enumerate = || {
         let instance = wgpu::Instance::default();
         let backends = wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12;
         let rt = tokio::runtime::Builder::new_current_thread().build().ok()?;
         let adapters = rt.block_on(instance.enumerate_adapters(backends));
         Some(adapters.iter().map(|a| a.get_info()).collect::<Vec<_>>())
-    })
-    .ok()
-    .flatten()
-    .unwrap_or_default()
+    };
+    std::thread::Builder::new()
+        .name("agentos-adapters".into())
+        .spawn(enumerate)
+        .ok()
+        .and_then(|thread| thread.join().ok())
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Every Vulkan, Metal or DX12 adapter this machine offers, described as
+/// `name (device type, backend)`: hardware GPUs and software ones such as Mesa's lavapipe.
+/// Safe to call from async code.
+pub fn adapter_descriptions() -> Vec<String> {
+    adapters().iter().map(describe).collect()
+}
+
+fn describe(a: &burn::tensor::wgpu::wgpu::AdapterInfo) -> String {
+    format!("{} ({:?}, {:?})", a.name, a.device_type, a.backend)
 }
 
 /// A description of the first hardware (non-CPU) adapter, if any.
@@ -173,7 +191,7 @@ fn hardware_adapter() -> Option<String> {
                 DeviceType::DiscreteGpu | DeviceType::IntegratedGpu | DeviceType::VirtualGpu
             )
         })
-        .map(|a| format!("{} ({:?}, {:?})", a.name, a.device_type, a.backend))
+        .map(|a| describe(&a))
 }
 
 fn software_adapter() -> Option<String> {
@@ -181,5 +199,5 @@ fn software_adapter() -> Option<String> {
     adapters()
         .into_iter()
         .find(|a| a.device_type == DeviceType::Cpu)
-        .map(|a| format!("{} ({:?}, {:?})", a.name, a.device_type, a.backend))
+        .map(|a| describe(&a))
 }

@@ -51,7 +51,7 @@ pub mod tokenizer;
 
 pub use actor::{KernelActor, KernelArgs, KernelMsg};
 pub use chat::{ChatMessage, ChatTemplate};
-pub use device::{DeviceChoice, SelectedDevice, select_device};
+pub use device::{DeviceChoice, SelectedDevice, adapter_descriptions, select_device};
 pub use engine::generate::{
     BatcherStats, DEFAULT_JOB_PRIORITY, EventSink, FinishReason, GenerateRequest, GenerationEvent, GenerationSummary,
     Job, JobOutput, Prompt, RequestId,

@@ -4,7 +4,7 @@
 //! it). Software Vulkan is slow, so this checks the first two reference prompts.
 
 use agentos_kernel::parity::{ParitySummary, check_case, read_reference};
-use agentos_kernel::{DeviceChoice, Engine, EngineConfig, ModelSpec, WeightDtype};
+use agentos_kernel::{DeviceChoice, Engine, EngineConfig, ModelSpec, WeightDtype, adapter_descriptions};
 
 use crate::support::{default_model_path, reference_file};
 
@@ -29,4 +29,21 @@ fn parity_on_software_vulkan() {
     let summary = ParitySummary { cases };
     println!("wgpu-cpu {}", summary.line());
     assert!(summary.passes(97.0), "{}", summary.line());
+}
+
+/// Listing adapters starts a small runtime of its own; from async code (an engine loaded inside
+/// `#[tokio::main]`) it must find the same adapters, not none.
+#[test]
+fn adapters_are_found_from_async_code_as_from_plain_code() {
+    let plain = adapter_descriptions();
+    assert!(
+        !plain.is_empty(),
+        "no Vulkan adapter at all; install mesa-vulkan-drivers (lavapipe)"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let from_async = runtime.block_on(async { adapter_descriptions() });
+    assert_eq!(from_async, plain);
 }

@@ -22,8 +22,11 @@
 //!   arguments validated (the same tasks, with `SyscallConfig::constrained_calls` on and off),
 //!   with the number of calls and of tasks that made one.
 //! - `task_success` (constrained) and `task_success_unconstrained`: the fraction of tasks whose
-//!   final answer states the right number (as a whole number, not digits inside another). The tasks are single-tool: add or multiply two
-//!   numbers with a tool, or read a number from a named file; the numbers come from `--seed`.
+//!   final answer states the right number (as a whole number, not digits inside another) in
+//!   the model's own words: an answer that repeats the `<tool_response>` markup of the result it
+//!   was shown does not count (`answers_echoing_results_*` says how many did). The tasks are
+//!   single-tool: add or multiply two numbers with a tool, or read a number from a named file;
+//!   the numbers come from `--seed`.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -307,13 +310,13 @@ fn grammar_cost(args: &Args) -> Result<Value, Box<dyn std::error::Error>> {
 }
 
 /// Runs every task once on its own agent (all at once, so the kernel batches them); returns
-/// (valid calls, calls, tasks with a call, tasks answered correctly) and per-role figures.
+/// what the agents did.
 async fn run_tasks(
     args: &Args,
     work: &std::path::Path,
     tasks: &[Task],
     constrained: bool,
-) -> Result<(usize, usize, usize, usize, Value), Box<dyn std::error::Error>> {
+) -> Result<TaskRun, Box<dyn std::error::Error>> {
     let os = AgentOS::builder()
         .kernel(args.kernel_args()?)
         .syscalls(SyscallConfig {
@@ -336,7 +339,7 @@ async fn run_tasks(
         let question = task.question.clone();
         running.push(tokio::spawn(async move { agent.ask(question).await }));
     }
-    let (mut valid, mut calls, mut with_call, mut correct) = (0, 0, 0, 0);
+    let (mut valid, mut calls, mut with_call, mut correct, mut echoed) = (0, 0, 0, 0, 0);
     let mut by_role: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for (task, handle) in tasks.iter().zip(running) {
         let response = handle.await??;
@@ -360,8 +363,12 @@ async fn run_tasks(
                     .is_some_and(|(arguments, schema)| check_schema(schema, arguments).is_ok());
             valid += ok as usize;
         }
-        let right = numbers_in(&response.text).contains(&task.expected);
+        // An answer that repeats the result markup is the model copying the protocol, not
+        // answering: it does not count, whatever number the copied result holds.
+        let echo = response.text.contains("<tool_response>");
+        let right = !echo && numbers_in(&response.text).contains(&task.expected);
         correct += right as usize;
+        echoed += echo as usize;
         let entry = by_role.entry(task.role).or_default();
         entry.0 += 1;
         entry.1 += right as usize;
@@ -375,7 +382,13 @@ async fn run_tasks(
                 .map(|s| format!("{} {}", s.name, s.arguments))
                 .collect::<Vec<_>>(),
             response.text,
-            if right { "right" } else { "wrong" }
+            if right {
+                "right"
+            } else if echo {
+                "echoed the result markup"
+            } else {
+                "wrong"
+            }
         );
     }
     os.shutdown().await?;
@@ -383,7 +396,28 @@ async fn run_tasks(
         .into_iter()
         .map(|(role, (n, right))| (role.to_string(), json!({"tasks": n, "answered_correctly": right})))
         .collect();
-    Ok((valid, calls, with_call, correct, Value::Object(by_role)))
+    Ok(TaskRun {
+        valid,
+        calls,
+        with_call,
+        correct,
+        echoed,
+        by_role: Value::Object(by_role),
+    })
+}
+
+/// What the agents did over the task set, with or without constraints.
+struct TaskRun {
+    /// Calls that parsed, named the agent's tool and whose arguments validated.
+    valid: usize,
+    calls: usize,
+    /// Tasks whose agent made at least one call.
+    with_call: usize,
+    /// Tasks whose final answer states the right number (and is not an echo).
+    correct: usize,
+    /// Tasks whose final answer repeats `<tool_response>` markup.
+    echoed: usize,
+    by_role: Value,
 }
 
 #[tokio::main]
@@ -399,8 +433,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dispatch = dispatch_cost(&work).await?;
     let grammar = grammar_cost(&args)?;
     let task_set = tasks(count, seed, &work)?;
-    let (valid_c, calls_c, with_call_c, correct_c, roles_c) = run_tasks(&args, &work, &task_set, true).await?;
-    let (valid_u, calls_u, with_call_u, correct_u, roles_u) = run_tasks(&args, &work, &task_set, false).await?;
+    let constrained = run_tasks(&args, &work, &task_set, true).await?;
+    let free = run_tasks(&args, &work, &task_set, false).await?;
     let fraction = |a: usize, b: usize| {
         if b == 0 {
             Value::Null
@@ -415,16 +449,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "grammar": grammar,
         "tasks": task_set.len(),
         "seed": seed,
-        "valid_calls_constrained": fraction(valid_c, calls_c),
-        "valid_calls_unconstrained": fraction(valid_u, calls_u),
-        "calls_constrained": calls_c,
-        "calls_unconstrained": calls_u,
-        "tasks_with_a_call_constrained": with_call_c,
-        "tasks_with_a_call_unconstrained": with_call_u,
-        "task_success": fraction(correct_c, task_set.len()),
-        "task_success_unconstrained": fraction(correct_u, task_set.len()),
-        "by_role_constrained": roles_c,
-        "by_role_unconstrained": roles_u,
+        "valid_calls_constrained": fraction(constrained.valid, constrained.calls),
+        "valid_calls_unconstrained": fraction(free.valid, free.calls),
+        "calls_constrained": constrained.calls,
+        "calls_unconstrained": free.calls,
+        "tasks_with_a_call_constrained": constrained.with_call,
+        "tasks_with_a_call_unconstrained": free.with_call,
+        "task_success": fraction(constrained.correct, task_set.len()),
+        "task_success_unconstrained": fraction(free.correct, task_set.len()),
+        "answers_echoing_results_constrained": constrained.echoed,
+        "answers_echoing_results_unconstrained": free.echoed,
+        "by_role_constrained": constrained.by_role,
+        "by_role_unconstrained": free.by_role,
         "seconds": round(started.elapsed().as_secs_f64()),
     });
     std::fs::remove_dir_all(&work)?;

@@ -92,6 +92,31 @@ impl ChatTemplate {
         self.render_with_tools(messages, &[], add_generation_prompt)
     }
 
+    /// Renders messages with the last one left open, for the model to continue its text: the
+    /// conversation is rendered without a generation prompt and cut right after the last
+    /// message's content (as Hugging Face's `continue_final_message` does), so whatever the
+    /// template writes to close that message is not there.
+    pub fn render_continuing(&self, messages: &[ChatMessage]) -> Result<String> {
+        let Some(last) = messages.last() else {
+            return self.render(messages, false);
+        };
+        let rendered = self.render(messages, false)?;
+        let content = last.content.trim();
+        if content.is_empty() {
+            return Err(KernelError::ChatTemplate(
+                "cannot continue a message with no text".into(),
+            ));
+        }
+        let at = rendered.rfind(content).ok_or_else(|| {
+            KernelError::ChatTemplate(
+                "cannot continue the last message: the template does not write its text as given".into(),
+            )
+        })?;
+        // The message's own text from where the template wrote it, trailing whitespace
+        // included (a template may trim it).
+        Ok(format!("{}{}", &rendered[..at], last.content.trim_start()))
+    }
+
     /// Renders messages with `tools` (function objects) given to the template's tools branch;
     /// no tools renders as [`ChatTemplate::render`] does (`tools` is then undefined, as in HF).
     pub fn render_with_tools(
@@ -131,6 +156,36 @@ mod tests {
             out,
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn continuing_leaves_the_last_message_open() {
+        let t = ChatTemplate::new(CHATML_TEMPLATE, "", "<|im_end|>").unwrap();
+        let messages = [
+            ChatMessage::user("Hi"),
+            ChatMessage::assistant("<tool_call>{}</tool_call>\n<tool_response>\n7\n</tool_response>\n"),
+        ];
+        assert_eq!(
+            t.render_continuing(&messages).unwrap(),
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<tool_call>{}</tool_call>\n<tool_response>\n7\n</tool_response>\n"
+        );
+        // A template that trims messages still gets the text as given, trailing newline too.
+        let trimming = ChatTemplate::new(
+            "{% for m in messages %}<{{ m.role }}>{{ m.content.strip() }}</{{ m.role }}>{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            trimming
+                .render_continuing(&[ChatMessage::assistant("  go on\n")])
+                .unwrap(),
+            "<assistant>go on\n"
+        );
+        // One that rewrites the text cannot be continued: an error, not a wrong prompt.
+        let upper = ChatTemplate::new("{% for m in messages %}{{ m.content.upper() }}{% endfor %}", "", "").unwrap();
+        assert!(upper.render_continuing(&[ChatMessage::assistant("abc")]).is_err());
+        assert!(t.render_continuing(&[ChatMessage::assistant(" ")]).is_err());
     }
 
     #[test]

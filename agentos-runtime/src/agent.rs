@@ -118,6 +118,11 @@ pub struct TurnPrompt {
     pub sampling: SamplingParams,
     /// Strings that end the reply when generated (not included in it).
     pub stop: Vec<String>,
+    /// The model continues the last message instead of starting a new assistant turn: set
+    /// once a tool step has been written into the assistant's turn in progress (see
+    /// [`ToolFormat::SystemPrompt`](crate::syscall::wire::ToolFormat::SystemPrompt)); a role's
+    /// `prepare` may set it to start the reply with text of its own.
+    pub continue_last: bool,
 }
 
 /// One completed turn, as recorded in the agent's history and checkpoint.

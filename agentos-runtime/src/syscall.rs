@@ -4,7 +4,7 @@
 //! Its system prompt then lists them (see [`wire`] for the format), and each turn becomes a
 //! bounded loop: generate; when the reply ends in a `<tool_call>`, parse it into a [`Syscall`],
 //! run it through the dispatcher's checkpoint (`agent/dispatch.rs`: one place every call passes,
-//! where the capability policy sits), feed the result back as a tool message, and generate again, until
+//! where the capability policy sits), feed the result back to the model, and generate again, until
 //! the model answers without a call, calls `exit`, or the agent's `max_steps` is reached.
 //!
 //! Every failure is a [`SyscallError`] that goes back to the model as the call's result:

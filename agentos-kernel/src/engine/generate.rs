@@ -32,6 +32,11 @@ pub enum Prompt {
         messages: Vec<ChatMessage>,
         tools: Vec<serde_json::Value>,
     },
+    /// Messages rendered with the model's chat template, the last one left open: the model
+    /// continues its text instead of starting a new turn (Hugging Face's
+    /// `continue_final_message`). An agent's tool steps use it so that its calls and their
+    /// results stay in the assistant's own turn.
+    ContinueChat(Vec<ChatMessage>),
     /// Token ids as they are.
     Tokens(Vec<TokenId>),
 }
@@ -200,7 +205,9 @@ pub fn prepare(
     }
     let prompt = match request.prompt {
         Prompt::Text(t) => tokenizer.encode(&t)?,
-        Prompt::Chat(messages) | Prompt::ChatWithTools { messages, .. } if messages.is_empty() => {
+        Prompt::Chat(messages) | Prompt::ChatWithTools { messages, .. } | Prompt::ContinueChat(messages)
+            if messages.is_empty() =>
+        {
             return Err(KernelError::InvalidRequest(
                 "a chat prompt needs at least one message".into(),
             ));
@@ -209,6 +216,7 @@ pub fn prepare(
         Prompt::ChatWithTools { messages, tools } => {
             tokenizer.encode(&template.render_with_tools(&messages, &tools, true)?)?
         }
+        Prompt::ContinueChat(messages) => tokenizer.encode(&template.render_continuing(&messages)?)?,
         Prompt::Tokens(t) => t,
     };
     if prompt.is_empty() {

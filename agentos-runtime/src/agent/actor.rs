@@ -589,6 +589,7 @@ impl<R: Agent> AgentActorState<R> {
             max_tokens: self.spec.max_tokens,
             sampling: self.spec.sampling.clone(),
             stop: Vec::new(),
+            continue_last: false,
         }
     }
 
@@ -672,7 +673,7 @@ impl<R: Agent> AgentActorState<R> {
         };
         let max_result_chars = self.system.syscalls.max_result_chars;
         for step in &steps {
-            push_step(&mut prompt.messages, step, max_result_chars, format);
+            push_step(&mut prompt, step, max_result_chars, format);
             if let Some(events) = &events {
                 let _ = events.send(StreamEvent::ToolCall {
                     name: step.name.clone(),
@@ -705,7 +706,13 @@ impl<R: Agent> AgentActorState<R> {
             prompt_tokens += summary.prompt_tokens;
             completion_tokens += summary.tokens.len();
             let Some((before, body)) = tooled.then(|| split_call(&summary.text)).flatten() else {
-                break (summary.text, summary.finish_reason, false);
+                // After a result the model may open its answer with the line break it puts
+                // between paragraphs of its turn; the answer is the text.
+                let reply = match prompt.continue_last {
+                    true => summary.text.trim_start().to_string(),
+                    false => summary.text,
+                };
+                break (reply, summary.finish_reason, false);
             };
             if steps.len() >= self.spec.max_steps {
                 break (before.trim_end().to_string(), summary.finish_reason, true);
@@ -713,7 +720,7 @@ impl<R: Agent> AgentActorState<R> {
             let (mut step, exit) = self.make_call(before, body, &events).await;
             step.prompt_tokens = summary.prompt_tokens as u32;
             self.system.journal.record_step(id, steps.len(), &step).await?;
-            push_step(&mut prompt.messages, &step, max_result_chars, format);
+            push_step(&mut prompt, &step, max_result_chars, format);
             steps.push(step);
             if let Some(result) = exit {
                 break (result, summary.finish_reason, false);
@@ -788,12 +795,13 @@ impl<R: Agent> AgentActorState<R> {
         let record = &self.record;
         let tools = self.template_tools();
         let request = GenerateRequest {
-            prompt: match tools.is_empty() {
-                true => Prompt::Chat(prompt.messages.clone()),
-                false => Prompt::ChatWithTools {
+            prompt: match (tools.is_empty(), prompt.continue_last) {
+                (false, _) => Prompt::ChatWithTools {
                     messages: prompt.messages.clone(),
                     tools,
                 },
+                (true, true) => Prompt::ContinueChat(prompt.messages.clone()),
+                (true, false) => Prompt::Chat(prompt.messages.clone()),
             },
             max_tokens: prompt.max_tokens,
             sampling: prompt.sampling.clone(),
@@ -913,20 +921,39 @@ impl<R: Agent> AgentActorState<R> {
     }
 }
 
-/// Appends a step to the prompt: the assistant's text and call, then the call's result.
-fn push_step(messages: &mut Vec<ChatMessage>, step: &Step, max_result_chars: usize, format: ToolFormat) {
+/// Appends a step to the prompt. With the model's own tools format (its template's tools
+/// branch) that is an assistant message with the call and a `tool` message with its result,
+/// as the template expects. Otherwise the call and its `<tool_response>` stay in the
+/// assistant's turn, which the model then continues (ReAct's observations): the step's text,
+/// the call and the result are appended to the turn's assistant message (opened by the first
+/// step) and the next generation continues it. A small model answers from a result it sees
+/// in its own turn; shown a new turn, SmolLM2-135M mostly repeats the result's markup or
+/// drifts off topic (`tools_bench`, see the README).
+fn push_step(prompt: &mut TurnPrompt, step: &Step, max_result_chars: usize, format: ToolFormat) {
     let call = match serde_json::from_str::<serde_json::Value>(&step.arguments) {
         Ok(arguments) if !step.name.is_empty() => call_text(&step.name, &arguments),
         _ => format!("{TOOL_CALL_OPEN}{}{TOOL_CALL_CLOSE}", step.arguments),
     };
-    messages.push(ChatMessage::assistant(format!("{}{call}", step.text)));
     let result = step
         .result
         .as_ref()
         .map(|json| serde_json::from_str(json).unwrap_or_else(|_| serde_json::Value::String(json.clone())))
         .map_err(Clone::clone);
-    messages.push(ChatMessage::new(
-        TOOL_ROLE,
-        result_text(&step.name, &result, max_result_chars, format),
-    ));
+    let result = result_text(&step.name, &result, max_result_chars, format);
+    match format {
+        ToolFormat::Template => {
+            prompt
+                .messages
+                .push(ChatMessage::assistant(format!("{}{call}", step.text)));
+            prompt.messages.push(ChatMessage::new(TOOL_ROLE, result));
+        }
+        ToolFormat::SystemPrompt => {
+            let piece = format!("{}{call}\n{result}\n", step.text);
+            match prompt.messages.last_mut() {
+                Some(turn) if prompt.continue_last => turn.content.push_str(&piece),
+                _ => prompt.messages.push(ChatMessage::assistant(piece)),
+            }
+            prompt.continue_last = true;
+        }
+    }
 }

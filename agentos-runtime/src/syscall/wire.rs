@@ -16,8 +16,9 @@
 //! - **Otherwise** ([`ToolFormat::SystemPrompt`]), SmolLM2's case, the Hermes convention that
 //!   SmolLM2 and Hermes-style models were trained on: the system prompt ends with the tool list,
 //!   one function object per line inside `<tools>…</tools>`, with instructions
-//!   ([`tools_prompt`]); a result is a `tool` message
-//!   `<tool_response>{"name": …, "content": …}</tool_response>`.
+//!   ([`tools_prompt`]); a result is `<tool_response>{"name": …, "content": …}</tool_response>`
+//!   written after its call in the assistant's own turn, which the model then continues (the
+//!   agent's prompt sets `TurnPrompt::continue_last`).
 
 use agentos_kernel::{Constraint, Grammar};
 use serde_json::{Value, json};
@@ -43,7 +44,8 @@ pub struct ToolDescription {
 pub enum ToolFormat {
     /// The model's chat template renders the tools and results (its tools branch).
     Template,
-    /// The runtime writes the tools into the system prompt and results as `<tool_response>`.
+    /// The runtime writes the tools into the system prompt, and calls and their results
+    /// (`<tool_response>`) into the assistant's turn, which the model continues.
     SystemPrompt,
 }
 
@@ -199,7 +201,7 @@ pub fn call_text(name: &str, arguments: &Value) -> String {
     )
 }
 
-/// A call's result as the content of its `tool` message. `content` is the JSON the call
+/// A call's result as the model is shown it. `content` is the JSON the call
 /// returned; it is cut to `max_chars` characters (a marker says so) to keep the prompt bounded.
 /// In [`ToolFormat::SystemPrompt`] it is wrapped in `<tool_response>` tags; a template with a
 /// tools branch wraps results itself.

@@ -61,6 +61,7 @@ fn left_out_attributes_take_their_defaults() {
         max_tokens: 99,
         sampling: SamplingParams::default(),
         stop: vec![],
+        continue_last: false,
     };
     critic.prepare(&mut prompt);
     assert_eq!((critic.prepared, prompt.max_tokens), (1, 1));

@@ -375,6 +375,81 @@ async fn a_template_with_a_tools_branch_renders_the_tools_and_results_itself() {
     os.shutdown().await.unwrap();
 }
 
+/// The messages `Pauser` was last prepared with.
+static PAUSER_PROMPT: std::sync::Mutex<Vec<ChatMessage>> = std::sync::Mutex::new(Vec::new());
+
+/// You pause when asked.
+#[agent(name = "Pauser", tools = ["sleep"], tool_choice = "required", max_steps = 2, max_tokens = 32, custom_hooks)]
+#[derive(Default, Serialize, Deserialize)]
+struct Pauser;
+
+impl AgentHooks for Pauser {
+    fn prepare(&mut self, prompt: &mut TurnPrompt) {
+        *PAUSER_PROMPT.lock().unwrap() = prompt.messages.clone();
+    }
+}
+
+/// SmolLM2's template has no tools branch: each call and its `<tool_response>` are written into
+/// the assistant's turn, and the next generation continues that turn (no `tool` turn, no turn
+/// closed after the call). Checked token for token against the prompts the kernel was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_tools_branch_calls_and_results_stay_in_the_turn_the_model_continues() {
+    let work = tempfile::tempdir().unwrap();
+    let os = start(work.path()).await;
+    let pauser = os.spawn(Pauser).await.unwrap();
+    let response = pauser.ask("Pause for 10 milliseconds, twice.").await.unwrap();
+    assert_eq!(response.steps.len(), 2, "{response:?}");
+    let messages = PAUSER_PROMPT.lock().unwrap().clone();
+    assert_eq!(messages.last().unwrap().role, "user");
+
+    let kernel = os.kernel().unwrap();
+    let render = |messages: Vec<ChatMessage>| {
+        let kernel = kernel.clone();
+        async move {
+            ractor::call!(kernel, |reply| agentos_kernel::KernelMsg::RenderChat {
+                messages,
+                tools: vec![],
+                reply
+            })
+            .unwrap()
+            .unwrap()
+        }
+    };
+    let count = |text: String| {
+        let kernel = kernel.clone();
+        async move {
+            ractor::call!(kernel, |reply| agentos_kernel::KernelMsg::Tokenize { text, reply })
+                .unwrap()
+                .unwrap()
+                .len()
+        }
+    };
+    let piece = |step: &Step| {
+        let arguments: Value = serde_json::from_str(&step.arguments).unwrap();
+        let result: Value = serde_json::from_str(step.result.as_ref().unwrap()).unwrap();
+        format!(
+            "{}{}\n{}\n",
+            step.text,
+            call_text(&step.name, &arguments),
+            result_text(&step.name, &Ok(result), usize::MAX, ToolFormat::SystemPrompt)
+        )
+    };
+    // The first prompt opens the assistant's turn; each later one is the same turn, longer by
+    // the step before it.
+    let first = render(messages).await;
+    assert!(first.ends_with("<|im_start|>assistant\n"), "{first}");
+    assert_eq!(response.steps[0].prompt_tokens as usize, count(first.clone()).await);
+    let second = format!("{first}{}", piece(&response.steps[0]));
+    assert_eq!(response.steps[1].prompt_tokens as usize, count(second.clone()).await);
+    let third = format!("{second}{}", piece(&response.steps[1]));
+    let last = response.prompt_tokens - (response.steps[0].prompt_tokens + response.steps[1].prompt_tokens) as usize;
+    assert_eq!(last, count(third.clone()).await, "{third}");
+    let turn = &third[first.len()..];
+    assert_eq!(turn.matches("<tool_response>").count(), 2, "{turn}");
+    assert!(!turn.contains("<|im_start|>") && !turn.contains("<|im_end|>"), "{turn}");
+    os.shutdown().await.unwrap();
+}
+
 /// You use a tool whose schema cannot be compiled.
 #[agent(name = "Breaker", tools = ["broken"])]
 #[derive(Default, Serialize, Deserialize)]

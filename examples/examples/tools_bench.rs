@@ -23,8 +23,9 @@
 //!   with the number of calls and of tasks that made one.
 //! - `task_success` (constrained) and `task_success_unconstrained`: the fraction of tasks whose
 //!   final answer states the right number (as a whole number, not digits inside another) in
-//!   the model's own words: an answer that repeats the `<tool_response>` markup of the result it
-//!   was shown does not count (`answers_echoing_results_*` says how many did). The tasks are
+//!   the model's own words. A generation that starts a `<tool_response>` of its own (a small
+//!   model repeating the result it was shown) stops there, so such an answer is what came
+//!   before it, often nothing: `empty_answers_*` counts answers with no text. The tasks are
 //!   single-tool: add or multiply two numbers with a tool, or read a number from a named file;
 //!   the numbers come from `--seed`.
 
@@ -339,7 +340,7 @@ async fn run_tasks(
         let question = task.question.clone();
         running.push(tokio::spawn(async move { agent.ask(question).await }));
     }
-    let (mut valid, mut calls, mut with_call, mut correct, mut echoed) = (0, 0, 0, 0, 0);
+    let (mut valid, mut calls, mut with_call, mut correct, mut empty) = (0, 0, 0, 0, 0);
     let mut by_role: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for (task, handle) in tasks.iter().zip(running) {
         let response = handle.await??;
@@ -363,12 +364,9 @@ async fn run_tasks(
                     .is_some_and(|(arguments, schema)| check_schema(schema, arguments).is_ok());
             valid += ok as usize;
         }
-        // An answer that repeats the result markup is the model copying the protocol, not
-        // answering: it does not count, whatever number the copied result holds.
-        let echo = response.text.contains("<tool_response>");
-        let right = !echo && numbers_in(&response.text).contains(&task.expected);
+        let right = numbers_in(&response.text).contains(&task.expected);
         correct += right as usize;
-        echoed += echo as usize;
+        empty += response.text.trim().is_empty() as usize;
         let entry = by_role.entry(task.role).or_default();
         entry.0 += 1;
         entry.1 += right as usize;
@@ -382,13 +380,7 @@ async fn run_tasks(
                 .map(|s| format!("{} {}", s.name, s.arguments))
                 .collect::<Vec<_>>(),
             response.text,
-            if right {
-                "right"
-            } else if echo {
-                "echoed the result markup"
-            } else {
-                "wrong"
-            }
+            if right { "right" } else { "wrong" }
         );
     }
     os.shutdown().await?;
@@ -401,7 +393,7 @@ async fn run_tasks(
         calls,
         with_call,
         correct,
-        echoed,
+        empty,
         by_role: Value::Object(by_role),
     })
 }
@@ -413,10 +405,10 @@ struct TaskRun {
     calls: usize,
     /// Tasks whose agent made at least one call.
     with_call: usize,
-    /// Tasks whose final answer states the right number (and is not an echo).
+    /// Tasks whose final answer states the right number.
     correct: usize,
-    /// Tasks whose final answer repeats `<tool_response>` markup.
-    echoed: usize,
+    /// Tasks whose final answer has no text.
+    empty: usize,
     by_role: Value,
 }
 
@@ -457,8 +449,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tasks_with_a_call_unconstrained": free.with_call,
         "task_success": fraction(constrained.correct, task_set.len()),
         "task_success_unconstrained": fraction(free.correct, task_set.len()),
-        "answers_echoing_results_constrained": constrained.echoed,
-        "answers_echoing_results_unconstrained": free.echoed,
+        "empty_answers_constrained": constrained.empty,
+        "empty_answers_unconstrained": free.empty,
         "by_role_constrained": constrained.by_role,
         "by_role_unconstrained": free.by_role,
         "seconds": round(started.elapsed().as_secs_f64()),

@@ -158,6 +158,9 @@ pub async fn print_turn(mut reply: agentos_runtime::TokenStream) -> Result<(), B
             StreamEvent::Done(outcome) => {
                 let response = (*outcome)?;
                 println!();
+                if response.text.trim().is_empty() {
+                    println!("[no answer]");
+                }
                 eprintln!(
                     "[{} call(s){}, {} prompt tokens, {} generated, {:.2}s]",
                     response.steps.len(),

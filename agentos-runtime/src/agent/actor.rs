@@ -48,8 +48,8 @@ use crate::rpc;
 use crate::scheduler::SchedulerMsg;
 use crate::supervisor::SupervisorEvent;
 use crate::syscall::wire::{
-    CallFilter, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_ROLE, ToolDescription, ToolFormat, call_grammar, call_text,
-    parse_call, result_text, split_call, tool_objects, tools_prompt,
+    CallFilter, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_RESPONSE_OPEN, TOOL_ROLE, ToolDescription, ToolFormat,
+    call_grammar, call_text, parse_call, result_text, split_call, tool_objects, tools_prompt,
 };
 use crate::syscall::{Step, Syscall, ToolChoice};
 use crate::system::System;
@@ -687,6 +687,7 @@ impl<R: Agent> AgentActorState<R> {
         }
         if tooled {
             prompt.stop.push(TOOL_CALL_CLOSE.to_string());
+            prompt.stop.push(TOOL_RESPONSE_OPEN.to_string());
         }
 
         let mut first_token = None;

@@ -27,6 +27,9 @@ use crate::syscall::SyscallError;
 
 pub const TOOL_CALL_OPEN: &str = "<tool_call>";
 pub const TOOL_CALL_CLOSE: &str = "</tool_call>";
+/// Opens a result. Only the runtime writes results: a generation that starts one itself (a
+/// small model repeating the last result, or inventing one) stops there.
+pub const TOOL_RESPONSE_OPEN: &str = "<tool_response>";
 /// The chat role of a call's result.
 pub const TOOL_ROLE: &str = "tool";
 
@@ -219,7 +222,7 @@ pub fn result_text(name: &str, result: &Result<Value, SyscallError>, max_chars: 
         Err(e) => json!({"name": name, "error": e.to_string()}),
     };
     match format {
-        ToolFormat::SystemPrompt => format!("<tool_response>\n{body}\n</tool_response>"),
+        ToolFormat::SystemPrompt => format!("{TOOL_RESPONSE_OPEN}\n{body}\n</tool_response>"),
         ToolFormat::Template => body.to_string(),
     }
 }

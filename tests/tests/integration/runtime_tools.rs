@@ -450,6 +450,63 @@ async fn without_a_tools_branch_calls_and_results_stay_in_the_turn_the_model_con
     os.shutdown().await.unwrap();
 }
 
+/// You are a calculator assistant. Use the add function to add the numbers in the question,
+/// then state the result.
+#[agent(name = "Adder", tools = ["add"], tool_choice = "first", max_steps = 2, max_tokens = 64)]
+#[derive(Default, Serialize, Deserialize)]
+struct Adder;
+
+/// Only the runtime writes results. Asked these questions, SmolLM2-135M answers by starting to
+/// repeat the result block it was shown; the generation stops where it opens one, so no answer
+/// (and no history) holds a result the model wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_the_model_starts_writing_itself_ends_its_answer_there() {
+    let work = tempfile::tempdir().unwrap();
+    let add = FnTool::new(
+        "add",
+        "Add two integers a and b and return the result.",
+        serde_json::json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                           "required": ["a", "b"], "additionalProperties": false}),
+        |args: Value| {
+            std::future::ready(match (args["a"].as_i64(), args["b"].as_i64()) {
+                (Some(a), Some(b)) => Ok(serde_json::json!(a + b)),
+                _ => Err("a and b must be integers".to_string()),
+            })
+        },
+    );
+    let os = AgentOS::builder()
+        .kernel(kernel_args())
+        .syscalls(SyscallConfig {
+            fs_root: Some(work.path().to_path_buf()),
+            ..SyscallConfig::default()
+        })
+        .tool(add)
+        .start()
+        .await
+        .unwrap();
+    let mut running = Vec::new();
+    for (i, question) in ["What is 918 plus 171?", "What is 476 plus 545?", "Add 135 and 853."]
+        .into_iter()
+        .enumerate()
+    {
+        let agent = os.spawn_named(format!("adder-{i}"), Adder).await.unwrap();
+        running.push(tokio::spawn(async move { agent.ask(question).await }));
+    }
+    let mut cut = 0;
+    for handle in running {
+        let response = handle.await.unwrap().unwrap();
+        assert_eq!(response.steps.len(), 1, "{response:?}");
+        assert!(response.steps[0].result.is_ok(), "{response:?}");
+        assert!(!response.text.contains("<tool_response>"), "{response:?}");
+        cut += (response.finish_reason == agentos_kernel::FinishReason::StopString) as usize;
+    }
+    assert!(
+        cut > 0,
+        "no answer began a result of its own: the test no longer exercises the cut"
+    );
+    os.shutdown().await.unwrap();
+}
+
 /// You use a tool whose schema cannot be compiled.
 #[agent(name = "Breaker", tools = ["broken"])]
 #[derive(Default, Serialize, Deserialize)]

@@ -1,8 +1,9 @@
 //! An agent that acts through an MCP server: the reference filesystem server
 //! (`@modelcontextprotocol/server-filesystem`, pinned in `mcp/package-lock.json`) serves a
-//! scratch directory, and an agent on the default model answers a question that needs a file
-//! in it, through the server's `read_text_file` and `list_directory` tools. Each call and its
-//! result are printed as the turn runs.
+//! scratch directory, and an agent on the default model is asked a question that needs a file
+//! in it, with the server's `read_text_file` and `list_directory` tools. Each call and its
+//! result are printed as the turn runs. The 135M default model often calls them badly (for the
+//! default question it lists a directory named `list_directory`); `--model` takes a larger one.
 //!
 //! ```text
 //! cargo run --release --example mcp_agent -- ["your question"] [--model PATH] [--dtype f32|f16] [--device NAME]

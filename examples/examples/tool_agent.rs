@@ -1,10 +1,12 @@
-//! An agent that acts: it answers a question about a file by calling system calls, with the
-//! default model. Each call and its result are printed as the turn runs.
+//! An agent that acts: asked a question whose answer is in a file, it calls system calls to
+//! find it, with the default model. Each call and its result are printed as the turn runs.
 //!
 //! The agent may list and read files in a scratch work directory (nothing else); the question
 //! needs a number that only the file holds. Its first step in a turn is a call (`tool_choice =
 //! "first"`: the 135M default model seldom opens one by itself), sampled under the grammar of
-//! its two tools, so the call always parses; what it calls and answers is the model's choice.
+//! its two tools, so the call always parses; what it calls and answers is the model's choice,
+//! and the 135M model often chooses badly (it lists a directory `r` for the default question,
+//! then has no answer). `--model` runs it on a larger one.
 //!
 //! ```text
 //! cargo run --release --example tool_agent -- ["your question"] [--model PATH] [--dtype f32|f16] [--device NAME]

@@ -118,10 +118,10 @@ pub struct TurnPrompt {
     pub sampling: SamplingParams,
     /// Strings that end the reply when generated (not included in it).
     pub stop: Vec<String>,
-    /// The model continues the last message instead of starting a new assistant turn: set
-    /// once a tool step has been written into the assistant's turn in progress (see
-    /// [`ToolFormat::SystemPrompt`](crate::syscall::wire::ToolFormat::SystemPrompt)); a role's
-    /// `prepare` may set it to start the reply with text of its own.
+    /// The model continues the last message instead of starting a new assistant turn. The
+    /// runtime sets it once a tool step has been written into the assistant's turn in progress
+    /// (see [`ToolFormat::SystemPrompt`](crate::syscall::wire::ToolFormat::SystemPrompt)); a
+    /// template that renders the tools itself always gets whole turns.
     pub continue_last: bool,
 }
 

@@ -22,8 +22,8 @@
 //!   arguments validated (the same tasks, with `SyscallConfig::constrained_calls` on and off),
 //!   with the number of calls and of tasks that made one.
 //! - `task_success` (constrained) and `task_success_unconstrained`: the fraction of tasks whose
-//!   final answer states the right number (as a whole number, not digits inside another) in
-//!   the model's own words. A generation that starts a `<tool_response>` of its own (a small
+//!   final answer states the right number (as a whole number, not digits inside another).
+//!   A generation that starts a `<tool_response>` of its own (a small
 //!   model repeating the result it was shown) stops there, so such an answer is what came
 //!   before it, often nothing: `empty_answers_*` counts answers with no text. The tasks are
 //!   single-tool: add or multiply two numbers with a tool, or read a number from a named file;

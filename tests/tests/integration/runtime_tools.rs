@@ -257,6 +257,30 @@ async fn ask_json_returns_a_value_of_the_asked_type() {
     os.shutdown().await.unwrap();
 }
 
+/// The kernel's chat template applied to `messages` (with `tools` for a tools branch), as the
+/// prompt of a generation opens: ending in the assistant's turn.
+async fn render(
+    kernel: &ractor::ActorRef<agentos_kernel::KernelMsg>,
+    messages: Vec<ChatMessage>,
+    tools: Vec<Value>,
+) -> String {
+    ractor::call!(kernel, |reply| agentos_kernel::KernelMsg::RenderChat {
+        messages,
+        tools,
+        reply
+    })
+    .unwrap()
+    .unwrap()
+}
+
+/// How many tokens the kernel makes of `text`.
+async fn token_count(kernel: &ractor::ActorRef<agentos_kernel::KernelMsg>, text: String) -> usize {
+    ractor::call!(kernel, |reply| agentos_kernel::KernelMsg::Tokenize { text, reply })
+        .unwrap()
+        .unwrap()
+        .len()
+}
+
 /// A Qwen2.5-style ChatML template with a tools branch (SmolLM2 speaks ChatML, so it runs with
 /// it): the template, not the runtime, writes the tool list and wraps results.
 const TEMPLATE_WITH_TOOLS: &str = r##"{%- if tools %}{{- '<|im_start|>system\n' }}{%- if messages[0].role == 'system' %}{{- messages[0].content + '\n\n' }}{%- endif %}{{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}{%- for tool in tools %}{{- "\n" }}{{- tool | tojson }}{%- endfor %}{{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}{%- elif messages[0].role == 'system' %}{{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}{%- endif %}{%- for message in messages %}{%- if message.role == "user" or (message.role == "system" and not loop.first) or message.role == "assistant" %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}{%- elif message.role == "tool" %}{{- '<|im_start|>user\n<tool_response>\n' + message.content + '\n</tool_response><|im_end|>\n' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"##;
@@ -310,13 +334,7 @@ async fn a_template_with_a_tools_branch_renders_the_tools_and_results_itself() {
         },
     })];
     let kernel = os.kernel().unwrap();
-    let rendered = ractor::call!(kernel, |reply| agentos_kernel::KernelMsg::RenderChat {
-        messages: messages.clone(),
-        tools: tools.clone(),
-        reply
-    })
-    .unwrap()
-    .unwrap();
+    let rendered = render(&kernel, messages.clone(), tools.clone()).await;
     assert!(
         rendered.contains("# Tools\n\nYou may call one or more functions"),
         "{rendered}"
@@ -326,13 +344,11 @@ async fn a_template_with_a_tools_branch_renders_the_tools_and_results_itself() {
         !rendered.contains("You can call functions to do the task"),
         "{rendered}"
     );
-    let tokens = ractor::call!(kernel, |reply| agentos_kernel::KernelMsg::Tokenize {
-        text: rendered,
-        reply
-    })
-    .unwrap()
-    .unwrap();
-    assert_eq!(step.prompt_tokens as usize, tokens.len(), "{response:?}");
+    assert_eq!(
+        step.prompt_tokens as usize,
+        token_count(&kernel, rendered).await,
+        "{response:?}"
+    );
 
     // The second (last) step's prompt adds the call and its result as a `tool` message that the
     // runtime left unwrapped: the template wraps it, once.
@@ -348,28 +364,16 @@ async fn a_template_with_a_tools_branch_renders_the_tools_and_results_itself() {
         "tool",
         result_text("sleep", &Ok(result), usize::MAX, ToolFormat::Template),
     ));
-    let rendered = ractor::call!(kernel, |reply| agentos_kernel::KernelMsg::RenderChat {
-        messages: next,
-        tools,
-        reply
-    })
-    .unwrap()
-    .unwrap();
+    let rendered = render(&kernel, next, tools).await;
     assert_eq!(rendered.matches("<tool_response>").count(), 1, "{rendered}");
     assert!(
         rendered.contains("<|im_start|>user\n<tool_response>\n{\""),
         "{rendered}"
     );
     assert!(rendered.contains("\"slept_ms\":"), "{rendered}");
-    let tokens = ractor::call!(kernel, |reply| agentos_kernel::KernelMsg::Tokenize {
-        text: rendered,
-        reply
-    })
-    .unwrap()
-    .unwrap();
     assert_eq!(
         response.prompt_tokens - step.prompt_tokens as usize,
-        tokens.len(),
+        token_count(&kernel, rendered).await,
         "{response:?}"
     );
     os.shutdown().await.unwrap();
@@ -403,27 +407,6 @@ async fn without_a_tools_branch_calls_and_results_stay_in_the_turn_the_model_con
     assert_eq!(messages.last().unwrap().role, "user");
 
     let kernel = os.kernel().unwrap();
-    let render = |messages: Vec<ChatMessage>| {
-        let kernel = kernel.clone();
-        async move {
-            ractor::call!(kernel, |reply| agentos_kernel::KernelMsg::RenderChat {
-                messages,
-                tools: vec![],
-                reply
-            })
-            .unwrap()
-            .unwrap()
-        }
-    };
-    let count = |text: String| {
-        let kernel = kernel.clone();
-        async move {
-            ractor::call!(kernel, |reply| agentos_kernel::KernelMsg::Tokenize { text, reply })
-                .unwrap()
-                .unwrap()
-                .len()
-        }
-    };
     let piece = |step: &Step| {
         let arguments: Value = serde_json::from_str(&step.arguments).unwrap();
         let result: Value = serde_json::from_str(step.result.as_ref().unwrap()).unwrap();
@@ -436,14 +419,20 @@ async fn without_a_tools_branch_calls_and_results_stay_in_the_turn_the_model_con
     };
     // The first prompt opens the assistant's turn; each later one is the same turn, longer by
     // the step before it.
-    let first = render(messages).await;
+    let first = render(&kernel, messages, vec![]).await;
     assert!(first.ends_with("<|im_start|>assistant\n"), "{first}");
-    assert_eq!(response.steps[0].prompt_tokens as usize, count(first.clone()).await);
+    assert_eq!(
+        response.steps[0].prompt_tokens as usize,
+        token_count(&kernel, first.clone()).await
+    );
     let second = format!("{first}{}", piece(&response.steps[0]));
-    assert_eq!(response.steps[1].prompt_tokens as usize, count(second.clone()).await);
+    assert_eq!(
+        response.steps[1].prompt_tokens as usize,
+        token_count(&kernel, second.clone()).await
+    );
     let third = format!("{second}{}", piece(&response.steps[1]));
     let last = response.prompt_tokens - (response.steps[0].prompt_tokens + response.steps[1].prompt_tokens) as usize;
-    assert_eq!(last, count(third.clone()).await, "{third}");
+    assert_eq!(last, token_count(&kernel, third.clone()).await, "{third}");
     let turn = &third[first.len()..];
     assert_eq!(turn.matches("<tool_response>").count(), 2, "{turn}");
     assert!(!turn.contains("<|im_start|>") && !turn.contains("<|im_end|>"), "{turn}");

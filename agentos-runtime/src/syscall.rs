@@ -66,6 +66,12 @@ pub struct SyscallConfig {
     /// calls freely (they are parsed and checked all the same) and `tool_choice` cannot force
     /// one: for models that write valid calls on their own, or to measure what the grammar buys.
     pub constrained_calls: bool,
+    /// Under constrained calls, the path of an `fs_read` (`fs_list`) call is one of the files
+    /// (directories) that exist beneath `fs_root` when the step starts, if there are at most
+    /// this many of each ([`wire::narrow_paths`]); with more, the path is free text. `0`:
+    /// always free. Default 256. (The tool list offers `exec` only the programs of
+    /// `exec_allow`, and `spawn_agent` only registered roles, whatever this says.)
+    pub max_path_choices: usize,
 }
 
 impl Default for SyscallConfig {
@@ -84,6 +90,7 @@ impl Default for SyscallConfig {
             fetch_timeout: Duration::from_secs(20),
             recv_timeout: Duration::from_secs(10),
             constrained_calls: true,
+            max_path_choices: 256,
         }
     }
 }

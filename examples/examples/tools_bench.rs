@@ -3,7 +3,7 @@
 //! single-tool tasks the default model answers correctly.
 //!
 //! ```text
-//! cargo run --release --example tools_bench -- --json [--tasks N] [--seed S] [--model PATH] [--dtype f32|f16] [--device NAME]
+//! cargo run --release --example tools_bench -- --json [--tasks N] [--seed S] [--set standard|other] [--model PATH] [--dtype f32|f16] [--device NAME]
 //! ```
 //! Prints one JSON object:
 //! - `syscall_dispatch_us`: p50 and p99 of one call through `AgentHandle::call` (checkpoint,
@@ -23,11 +23,13 @@
 //!   with the number of calls and of tasks that made one.
 //! - `task_success` (constrained) and `task_success_unconstrained`: the fraction of tasks whose
 //!   final answer states the right number (as a whole number, not digits inside another).
-//!   A generation that starts a `<tool_response>` of its own (a small
+//!   A generation that writes result markup of its own (a small
 //!   model repeating the result it was shown) stops there, so such an answer is what came
 //!   before it, often nothing: `empty_answers_*` counts answers with no text. The tasks are
 //!   single-tool: add or multiply two numbers with a tool, or read a number from a named file;
-//!   the numbers come from `--seed`.
+//!   the numbers come from `--seed`. `--set other` asks the same kinds of thing with other
+//!   tools, phrasings and files (subtract; a four-line markdown file in a subdirectory), to
+//!   see whether a figure holds beyond the standard set's wording.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -48,6 +50,12 @@ use serde_json::{Value, json};
 #[agent(name = "Adder", role = "adder", tools = ["add"], tool_choice = "first", max_steps = 2, max_tokens = 64)]
 #[derive(Default, Serialize, Deserialize)]
 struct Adder;
+
+/// You are a calculator assistant. Use the subtract function to subtract the second number
+/// from the first in the question, then state the result.
+#[agent(name = "Subtractor", role = "subtractor", tools = ["subtract"], tool_choice = "first", max_steps = 2, max_tokens = 64)]
+#[derive(Default, Serialize, Deserialize)]
+struct Subtractor;
 
 /// You are a calculator assistant. Use the multiply function to multiply the numbers in the
 /// question, then state the result.
@@ -108,14 +116,24 @@ impl Lcg {
     }
 }
 
-fn tasks(count: usize, seed: u64, work: &std::path::Path) -> std::io::Result<Vec<Task>> {
+/// Which tasks to generate. `Standard` is the set the figures in the README are reported on;
+/// `Other` asks the same kinds of thing with other tools, phrasings and files (subtract;
+/// multiply phrased otherwise; a four-line markdown file in a subdirectory), to see whether a
+/// figure holds beyond the standard set's wording.
+#[derive(Clone, Copy, PartialEq)]
+enum TaskSet {
+    Standard,
+    Other,
+}
+
+fn tasks(count: usize, seed: u64, set: TaskSet, work: &std::path::Path) -> std::io::Result<Vec<Task>> {
     let mut rng = Lcg(seed);
     let mut out = Vec::new();
     for i in 0..count {
         let (a, b) = (rng.next(10, 1000), rng.next(10, 1000));
         let variant = rng.next(0, 3) as usize;
-        let task = match i % 3 {
-            0 => Task {
+        let task = match (i % 3, set) {
+            (0, TaskSet::Standard) => Task {
                 role: "adder",
                 question: [
                     format!("What is {a} plus {b}?"),
@@ -125,17 +143,34 @@ fn tasks(count: usize, seed: u64, work: &std::path::Path) -> std::io::Result<Vec
                     .clone(),
                 expected: (a + b).to_string(),
             },
-            1 => Task {
-                role: "multiplier",
+            (0, TaskSet::Other) => Task {
+                role: "subtractor",
                 question: [
-                    format!("What is {a} times {b}?"),
-                    format!("Multiply {a} by {b}."),
-                    format!("Compute the product of {a} and {b}."),
+                    format!("How much is {a} minus {b}?"),
+                    format!("Subtract {b} from {a}."),
+                    format!("Take {b} away from {a}; what is left?"),
                 ][variant]
+                    .clone(),
+                expected: (a as i64 - b as i64).to_string(),
+            },
+            (1, set) => Task {
+                role: "multiplier",
+                question: match set {
+                    TaskSet::Standard => [
+                        format!("What is {a} times {b}?"),
+                        format!("Multiply {a} by {b}."),
+                        format!("Compute the product of {a} and {b}."),
+                    ],
+                    TaskSet::Other => [
+                        format!("I need {a} multiplied by {b}."),
+                        format!("How much is {a} times {b}?"),
+                        format!("What do you get from {a} x {b}?"),
+                    ],
+                }[variant]
                     .clone(),
                 expected: (a * b).to_string(),
             },
-            _ => {
+            (_, TaskSet::Standard) => {
                 let file = format!("report-{i}.txt");
                 let total = a * 10 + b;
                 std::fs::write(work.join(&file), format!("Quarterly report\ntotal: {total}\n"))?;
@@ -150,20 +185,41 @@ fn tasks(count: usize, seed: u64, work: &std::path::Path) -> std::io::Result<Vec
                     expected: total.to_string(),
                 }
             }
+            (_, TaskSet::Other) => {
+                let file = format!("stock/inventory-{i}.md");
+                let count = a * 10 + b;
+                std::fs::create_dir_all(work.join("stock"))?;
+                std::fs::write(
+                    work.join(&file),
+                    format!("# Inventory\nlast checked: Monday\nwidgets in stock: {count}\nsupplier: Acme\n"),
+                )?;
+                Task {
+                    role: "reader",
+                    question: [
+                        format!("How many widgets are in stock according to {file}?"),
+                        format!("Check {file}: how many widgets do we have?"),
+                        format!("Look at {file} and report the widget count."),
+                    ][variant]
+                        .clone(),
+                    expected: count.to_string(),
+                }
+            }
         };
         out.push(task);
     }
     Ok(out)
 }
 
-/// The whole numbers a text states, digits only ("1,234" is 1234): an answer is right when
-/// one of them is the expected number, not when its digits appear inside a longer number.
+/// The whole numbers a text states, digits with a leading minus sign ("1,234" is 1234, "-5"
+/// is -5): an answer is right when one of them is the expected number, not when its digits
+/// appear inside a longer number.
 fn numbers_in(text: &str) -> Vec<String> {
     let mut numbers = Vec::new();
     let mut current = String::new();
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
+        let sign = c == '-' && current.is_empty() && chars.peek().is_some_and(|n| n.is_ascii_digit());
+        if c.is_ascii_digit() || sign {
             current.push(c);
         } else if c == ',' && !current.is_empty() && chars.peek().is_some_and(|n| n.is_ascii_digit()) {
             // A thousands separator inside a number.
@@ -326,6 +382,7 @@ async fn run_tasks(
             ..SyscallConfig::default()
         })
         .tool(arithmetic_tool("add", "Add", i64::checked_add))
+        .tool(arithmetic_tool("subtract", "Subtract b from", i64::checked_sub))
         .tool(arithmetic_tool("multiply", "Multiply", i64::checked_mul))
         .start()
         .await?;
@@ -334,6 +391,7 @@ async fn run_tasks(
         let name = format!("{}-{i}", task.role);
         let agent = match task.role {
             "adder" => os.spawn_named(name, Adder).await?,
+            "subtractor" => os.spawn_named(name, Subtractor).await?,
             "multiplier" => os.spawn_named(name, Multiplier).await?,
             _ => os.spawn_named(name, FileReader).await?,
         };
@@ -346,6 +404,7 @@ async fn run_tasks(
         let response = handle.await??;
         let allowed = match task.role {
             "adder" => "add",
+            "subtractor" => "subtract",
             "multiplier" => "multiply",
             _ => "fs_read",
         };
@@ -424,7 +483,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let dispatch = dispatch_cost(&work).await?;
     let grammar = grammar_cost(&args)?;
-    let task_set = tasks(count, seed, &work)?;
+    let set = match args.value("set").unwrap_or("standard") {
+        "standard" => TaskSet::Standard,
+        "other" => TaskSet::Other,
+        other => return Err(format!("--set is `standard` or `other`, not `{other}`").into()),
+    };
+    let task_set = tasks(count, seed, set, &work)?;
     let constrained = run_tasks(&args, &work, &task_set, true).await?;
     let free = run_tasks(&args, &work, &task_set, false).await?;
     let fraction = |a: usize, b: usize| {
@@ -439,6 +503,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "mask_us_per_token": grammar[0]["mask_us_per_token"],
         "forward_us_per_token": grammar[0]["forward_us_per_token"],
         "grammar": grammar,
+        "task_set": if set == TaskSet::Standard { "standard" } else { "other" },
         "tasks": task_set.len(),
         "seed": seed,
         "valid_calls_constrained": fraction(constrained.valid, constrained.calls),

@@ -47,9 +47,11 @@ use crate::error::RuntimeError;
 use crate::rpc;
 use crate::scheduler::SchedulerMsg;
 use crate::supervisor::SupervisorEvent;
+use crate::syscall::drivers::existing_paths;
 use crate::syscall::wire::{
-    CallFilter, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_RESPONSE_OPEN, TOOL_ROLE, ToolDescription, ToolFormat,
-    call_grammar, call_text, parse_call, result_text, split_call, tool_objects, tools_prompt,
+    CallFilter, ExistingPaths, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_RESPONSE_CLOSE, TOOL_RESPONSE_OPEN, TOOL_ROLE,
+    ToolDescription, ToolFormat, call_grammar, call_text, narrow_paths, parse_call, result_text, split_call,
+    tool_objects, tools_prompt,
 };
 use crate::syscall::{Step, Syscall, ToolChoice};
 use crate::system::System;
@@ -688,6 +690,7 @@ impl<R: Agent> AgentActorState<R> {
         if tooled {
             prompt.stop.push(TOOL_CALL_CLOSE.to_string());
             prompt.stop.push(TOOL_RESPONSE_OPEN.to_string());
+            prompt.stop.push(TOOL_RESPONSE_CLOSE.to_string());
         }
 
         let mut first_token = None;
@@ -698,7 +701,7 @@ impl<R: Agent> AgentActorState<R> {
                     grammar: Grammar::JsonSchema(schema.clone()),
                     after: None,
                 }),
-                (None, true) => self.call_constraint(steps.len()),
+                (None, true) => self.call_constraint(steps.len()).await,
                 (None, false) => None,
             };
             let summary = self
@@ -853,7 +856,8 @@ impl<R: Agent> AgentActorState<R> {
     /// (`<tool_call>` and the call) where its tool choice asks for a call, otherwise lazy (free
     /// text, and a valid call once the model opens one); none once `max_steps` calls are made
     /// (but a forced call under `required`), or when `SyscallConfig::constrained_calls` is off.
-    fn call_constraint(&self, step: usize) -> Option<Constraint> {
+    /// A file call's path offers what exists now ([`narrow_paths`]).
+    async fn call_constraint(&self, step: usize) -> Option<Constraint> {
         if !self.system.syscalls.constrained_calls {
             return None;
         }
@@ -861,9 +865,35 @@ impl<R: Agent> AgentActorState<R> {
             ToolChoice::Auto => false,
             ToolChoice::First => step == 0,
             // Past max_steps too: the turn then ends with the call unrun.
-            ToolChoice::Required => return Some(call_grammar(&self.tools, true)),
+            ToolChoice::Required => true,
         };
-        (step < self.spec.max_steps).then(|| call_grammar(&self.tools, forced))
+        if step >= self.spec.max_steps && self.spec.tool_choice != ToolChoice::Required {
+            return None;
+        }
+        let tools = match self.existing_paths().await {
+            Some(paths) => narrow_paths(&self.tools, &paths),
+            None => self.tools.clone(),
+        };
+        Some(call_grammar(&tools, forced))
+    }
+
+    /// What exists beneath the work directory now, for an agent with file tools under
+    /// `SyscallConfig::max_path_choices` (walked on a blocking thread); `None` otherwise.
+    async fn existing_paths(&self) -> Option<ExistingPaths> {
+        let syscalls = &self.system.syscalls;
+        let root = syscalls.fs_root.clone()?;
+        let limit = syscalls.max_path_choices;
+        let file_tools = self
+            .tools
+            .iter()
+            .any(|tool| tool.name == "fs_read" || tool.name == "fs_list");
+        if limit == 0 || !file_tools {
+            return None;
+        }
+        tokio::task::spawn_blocking(move || existing_paths(&root, limit))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Parses and runs the call in `body`; returns its step and, for a successful `exit`, the

@@ -52,6 +52,11 @@ pub(crate) fn describe_tools(spec: &AgentSpec, system: &System) -> Result<Vec<To
                     }
                     parameters["properties"]["role"]["enum"] = json!(roles);
                 }
+                if name == "exec" && !system.syscalls.exec_allow.is_empty() {
+                    // Only these may run: offering others would let the model write a call
+                    // that is always denied.
+                    parameters["properties"]["program"]["enum"] = json!(system.syscalls.exec_allow);
+                }
                 return Ok(ToolDescription {
                     name: name.clone(),
                     description: text.to_string(),

@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::syscall::wire::ExistingPaths;
 use crate::syscall::{SyscallConfig, SyscallError};
 
 /// `path` (relative, from the model) resolved under `root`.
@@ -113,6 +114,51 @@ pub(crate) async fn fs_write(config: &SyscallConfig, path: &str, content: &str) 
     }
     tokio::fs::write(&full, content).await.map_err(|e| io_error(path, e))?;
     Ok(json!({"path": path, "bytes": content.len()}))
+}
+
+/// Every file and directory beneath `root`; `None` when there are more than `limit` of
+/// either, when more than `16 * limit` entries would have to be looked at, or when a
+/// directory cannot be read: the caller then offers no choice rather than an incomplete one.
+/// A symbolic link counts when what it points to resolves beneath the root (as [`resolve`]
+/// requires); a linked directory is walked under the link's name too (the entry budget ends
+/// a loop of links). Names that are not UTF-8 are left out: a call cannot write them.
+pub(crate) fn existing_paths(root: &Path, limit: usize) -> Option<ExistingPaths> {
+    let root = root.canonicalize().ok()?;
+    let mut found = ExistingPaths {
+        files: Vec::new(),
+        dirs: vec![".".to_string()],
+    };
+    let mut budget = limit.saturating_mul(16);
+    let mut pending = vec![root.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).ok()? {
+            budget = budget.checked_sub(1)?;
+            let path = entry.ok()?.path();
+            let Some(relative) = path.strip_prefix(&root).ok().and_then(Path::to_str) else {
+                continue;
+            };
+            let relative = relative.replace(std::path::MAIN_SEPARATOR, "/");
+            // Follows links; a link whose target leaves the root is left out.
+            let Ok(target) = path.canonicalize() else {
+                continue;
+            };
+            if !target.starts_with(&root) {
+                continue;
+            }
+            if target.is_dir() {
+                pending.push(path);
+                found.dirs.push(relative);
+            } else if target.is_file() {
+                found.files.push(relative);
+            }
+            if found.files.len() > limit || found.dirs.len() > limit {
+                return None;
+            }
+        }
+    }
+    found.files.sort();
+    found.dirs[1..].sort();
+    Some(found)
 }
 
 /// Most entries one listing returns.
@@ -376,6 +422,41 @@ mod tests {
             std::os::unix::fs::symlink(root.join("sub"), root.join("inside")).unwrap();
             assert!(resolve(root, "inside/x").is_ok());
         }
+    }
+
+    #[test]
+    fn existing_paths_are_every_file_and_directory_a_call_can_reach() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+        for file in ["b.txt", "a.txt", "sub/c.md", "sub/deeper/d.rs"] {
+            std::fs::write(root.join(file), "x").unwrap();
+        }
+        let mut files = vec!["a.txt", "b.txt", "sub/c.md", "sub/deeper/d.rs"];
+        let mut dirs = vec![".", "sub", "sub/deeper"];
+        #[cfg(unix)]
+        {
+            let outside = tempfile::tempdir().unwrap();
+            std::fs::write(outside.path().join("secret"), "x").unwrap();
+            std::os::unix::fs::symlink(outside.path(), root.join("out")).unwrap();
+            std::os::unix::fs::symlink(outside.path().join("secret"), root.join("secret")).unwrap();
+            std::os::unix::fs::symlink(root.join("a.txt"), root.join("alias")).unwrap();
+            std::os::unix::fs::symlink(root.join("sub"), root.join("linked")).unwrap();
+            // A loop of links ends on the entry budget: no listing rather than a wrong one.
+            std::os::unix::fs::symlink(root.join("sub"), root.join("sub/loop")).unwrap();
+            assert_eq!(existing_paths(root, 100), None);
+            std::fs::remove_file(root.join("sub/loop")).unwrap();
+            files.extend(["alias", "linked/c.md", "linked/deeper/d.rs"]);
+            dirs.extend(["linked", "linked/deeper"]);
+            files.sort();
+            dirs[1..].sort();
+        }
+        let found = existing_paths(root, 100).unwrap();
+        assert_eq!(found.files, files);
+        assert_eq!(found.dirs, dirs);
+        // More files than the limit: no choice rather than an incomplete one.
+        assert_eq!(existing_paths(root, 2), None);
+        assert_eq!(existing_paths(&root.join("missing"), 100), None);
     }
 
     #[test]

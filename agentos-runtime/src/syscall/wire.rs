@@ -27,9 +27,12 @@ use crate::syscall::SyscallError;
 
 pub const TOOL_CALL_OPEN: &str = "<tool_call>";
 pub const TOOL_CALL_CLOSE: &str = "</tool_call>";
-/// Opens a result. Only the runtime writes results: a generation that starts one itself (a
-/// small model repeating the last result, or inventing one) stops there.
+/// Opens a result. Only the runtime writes results: a generation that writes this tag or
+/// [`TOOL_RESPONSE_CLOSE`] itself (a small model repeating the last result, inventing one, or
+/// carrying on markup that a tool's output imitated) stops there.
 pub const TOOL_RESPONSE_OPEN: &str = "<tool_response>";
+/// Closes a result.
+pub const TOOL_RESPONSE_CLOSE: &str = "</tool_response>";
 /// The chat role of a call's result.
 pub const TOOL_ROLE: &str = "tool";
 
@@ -67,7 +70,11 @@ pub fn tool_objects(tools: &[ToolDescription]) -> Vec<Value> {
 }
 
 /// The block appended to an agent's system prompt when it has tools and the template has no
-/// tools branch.
+/// tools branch. It ends by asking for an answer in words from the result: the models this
+/// format is for are small, and told "when you have the answer, reply without a call",
+/// SmolLM2-135M more often described the result instead of answering (`tools_bench --set
+/// other`: task success 0.37 against 0.47 on average over four seeds; the standard set alike,
+/// 0.84 against 0.86 over six). Further calls stay possible: the grammar forces no answer.
 pub fn tools_prompt(tools: &[ToolDescription]) -> String {
     let mut out = String::from(
         "\n\nYou can call functions to do the task. The functions are listed, as JSON schemas, inside <tools></tools>:\n<tools>\n",
@@ -78,7 +85,7 @@ pub fn tools_prompt(tools: &[ToolDescription]) -> String {
     }
     out.push_str(
         "</tools>\nTo call a function, write <tool_call>{\"name\": <function-name>, \"arguments\": <arguments-json-object>}</tool_call>. \
-         Its result comes back inside <tool_response></tool_response>. When you have the answer, reply without a call.",
+         Its result comes back inside <tool_response></tool_response>. Then answer the question in plain words, using the result.",
     );
     out
 }
@@ -129,6 +136,47 @@ pub fn call_grammar(tools: &[ToolDescription], forced: bool) -> Constraint {
             after: Some(TOOL_CALL_OPEN.to_string()),
         },
     }
+}
+
+/// What exists beneath the work directory: the paths a file call can succeed with.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExistingPaths {
+    /// Regular files (or links to one beneath the root), relative, `/`-separated, sorted.
+    pub files: Vec<String>,
+    /// Directories, `.` first, then relative and sorted.
+    pub dirs: Vec<String>,
+}
+
+/// `tools` with the path of `fs_read` narrowed to the files that exist and the path of
+/// `fs_list` to the directories (an `enum` in the argument's schema), for the call grammar: a
+/// call the grammar allows then names something that exists instead of a plausible name that
+/// fails. (Asked about "the file report-8.txt", SmolLM2-135M otherwise often writes
+/// `file.txt`.) The tool list in the prompt is not changed: it stays a cacheable prefix while
+/// files come and go. Paths longer than a call may carry
+/// ([`MAX_NAME_CHARS`](crate::syscall::MAX_NAME_CHARS)) are left out; with none left, the
+/// path stays free.
+pub fn narrow_paths(tools: &[ToolDescription], paths: &ExistingPaths) -> Vec<ToolDescription> {
+    let mut tools = tools.to_vec();
+    for tool in &mut tools {
+        let names = match tool.name.as_str() {
+            "fs_read" => &paths.files,
+            "fs_list" => &paths.dirs,
+            _ => continue,
+        };
+        let names: Vec<&String> = names
+            .iter()
+            .filter(|name| name.chars().count() <= crate::syscall::MAX_NAME_CHARS)
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        if let Some(property) = tool.parameters.pointer_mut("/properties/path")
+            && let Some(property) = property.as_object_mut()
+        {
+            property.insert("enum".into(), json!(names));
+        }
+    }
+    tools
 }
 
 /// A reply split at its call: the text before `<tool_call>` and the call's body (up to
@@ -204,26 +252,49 @@ pub fn call_text(name: &str, arguments: &Value) -> String {
     )
 }
 
-/// A call's result as the model is shown it. `content` is the JSON the call
-/// returned; it is cut to `max_chars` characters (a marker says so) to keep the prompt bounded.
-/// In [`ToolFormat::SystemPrompt`] it is wrapped in `<tool_response>` tags; a template with a
-/// tools branch wraps results itself.
+/// A call's result as the model is shown it, cut to `max_chars` characters (a marker says
+/// so) to keep the prompt bounded.
+///
+/// - [`ToolFormat::SystemPrompt`]: the result itself inside `<tool_response>` tags: text as
+///   it is, any other JSON value compact, an error as `{"error": …}`. It follows its call in
+///   the same turn, so no name is repeated. Shown `{"name": "add", "content": 1364}` instead,
+///   SmolLM2-135M answered from it far less often: it described the JSON or copied the block
+///   (`tools_bench`, see the README).
+/// - [`ToolFormat::Template`]: the content of the `tool` message, `{"name": …, "content": …}`
+///   (or `"error"`) as Hermes-style templates expect; the template wraps it.
 pub fn result_text(name: &str, result: &Result<Value, SyscallError>, max_chars: usize, format: ToolFormat) -> String {
-    let body = match result {
-        Ok(content) => {
-            let rendered = content.to_string();
-            if rendered.chars().count() <= max_chars {
-                json!({"name": name, "content": content})
-            } else {
-                let cut: String = rendered.chars().take(max_chars).collect();
-                json!({"name": name, "content": cut, "truncated": true})
-            }
-        }
-        Err(e) => json!({"name": name, "error": e.to_string()}),
-    };
     match format {
-        ToolFormat::SystemPrompt => format!("{TOOL_RESPONSE_OPEN}\n{body}\n</tool_response>"),
-        ToolFormat::Template => body.to_string(),
+        ToolFormat::SystemPrompt => {
+            let body = match result {
+                Ok(Value::String(text)) => text.trim_end().to_string(),
+                Ok(content) => content.to_string(),
+                Err(e) => json!({"error": e.to_string()}).to_string(),
+            };
+            let total = body.chars().count();
+            let body = match total <= max_chars {
+                true => body,
+                false => {
+                    let cut: String = body.chars().take(max_chars).collect();
+                    format!("{cut}\n[cut: the result has {total} characters, {max_chars} are shown]")
+                }
+            };
+            format!("{TOOL_RESPONSE_OPEN}\n{body}\n{TOOL_RESPONSE_CLOSE}")
+        }
+        ToolFormat::Template => {
+            let body = match result {
+                Ok(content) => {
+                    let rendered = content.to_string();
+                    if rendered.chars().count() <= max_chars {
+                        json!({"name": name, "content": content})
+                    } else {
+                        let cut: String = rendered.chars().take(max_chars).collect();
+                        json!({"name": name, "content": cut, "truncated": true})
+                    }
+                }
+                Err(e) => json!({"name": name, "error": e.to_string()}),
+            };
+            body.to_string()
+        }
     }
 }
 
@@ -423,25 +494,77 @@ mod tests {
     fn results_are_bounded() {
         let long = Ok(json!("x".repeat(100)));
         let text = result_text("fs_read", &long, 10, ToolFormat::SystemPrompt);
-        assert!(text.starts_with("<tool_response>\n{"), "{text}");
-        assert!(text.contains("\"truncated\":true"), "{text}");
-        assert!(text.len() < 100, "{text}");
-        let error = result_text(
-            "fs_read",
-            &Err(SyscallError::NotFound("a".into())),
-            10,
-            ToolFormat::SystemPrompt,
+        assert_eq!(
+            text,
+            "<tool_response>\nxxxxxxxxxx\n[cut: the result has 100 characters, 10 are shown]\n</tool_response>"
         );
-        assert!(error.contains("\"error\":\"not found: a\""), "{error}");
-        // A template with a tools branch wraps the result itself.
-        let bare = result_text(
+        let bare = result_text("fs_read", &long, 10, ToolFormat::Template);
+        let bare: Value = serde_json::from_str(&bare).unwrap();
+        assert_eq!(
+            bare,
+            json!({"name": "fs_read", "content": "\"xxxxxxxxx", "truncated": true})
+        );
+    }
+
+    #[test]
+    fn results_in_the_turn_are_the_result_itself() {
+        let show = |result: Result<Value, SyscallError>| result_text("t", &result, 100, ToolFormat::SystemPrompt);
+        assert_eq!(
+            show(Ok(json!("total: 5\n"))),
+            "<tool_response>\ntotal: 5\n</tool_response>"
+        );
+        assert_eq!(show(Ok(json!(1364))), "<tool_response>\n1364\n</tool_response>");
+        assert_eq!(
+            show(Ok(json!({"path": "a", "bytes": 3}))),
+            "<tool_response>\n{\"path\":\"a\",\"bytes\":3}\n</tool_response>"
+        );
+        assert_eq!(
+            show(Err(SyscallError::NotFound("a".into()))),
+            "<tool_response>\n{\"error\":\"not found: a\"}\n</tool_response>"
+        );
+        // A template with a tools branch wraps the result itself, named.
+        let named = result_text(
             "fs_read",
             &Err(SyscallError::NotFound("a".into())),
             10,
             ToolFormat::Template,
         );
-        let bare: Value = serde_json::from_str(&bare).unwrap();
-        assert_eq!(bare, json!({"name": "fs_read", "error": "not found: a"}));
+        let named: Value = serde_json::from_str(&named).unwrap();
+        assert_eq!(named, json!({"name": "fs_read", "error": "not found: a"}));
+    }
+
+    #[test]
+    fn file_paths_offer_what_exists() {
+        let tools: Vec<ToolDescription> = ["fs_read", "fs_list", "fs_write"]
+            .iter()
+            .map(|name| ToolDescription {
+                name: name.to_string(),
+                description: String::new(),
+                parameters: crate::syscall::schema(name).unwrap(),
+            })
+            .collect();
+        let paths = ExistingPaths {
+            files: vec![
+                "a.txt".into(),
+                "d/b.md".into(),
+                "x".repeat(crate::syscall::MAX_NAME_CHARS + 1),
+            ],
+            dirs: vec![".".into(), "d".into()],
+        };
+        let narrowed = narrow_paths(&tools, &paths);
+        assert_eq!(
+            narrowed[0].parameters["properties"]["path"]["enum"],
+            json!(["a.txt", "d/b.md"])
+        );
+        assert_eq!(narrowed[1].parameters["properties"]["path"]["enum"], json!([".", "d"]));
+        // fs_write names new files.
+        assert_eq!(narrowed[2], tools[2]);
+        // Nothing a call could name: the path stays free.
+        let long_only = ExistingPaths {
+            files: vec!["x".repeat(crate::syscall::MAX_NAME_CHARS + 1)],
+            dirs: Vec::new(),
+        };
+        assert_eq!(narrow_paths(&tools, &long_only), tools);
     }
 
     #[test]

@@ -120,8 +120,10 @@ pub(crate) async fn fs_write(config: &SyscallConfig, path: &str, content: &str) 
 /// either, when more than `16 * limit` entries would have to be looked at, or when a
 /// directory cannot be read: the caller then offers no choice rather than an incomplete one.
 /// A symbolic link counts when what it points to resolves beneath the root (as [`resolve`]
-/// requires); a linked directory is walked under the link's name too (the entry budget ends
-/// a loop of links). Names that are not UTF-8 are left out: a call cannot write them.
+/// requires); a linked directory is walked under the link's name too. A loop of links ends
+/// on the limits, or where the system stops resolving the path (too many links), past which
+/// no call could open it either. Names that are not UTF-8 are left out: a call cannot write
+/// them.
 pub(crate) fn existing_paths(root: &Path, limit: usize) -> Option<ExistingPaths> {
     let root = root.canonicalize().ok()?;
     let mut found = ExistingPaths {

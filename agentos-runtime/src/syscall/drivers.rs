@@ -444,7 +444,7 @@ mod tests {
             std::os::unix::fs::symlink(outside.path().join("secret"), root.join("secret")).unwrap();
             std::os::unix::fs::symlink(root.join("a.txt"), root.join("alias")).unwrap();
             std::os::unix::fs::symlink(root.join("sub"), root.join("linked")).unwrap();
-            // A loop of links ends on the entry budget: no listing rather than a wrong one.
+            // A loop of links ends on the limits: no listing rather than an endless one.
             std::os::unix::fs::symlink(root.join("sub"), root.join("sub/loop")).unwrap();
             assert_eq!(existing_paths(root, 100), None);
             std::fs::remove_file(root.join("sub/loop")).unwrap();

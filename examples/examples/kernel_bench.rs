@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use agentos_examples::{Args, init_logging, peak_rss_bytes};
+use agentos_examples::{ModelArgs, init_logging, peak_rss_bytes};
 use agentos_kernel::engine::generate::{Batcher, BatcherStats, prepare};
 use agentos_kernel::engine::sampling::argmax;
 use agentos_kernel::{
@@ -23,13 +23,23 @@ const PREFILL_TOKENS: usize = 512;
 const DECODE_TOKENS: usize = 128;
 const AGGREGATE_STEPS: usize = 32;
 
+/// Kernel speed: prefill, decode, batched decode, constrained against free generation, memory.
+#[derive(clap::Parser)]
+struct Cli {
+    /// Print one JSON object (default: pretty-printed)
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
 fn main() -> agentos_kernel::Result<()> {
     init_logging();
-    let args = Args::from_env();
-    let mut config = args.engine_config()?;
+    let cli = <Cli as clap::Parser>::parse();
+    let mut config = cli.model.engine_config();
     config.max_batch_tokens = PREFILL_TOKENS;
     let load_started = Instant::now();
-    let mut engine = Engine::load(&args.model(), config)?;
+    let mut engine = Engine::load(&cli.model.model(), config)?;
     let load_seconds = load_started.elapsed().as_secs_f64();
     let vocab = engine.model_config().vocab_size as u32;
 
@@ -105,7 +115,7 @@ fn main() -> agentos_kernel::Result<()> {
         "grammar": grammar,
         "peak_rss_bytes": peak_rss_bytes(),
     });
-    if args.flag("json") {
+    if cli.json {
         println!("{report}");
     } else {
         println!("{}", serde_json::to_string_pretty(&report).expect("serialisable"));

@@ -7,28 +7,28 @@
 
 use std::io::Write;
 
-use agentos_examples::{Args, init_logging};
+use agentos_examples::{ModelArgs, init_logging};
 use agentos_kernel::{ChatMessage, GenerateRequest, GenerationEvent, KernelActor, KernelArgs, SamplingParams};
 use ractor::Actor;
+
+/// The kernel alone, as an actor: one chat request, streamed.
+#[derive(clap::Parser)]
+struct Cli {
+    /// The question to ask [default: a question about operating systems]
+    question: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     init_logging();
-    let args = Args::from_env();
-    let question = std::env::args()
-        .skip(1)
-        .find(|a| {
-            !a.starts_with("--")
-                && args.value("model") != Some(a)
-                && args.value("dtype") != Some(a)
-                && args.value("device") != Some(a)
-        })
+    let cli = <Cli as clap::Parser>::parse();
+    let question = cli
+        .question
         .unwrap_or_else(|| "What is an operating system? Answer in two sentences.".to_string());
 
-    let kernel_args = KernelArgs {
-        model: args.model(),
-        config: args.engine_config()?,
-    };
+    let kernel_args: KernelArgs = cli.model.kernel_args();
     let (kernel, handle) = Actor::spawn(Some("kernel".into()), KernelActor, kernel_args).await?;
     let info = ractor::call!(kernel, agentos_kernel::KernelMsg::Info)?;
     eprintln!(

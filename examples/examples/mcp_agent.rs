@@ -10,7 +10,7 @@
 //! ```
 //! Needs Node.js; `npm ci` runs in `mcp/` first when the server is not installed there.
 
-use agentos_examples::{Args, filesystem_mcp_server, init_logging, print_turn};
+use agentos_examples::{ModelArgs, filesystem_mcp_server, init_logging, print_turn};
 use agentos_runtime::prelude::*;
 
 /// You are a careful assistant with access to files. Use the functions to look things up before answering.
@@ -24,12 +24,21 @@ use agentos_runtime::prelude::*;
 #[derive(Default, Serialize, Deserialize)]
 struct FileAssistant;
 
+/// An agent answers a question about a file through the filesystem MCP server.
+#[derive(clap::Parser)]
+struct Cli {
+    /// The question to ask [default: how many servers inventory.txt lists]
+    question: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     init_logging();
-    let args = Args::from_env();
-    let question = args
-        .positional()
+    let cli = <Cli as clap::Parser>::parse();
+    let question = cli
+        .question
         .unwrap_or_else(|| "How many servers are in the rack? The number is in the file inventory.txt.".to_string());
 
     let work = std::env::temp_dir().join(format!("agentos-mcp-agent-{}", std::process::id()));
@@ -41,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     let os = AgentOS::builder()
-        .kernel(args.kernel_args()?)
+        .kernel(cli.model.kernel_args())
         .mcp_server(filesystem_mcp_server(&work)?)
         .start()
         .await?;

@@ -31,7 +31,7 @@
 
 use std::time::{Duration, Instant};
 
-use agentos_examples::{Args, init_logging, l2_scale, peak_rss_bytes, rss_bytes};
+use agentos_examples::{ModelArgs, init_logging, l2_scale, peak_rss_bytes, rss_bytes};
 use agentos_kernel::{ChatMessage, GenerateRequest, GenerationEvent, KernelMsg};
 use agentos_runtime::prelude::*;
 use agentos_runtime::{MemoryConfig, Slicing};
@@ -161,21 +161,40 @@ const TOPICS: [&str; 40] = [
     "sourdough bread",
 ];
 
+/// Memory: a long session with the S-MMU against a client resending the whole history.
+#[derive(clap::Parser)]
+struct Cli {
+    /// Turns of the session (at least 25: 10 planting turns, 11 question turns)
+    #[arg(long, default_value_t = 200)]
+    turns: usize,
+    /// Pages of the L2-at-scale part
+    #[arg(long = "l2-pages", default_value_t = 100_000)]
+    l2_pages: usize,
+    /// KV cache budget in MiB
+    #[arg(long = "kv-mib", default_value_t = 384)]
+    kv_mib: usize,
+    /// Print one JSON object (default: pretty-printed)
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     init_logging();
-    let args = Args::from_env();
-    let turns: usize = args.value("turns").map(str::parse).transpose()?.unwrap_or(200);
+    let cli = <Cli as clap::Parser>::parse();
+    let turns = cli.turns;
     if turns < 25 {
         return Err("--turns must be at least 25 (10 planting turns, 11 question turns)".into());
     }
-    let l2_pages: usize = args.value("l2-pages").map(str::parse).transpose()?.unwrap_or(100_000);
+    let l2_pages = cli.l2_pages;
     let script = Script::new(turns);
     let dir = std::env::temp_dir().join(format!("agentos-memory-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
 
-    let kv_mib: usize = args.value("kv-mib").map(str::parse).transpose()?.unwrap_or(384);
-    let mut kernel_args = args.kernel_args()?;
+    let kv_mib = cli.kv_mib;
+    let mut kernel_args = cli.model.kernel_args();
     kernel_args.config.kv_cache.max_bytes = kv_mib << 20;
 
     // 1. The S-MMU session.
@@ -338,7 +357,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "smmu": smmu.json(),
         "full_history": full.json(),
     });
-    if args.flag("json") {
+    if cli.json {
         println!("{report}");
     } else {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agentos_examples::{Args, init_logging};
+use agentos_examples::{ModelArgs, init_logging};
 use agentos_kernel::Engine;
 use agentos_kernel::parity::{ParitySummary, check_case, read_reference};
 
@@ -25,16 +25,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parity with llama.cpp's reference outputs: tokenization and greedy argmax.
+#[derive(clap::Parser)]
+struct Cli {
+    /// The reference file (JSON lines, from ../shared/reference/)
+    #[arg(long, value_name = "FILE.jsonl")]
+    reference: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
 fn run() -> agentos_kernel::Result<bool> {
-    let args = Args::from_env();
-    let reference = args.value("reference").map(PathBuf::from).ok_or_else(|| {
-        agentos_kernel::KernelError::InvalidRequest(
-            "usage: parity --reference FILE.jsonl [--model PATH] [--dtype f32|f16]".into(),
-        )
-    })?;
+    let cli = <Cli as clap::Parser>::parse();
+    let reference = cli.reference;
     let cases = read_reference(&reference)?;
-    let config = args.engine_config()?;
-    let mut engine = Engine::load(&args.model(), config)?;
+    let mut engine = Engine::load(&cli.model.model(), cli.model.engine_config())?;
     let info = engine.info().clone();
     println!(
         "model {} | dtype {} | device {} ({})",

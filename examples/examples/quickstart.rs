@@ -7,7 +7,7 @@
 
 use std::io::Write;
 
-use agentos_examples::{Args, init_logging};
+use agentos_examples::{ModelArgs, init_logging};
 use agentos_runtime::prelude::*;
 
 /// You are a helpful assistant. Answer clearly and briefly.
@@ -22,15 +22,24 @@ use agentos_runtime::prelude::*;
 #[derive(Default, Serialize, Deserialize)]
 struct Assistant;
 
+/// One agent answers a question with the default model, streaming its reply.
+#[derive(clap::Parser)]
+struct Cli {
+    /// The question to ask [default: a question about operating systems]
+    question: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     init_logging();
-    let args = Args::from_env();
-    let question = args
-        .positional()
+    let cli = <Cli as clap::Parser>::parse();
+    let question = cli
+        .question
         .unwrap_or_else(|| "What is an operating system? Answer in two sentences.".to_string());
 
-    let os = AgentOS::builder().kernel(args.kernel_args()?).start().await?;
+    let os = AgentOS::builder().kernel(cli.model.kernel_args()).start().await?;
     let assistant = os.spawn(Assistant).await?;
 
     println!("> {question}");

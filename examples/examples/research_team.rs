@@ -6,7 +6,7 @@
 //! cargo run --release --example research_team -- ["your question"] [--model PATH] [--dtype f32|f16] [--device NAME]
 //! ```
 
-use agentos_examples::{Args, init_logging};
+use agentos_examples::{ModelArgs, init_logging};
 use agentos_runtime::prelude::*;
 
 /// You are a meticulous researcher. List the key facts that answer the question, one per line,
@@ -55,15 +55,24 @@ struct Critic;
 #[derive(Default, Serialize, Deserialize)]
 struct Writer;
 
+/// A researcher and a critic answer together, then a synthesis.
+#[derive(clap::Parser)]
+struct Cli {
+    /// The question to ask [default: why the seasons change]
+    question: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     init_logging();
-    let args = Args::from_env();
-    let question = args
-        .positional()
+    let cli = <Cli as clap::Parser>::parse();
+    let question = cli
+        .question
         .unwrap_or_else(|| "Why do the seasons change on Earth?".to_string());
 
-    let os = AgentOS::builder().kernel(args.kernel_args()?).start().await?;
+    let os = AgentOS::builder().kernel(cli.model.kernel_args()).start().await?;
     let researcher = os.spawn(Researcher::default()).await?;
     let critic = os.spawn(Critic).await?;
     let writer = os.spawn(Writer).await?;

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use agentos_examples::{Args, init_logging};
+use agentos_examples::init_logging;
 use agentos_runtime::prelude::*;
 
 /// You are idle.
@@ -22,12 +22,25 @@ struct Idle {
     counter: u64,
 }
 
+/// The runtime without a model: spawn cost, message round trips, memory per agent.
+#[derive(clap::Parser)]
+struct Cli {
+    /// Agents to spawn
+    #[arg(long, default_value_t = 10_000)]
+    agents: usize,
+    /// Message round trips to time
+    #[arg(long, default_value_t = 20_000)]
+    roundtrips: usize,
+    /// Print one JSON object (default: pretty-printed)
+    #[arg(long)]
+    json: bool,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     init_logging();
-    let args = Args::from_env();
-    let agents: usize = args.value("agents").map(str::parse).transpose()?.unwrap_or(10_000);
-    let roundtrips: usize = args.value("roundtrips").map(str::parse).transpose()?.unwrap_or(20_000);
+    let cli = <Cli as clap::Parser>::parse();
+    let (agents, roundtrips) = (cli.agents, cli.roundtrips);
 
     let os = AgentOS::builder().without_kernel().start().await?;
     // Warm the allocator and the runtime with a few agents first, so the memory per agent is
@@ -74,7 +87,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "rss_before_bytes": rss_before,
         "rss_after_bytes": rss_after,
     });
-    if args.flag("json") {
+    if cli.json {
         println!("{result}");
     } else {
         println!("{}", serde_json::to_string_pretty(&result)?);

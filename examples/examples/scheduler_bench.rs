@@ -25,7 +25,7 @@
 
 use std::time::{Duration, Instant};
 
-use agentos_examples::{Args, init_logging};
+use agentos_examples::{ModelArgs, init_logging};
 use agentos_kernel::engine::generate::{Batcher, GenerationEvent, prepare};
 use agentos_kernel::{ChatMessage, Engine, EngineConfig, ForwardItem, GenerateRequest, KernelMsg, TokenId};
 use agentos_runtime::prelude::*;
@@ -71,19 +71,33 @@ const QUESTIONS: [&str; 16] = [
     "How does the heart pump blood?",
 ];
 
+/// The scheduler: batching speedup, preemption, prefix sharing, fairness, urgent TTFT.
+#[derive(clap::Parser)]
+struct Cli {
+    /// Agent counts to measure, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    agents: Vec<usize>,
+    /// Turns per agent
+    #[arg(long, default_value_t = 4)]
+    turns: usize,
+    /// Rounds to repeat each measurement (at least 1)
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Print one JSON object (default: pretty-printed)
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     init_logging();
-    let args = Args::from_env();
-    let counts: Vec<usize> = args
-        .value("agents")
-        .unwrap_or("1,2,4,8,16")
-        .split(',')
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    let turns: usize = args.value("turns").map(str::parse).transpose()?.unwrap_or(4);
-    let rounds: usize = args.value("rounds").map(str::parse).transpose()?.unwrap_or(2).max(1);
-    let kernel = args.kernel_args()?;
+    let cli = <Cli as clap::Parser>::parse();
+    let counts = cli.agents.clone();
+    let turns = cli.turns;
+    let rounds = cli.rounds.max(1);
+    let kernel = cli.model.kernel_args();
 
     let os = AgentOS::builder().kernel(kernel.clone()).start().await?;
     let throughput = throughput_speedup(&os, &counts, turns, rounds).await?;
@@ -120,7 +134,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "turns": turns,
         "max_tokens": BenchAgent::spec().max_tokens,
     });
-    if args.flag("json") {
+    if cli.json {
         println!("{result}");
     } else {
         println!("{}", serde_json::to_string_pretty(&result)?);

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use agentos_examples::{Args, init_logging};
+use agentos_examples::{ModelArgs, init_logging};
 use agentos_runtime::prelude::*;
 
 /// Turns whose first attempt panics. The set of faults already injected lives outside the agent
@@ -42,13 +42,20 @@ impl AgentHooks for Flaky {
     }
 }
 
+/// Supervision: agents that panic are restarted from their checkpoints.
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     init_logging();
     // The injected panics are expected; keep their messages short.
     std::panic::set_hook(Box::new(|info| eprintln!("   [panic] {info}")));
-    let args = Args::from_env();
-    let os = AgentOS::builder().kernel(args.kernel_args()?).start().await?;
+    let cli = <Cli as clap::Parser>::parse();
+    let os = AgentOS::builder().kernel(cli.model.kernel_args()).start().await?;
     let mut events = os.events();
     tokio::spawn(async move {
         while let Ok(event) = events.recv().await {

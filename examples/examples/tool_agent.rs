@@ -12,7 +12,7 @@
 //! cargo run --release --example tool_agent -- ["your question"] [--model PATH] [--dtype f32|f16] [--device NAME]
 //! ```
 
-use agentos_examples::{Args, init_logging, print_turn};
+use agentos_examples::{ModelArgs, init_logging, print_turn};
 use agentos_runtime::prelude::*;
 
 /// You are a careful assistant with access to files. Use the functions to look things up before answering.
@@ -26,12 +26,21 @@ use agentos_runtime::prelude::*;
 #[derive(Default, Serialize, Deserialize)]
 struct FileAssistant;
 
+/// An agent answers a question about a file through system calls.
+#[derive(clap::Parser)]
+struct Cli {
+    /// The question to ask [default: how many servers inventory.txt lists]
+    question: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     init_logging();
-    let args = Args::from_env();
-    let question = args
-        .positional()
+    let cli = <Cli as clap::Parser>::parse();
+    let question = cli
+        .question
         .unwrap_or_else(|| "How many servers are in the rack? The number is in the file inventory.txt.".to_string());
 
     let work = std::env::temp_dir().join(format!("agentos-tool-agent-{}", std::process::id()));
@@ -42,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     let os = AgentOS::builder()
-        .kernel(args.kernel_args()?)
+        .kernel(cli.model.kernel_args())
         .work_dir(&work)
         .start()
         .await?;

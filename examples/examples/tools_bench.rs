@@ -34,7 +34,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use agentos_examples::{Args, init_logging};
+use agentos_examples::{ModelArgs, init_logging};
 use agentos_kernel::engine::generate::{Batcher, prepare};
 use agentos_kernel::{ChatMessage, Engine, GenerateRequest, GenerationEvent};
 use agentos_runtime::prelude::*;
@@ -120,7 +120,7 @@ impl Lcg {
 /// `Other` asks the same kinds of thing with other tools, phrasings and files (subtract;
 /// multiply phrased otherwise; a four-line markdown file in a subdirectory), to see whether a
 /// figure holds beyond the standard set's wording.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum TaskSet {
     Standard,
     Other,
@@ -278,8 +278,8 @@ async fn dispatch_cost(work: &std::path::Path) -> Result<Value, Box<dyn std::err
 }
 
 /// Mask and forward time of forced tool-call generations through the Batcher.
-fn grammar_cost(args: &Args) -> Result<Value, Box<dyn std::error::Error>> {
-    let mut engine = Engine::load(&args.model(), args.engine_config()?)?;
+fn grammar_cost(args: &ModelArgs) -> Result<Value, Box<dyn std::error::Error>> {
+    let mut engine = Engine::load(&args.model(), args.engine_config())?;
     let tools: Vec<ToolDescription> = ["fs_read", "fs_list", "exec"]
         .iter()
         .map(|name| ToolDescription {
@@ -369,13 +369,13 @@ fn grammar_cost(args: &Args) -> Result<Value, Box<dyn std::error::Error>> {
 /// Runs every task once on its own agent (all at once, so the kernel batches them); returns
 /// what the agents did.
 async fn run_tasks(
-    args: &Args,
+    args: &ModelArgs,
     work: &std::path::Path,
     tasks: &[Task],
     constrained: bool,
 ) -> Result<TaskRun, Box<dyn std::error::Error>> {
     let os = AgentOS::builder()
-        .kernel(args.kernel_args()?)
+        .kernel(args.kernel_args())
         .syscalls(SyscallConfig {
             fs_root: Some(work.to_path_buf()),
             constrained_calls: constrained,
@@ -471,23 +471,37 @@ struct TaskRun {
     by_role: Value,
 }
 
+/// Agents that act: dispatch cost, grammar masks against a decode step, valid calls and task
+/// success with and without constrained calls.
+#[derive(clap::Parser)]
+struct Cli {
+    /// Tasks in the set
+    #[arg(long, default_value_t = 21)]
+    tasks: usize,
+    /// Seed of the task numbers
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Which tasks: `standard`, or `other` tools, phrasings and files
+    #[arg(long, value_enum, default_value_t = TaskSet::Standard)]
+    set: TaskSet,
+    /// Print one JSON object (default: pretty-printed)
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     init_logging();
-    let args = Args::from_env();
-    let count: usize = args.value("tasks").map(str::parse).transpose()?.unwrap_or(21);
-    let seed: u64 = args.value("seed").map(str::parse).transpose()?.unwrap_or(7);
+    let cli = <Cli as clap::Parser>::parse();
+    let (count, seed, set, args) = (cli.tasks, cli.seed, cli.set, cli.model);
     let work = std::env::temp_dir().join(format!("agentos-tools-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
 
     let started = Instant::now();
     let dispatch = dispatch_cost(&work).await?;
     let grammar = grammar_cost(&args)?;
-    let set = match args.value("set").unwrap_or("standard") {
-        "standard" => TaskSet::Standard,
-        "other" => TaskSet::Other,
-        other => return Err(format!("--set is `standard` or `other`, not `{other}`").into()),
-    };
     let task_set = tasks(count, seed, set, &work)?;
     let constrained = run_tasks(&args, &work, &task_set, true).await?;
     let free = run_tasks(&args, &work, &task_set, false).await?;
@@ -521,7 +535,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "seconds": round(started.elapsed().as_secs_f64()),
     });
     std::fs::remove_dir_all(&work)?;
-    if args.flag("json") {
+    if cli.json {
         println!("{result}");
     } else {
         println!("{}", serde_json::to_string_pretty(&result)?);

@@ -1,79 +1,58 @@
 //! The runnable tour of agentos lives in `examples/`; this library holds the pieces the
-//! examples share (argument parsing, the L2-at-scale measurement).
+//! examples share (model flags, the L2-at-scale measurement, the MCP server for the examples).
 
 pub mod l2_scale;
 
 use agentos_kernel::{DeviceChoice, EngineConfig, ModelSpec, WeightDtype};
 
-/// `--model PATH`, `--dtype f32|f16`, `--device NAME` and any other `--flag value` pairs.
-pub struct Args {
-    pairs: Vec<(String, Option<String>)>,
+/// The flags of every example that runs a model: which file, in which weight mode, on which
+/// device. Each example's own command line flattens these in (`#[command(flatten)]`), so a
+/// misspelt flag is an error and `--help` lists them all.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ModelArgs {
+    /// A GGUF or safetensors model file or Hugging Face directory [default: $AGENTOS_MODEL,
+    /// else SmolLM2-135M-Instruct Q4_1, fetched on first use]
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<std::path::PathBuf>,
+    /// Weights in memory: f16 or f32 [default: the engine's]
+    #[arg(long, value_name = "DTYPE", value_parser = parse_with_from_str::<WeightDtype>)]
+    pub dtype: Option<WeightDtype>,
+    /// Compute device: auto, flex (cpu), wgpu (gpu), vulkan or wgpu-cpu [default: auto]
+    #[arg(long, value_name = "NAME", value_parser = parse_with_from_str::<DeviceChoice>)]
+    pub device: Option<DeviceChoice>,
 }
 
-impl Args {
-    pub fn from_env() -> Self {
-        let mut pairs = Vec::new();
-        let mut it = std::env::args().skip(1).peekable();
-        while let Some(a) = it.next() {
-            if let Some(name) = a.strip_prefix("--") {
-                let value = match it.peek() {
-                    Some(v) if !v.starts_with("--") => it.next(),
-                    _ => None,
-                };
-                pairs.push((name.to_string(), value));
-            } else {
-                pairs.push((a, None));
-            }
-        }
-        Args { pairs }
-    }
+fn parse_with_from_str<T: std::str::FromStr<Err: std::fmt::Display>>(text: &str) -> Result<T, String> {
+    text.parse::<T>().map_err(|e| e.to_string())
+}
 
-    pub fn flag(&self, name: &str) -> bool {
-        self.pairs.iter().any(|(n, _)| n == name)
-    }
-
-    pub fn value(&self, name: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, v)| v.as_deref())
-    }
-
+impl ModelArgs {
     /// `--model PATH`, else `AGENTOS_MODEL`, else the default model.
     pub fn model(&self) -> ModelSpec {
-        self.value("model")
+        self.model
+            .as_ref()
             .map(ModelSpec::path)
             .unwrap_or_else(ModelSpec::from_env)
     }
 
     /// Engine settings from `--dtype` and `--device` over the defaults.
-    pub fn engine_config(&self) -> agentos_kernel::Result<EngineConfig> {
+    pub fn engine_config(&self) -> EngineConfig {
         let mut config = EngineConfig::default();
-        if let Some(d) = self.value("dtype") {
-            config.dtype = d.parse::<WeightDtype>()?;
+        if let Some(dtype) = self.dtype {
+            config.dtype = dtype;
         }
-        if let Some(d) = self.value("device") {
-            config.device = d.parse::<DeviceChoice>()?;
+        if let Some(device) = self.device {
+            config.device = device;
         }
-        Ok(config)
-    }
-}
-
-impl Args {
-    /// The first argument that is neither a flag nor a flag's value.
-    pub fn positional(&self) -> Option<String> {
-        self.pairs
-            .iter()
-            .find(|(n, v)| v.is_none() && !std::env::args().any(|a| a == format!("--{n}")))
-            .map(|(n, _)| n.clone())
+        config
     }
 
     /// The kernel to run: model and engine settings from the flags.
-    pub fn kernel_args(&self) -> agentos_kernel::Result<agentos_kernel::KernelArgs> {
-        Ok(agentos_kernel::KernelArgs {
+    pub fn kernel_args(&self) -> agentos_kernel::KernelArgs {
+        agentos_kernel::KernelArgs {
             model: self.model(),
-            config: self.engine_config()?,
-        })
+            config: self.engine_config(),
+        }
     }
 }
 

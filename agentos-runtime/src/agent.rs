@@ -72,6 +72,21 @@ pub trait AgentHooks {
     }
 }
 
+/// The role of an agent spawned from a spec built at run time
+/// ([`AgentOS::spawn_spec`](crate::AgentOS::spawn_spec)): no state, default hooks.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(crate) struct DeclaredRole;
+
+impl AgentHooks for DeclaredRole {}
+
+impl Agent for DeclaredRole {
+    /// Never used for spawning (the caller's spec is), but the trait asks for one: the defaults
+    /// of every field.
+    fn spec() -> AgentSpec {
+        AgentSpec::new("agent", "")
+    }
+}
+
 /// The static description of a role.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentSpec {
@@ -103,6 +118,25 @@ pub struct AgentSpec {
 }
 
 impl AgentSpec {
+    /// A spec named `name` (also its role) with system prompt `system` and the defaults of
+    /// `#[agent]` for everything else: normal priority, greedy sampling, no tools, no memory.
+    pub fn new(name: impl Into<String>, system: impl Into<String>) -> Self {
+        let name = name.into();
+        AgentSpec {
+            role: name.to_lowercase(),
+            name,
+            system: system.into(),
+            priority: Priority::Normal,
+            sampling: SamplingParams::default(),
+            max_tokens: Self::DEFAULT_MAX_TOKENS,
+            tools: Vec::new(),
+            max_steps: Self::DEFAULT_MAX_STEPS,
+            tool_choice: ToolChoice::Auto,
+            history_turns: Self::DEFAULT_HISTORY_TURNS,
+            memory: false,
+        }
+    }
+
     /// Defaults used for attributes a role leaves out.
     pub const DEFAULT_MAX_TOKENS: usize = 256;
     pub const DEFAULT_HISTORY_TURNS: usize = 4;
@@ -249,6 +283,8 @@ pub enum FailureKind {
     Timeout,
     Journal,
     Other,
+    /// Cancelled by its caller (last: journals encode kinds by position).
+    Cancelled,
 }
 
 impl From<&RuntimeError> for TaskFailure {
@@ -260,6 +296,7 @@ impl From<&RuntimeError> for TaskFailure {
             RuntimeError::ShuttingDown => FailureKind::ShuttingDown,
             RuntimeError::SystemDown { .. } => FailureKind::SystemDown,
             RuntimeError::AgentStopped { .. } => FailureKind::AgentStopped,
+            RuntimeError::Cancelled { .. } => FailureKind::Cancelled,
             RuntimeError::TaskFailed { .. } => FailureKind::TaskFailed,
             RuntimeError::Hook { .. } => FailureKind::Hook,
             RuntimeError::Memory(_) | RuntimeError::NoMemory { .. } => FailureKind::Memory,

@@ -30,6 +30,9 @@ pub enum RuntimeError {
     #[error("an agent named `{0}` already runs in this AgentOS; give the new one another name")]
     NameTaken(String),
 
+    #[error("agent `{agent}`: the task was cancelled")]
+    Cancelled { agent: String },
+
     #[error("agent `{agent}` could not finish this task: {reason}")]
     TaskFailed { agent: String, reason: String },
 

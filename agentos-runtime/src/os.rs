@@ -43,7 +43,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use crate::agent::handle::AgentHandle;
 use crate::agent::journal::Journal;
 use crate::agent::spawn::spawn_agent;
-use crate::agent::{Agent, AgentSpec, TaskStatus};
+use crate::agent::{Agent, AgentSpec, DeclaredRole, TaskStatus};
 use crate::config::RuntimeConfig;
 use crate::error::{Result, RuntimeError};
 use crate::mmu::MemorySystem;
@@ -309,6 +309,13 @@ impl AgentOS {
     /// the agent's checkpoint).
     pub async fn spawn_named<R: Agent>(&self, name: impl Into<String>, role: R) -> Result<AgentHandle> {
         self.spawn_with(name.into(), R::spec(), role).await
+    }
+
+    /// Spawns an agent from a spec built at run time (a team file, a command line) rather than
+    /// declared with `#[agent]`: it behaves as a role with default hooks and no state of its own.
+    /// Its checkpoint is keyed by `name` like any agent's.
+    pub async fn spawn_spec(&self, name: impl Into<String>, spec: AgentSpec) -> Result<AgentHandle> {
+        self.spawn_with(name.into(), spec, DeclaredRole).await
     }
 
     async fn spawn_with<R: Agent>(&self, name: String, spec: AgentSpec, role: R) -> Result<AgentHandle> {

@@ -64,6 +64,24 @@ impl Priority {
     }
 }
 
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    /// A class by name, in any case: `realtime`, `high`, `normal`, `low` or `background`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "realtime" => Ok(Priority::Realtime),
+            "high" => Ok(Priority::High),
+            "normal" => Ok(Priority::Normal),
+            "low" => Ok(Priority::Low),
+            "background" => Ok(Priority::Background),
+            _ => Err(format!(
+                "unknown priority `{text}`: use realtime, high, normal, low or background"
+            )),
+        }
+    }
+}
+
 /// What an agent is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[repr(u8)]

@@ -56,7 +56,7 @@ pub struct Query {
 }
 
 /// Counters of L2.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct L2Stats {
     pub pages: usize,
     pub resident_bodies: usize,

@@ -35,6 +35,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::agent::dispatch::{Caller, describe_tools, dispatch};
@@ -102,6 +103,8 @@ pub struct AgentActorState<R> {
     /// How the tools reach the model, asked of the kernel at the first turn (`None` before, and
     /// for an agent without tools).
     tool_format: Option<ToolFormat>,
+    /// Cancelled when the caller cancels the running task (see [`AgentRecord::cancel`]).
+    cancel: CancellationToken,
     _live: LiveActor,
 }
 
@@ -211,6 +214,7 @@ impl<R: Agent> Actor for AgentActor<R> {
                     system_prompt: system_prompt.clone(),
                     tools: tools.clone(),
                     tool_format: None,
+                    cancel: CancellationToken::new(),
                     _live: LiveActor::new(&system),
                 }
             }
@@ -229,6 +233,7 @@ impl<R: Agent> Actor for AgentActor<R> {
                     system_prompt: system_prompt.clone(),
                     tools: tools.clone(),
                     tool_format: None,
+                    cancel: CancellationToken::new(),
                     _live: LiveActor::new(&system),
                 }
             }
@@ -316,6 +321,8 @@ impl<R: Agent> AgentActorState<R> {
             };
             if started.is_some() {
                 queue.running = Some(id);
+                queue.cancel = CancellationToken::new();
+                self.cancel = queue.cancel.clone();
             }
             started
         };
@@ -832,7 +839,16 @@ impl<R: Agent> AgentActorState<R> {
         };
         let mut show = |text: String| emit(if tooled { filter.push(&text) } else { text });
         loop {
-            match rx.recv().await {
+            let event = tokio::select! {
+                biased;
+                // Dropping `rx` ends the generation: the kernel stops it at its next token and
+                // frees its KV blocks.
+                () = self.cancel.cancelled() => {
+                    return Err(RuntimeError::Cancelled { agent: record.name.clone() });
+                }
+                event = rx.recv() => event,
+            };
+            match event {
                 Some(GenerationEvent::Token { text, .. }) => {
                     if first_token.is_none() {
                         *first_token = Some(accepted.elapsed());

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::agent::dispatch::{Caller, dispatch};
 use crate::agent::journal::Completion;
-use crate::agent::record::{SharedRecord, TaskReply, fail_tasks};
+use crate::agent::record::{Cancel, SharedRecord, TaskReply, fail_tasks};
 use crate::agent::{AgentMsg, Response, StreamEvent, TaskFailure, TaskInput, TaskOutcome, Turn};
 use crate::error::{Result, RuntimeError};
 use crate::rpc;
@@ -100,6 +100,11 @@ impl AgentHandle {
 
     pub fn name(&self) -> &str {
         &self.record.name
+    }
+
+    /// The system calls and tools the agent may call (its role's `tools`).
+    pub fn tools(&self) -> &[String] {
+        &self.record.tools
     }
 
     /// A snapshot of the agent's status, read without messaging it.
@@ -185,7 +190,7 @@ impl AgentHandle {
 
     /// Asks the agent to answer `prompt`, streaming the reply token by token. Returns once the
     /// task is written to the journal (it survives a crash from then on). Dropping the stream
-    /// does not cancel the task: the turn still completes and is recorded in the agent's history
+    /// does not cancel the task ([`cancel`](Self::cancel) does): the turn still completes and is recorded in the agent's history
     /// and the journal (it is the agent's work, not only the caller's).
     pub async fn stream(&self, prompt: impl Into<String>) -> Result<TokenStream> {
         self.stream_task(TaskInput::Ask(prompt.into())).await
@@ -230,6 +235,26 @@ impl AgentHandle {
             return Err(e);
         }
         Ok(id)
+    }
+
+    /// Cancels task `task` of this agent: a running turn stops at once (its generation is
+    /// cancelled in the kernel, which frees its KV blocks; a tool call in progress finishes but
+    /// no step follows), a queued task is taken out of the queue. Either way the task's outcome
+    /// is recorded as failed with [`RuntimeError::Cancelled`], which is also what its caller
+    /// gets; it is not run again. Returns `false` when the task is neither queued nor running
+    /// (it already finished, or belongs to another agent).
+    pub async fn cancel(&self, task: TaskId) -> Result<bool> {
+        match self.record.cancel(task) {
+            Cancel::Running => Ok(true),
+            Cancel::NotFound => Ok(false),
+            Cancel::Queued(queued) => {
+                let error = RuntimeError::Cancelled {
+                    agent: self.record.name.clone(),
+                };
+                fail_tasks(&self.system.journal, &self.record, vec![(task, queued, error)]).await;
+                Ok(true)
+            }
+        }
     }
 
     /// Changes the agent's scheduling class from its next request on.

@@ -17,6 +17,8 @@ use ractor::ActorRef;
 use tokio::sync::{mpsc, watch};
 
 use crate::agent::journal::{Completion, Journal};
+use tokio_util::sync::CancellationToken;
+
 use crate::agent::{AgentMsg, Response, StreamEvent, TaskFailure, TaskInput, TaskOutcome};
 use crate::error::RuntimeError;
 use crate::supervisor::ChildSpec;
@@ -66,6 +68,18 @@ pub(crate) struct TaskQueue {
     pub closed: Option<RuntimeError>,
     /// The task an actor is running now.
     pub running: Option<TaskId>,
+    /// Cancels the running task's generation (a new token per start).
+    pub cancel: CancellationToken,
+}
+
+/// What [`AgentRecord::cancel`] found.
+pub(crate) enum Cancel {
+    /// The task runs: its token is cancelled and the turn ends with `RuntimeError::Cancelled`.
+    Running,
+    /// The task was queued and is now out of the queue: record its outcome and answer it.
+    Queued(Task),
+    /// No such task is queued or running (it finished, or is not this agent's).
+    NotFound,
 }
 
 pub(crate) struct AgentRecord {
@@ -105,6 +119,7 @@ impl AgentRecord {
                 actor: None,
                 closed: None,
                 running: None,
+                cancel: CancellationToken::new(),
             }),
             queued: watch::Sender::new(0),
             child: Mutex::new(None),
@@ -184,6 +199,23 @@ impl AgentRecord {
             TaskInput::Deliver { from, text } => Some((id, from, text)),
             TaskInput::Ask(_) | TaskInput::AskJson { .. } => None,
         }
+    }
+
+    /// Cancels task `id`: the running one through its token, a queued one by taking it out.
+    pub fn cancel(&self, id: TaskId) -> Cancel {
+        let mut queue = self.queue();
+        if queue.running == Some(id) {
+            queue.cancel.cancel();
+            return Cancel::Running;
+        }
+        let Some(task) = queue.tasks.remove(&id) else {
+            return Cancel::NotFound;
+        };
+        if queue.tasks.is_empty() && self.state() == AgentState::Waiting {
+            self.set_state(AgentState::Sleeping);
+        }
+        self.queued.send_replace(queue.tasks.len());
+        Cancel::Queued(task)
     }
 
     /// Changes whenever a task is queued or taken (a `recv_msg` waits on it).

@@ -269,6 +269,17 @@ pub struct EngineStats {
     pub kv_cached_blocks: usize,
     /// Prompt tokens served from the prefix cache instead of computed.
     pub prefix_cached_tokens: u64,
+    /// The batcher's figures, filled in by the engine thread (zero from [`Engine::stats`]):
+    /// requests waiting for a slot, sequences running, tokens generated, and running
+    /// sequences paused for a more urgent request.
+    #[serde(default)]
+    pub waiting_requests: usize,
+    #[serde(default)]
+    pub running_sequences: usize,
+    #[serde(default)]
+    pub generated_tokens: u64,
+    #[serde(default)]
+    pub preemptions: u64,
 }
 
 /// Where a sequence's prefix chain stands.

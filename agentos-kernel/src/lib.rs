@@ -38,6 +38,8 @@
 
 pub mod actor;
 pub mod chat;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod device;
 pub mod engine;
 pub mod error;

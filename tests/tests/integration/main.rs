@@ -6,6 +6,8 @@
 #[macro_use]
 mod support;
 
+mod cli_repl;
+mod cli_serve;
 mod kernel_actor;
 mod kernel_batcher;
 mod kernel_engine;

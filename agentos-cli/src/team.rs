@@ -193,8 +193,10 @@ impl MemberFile {
 /// What a team run reports as it goes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TeamEvent {
-    /// Text an agent generated (final: it will not be taken back).
+    /// Text an agent generated (final unless a `Restarted` of that agent follows).
     Text { agent: String, text: String },
+    /// The agent failed and was restarted: its reply starts over, the text so far is void.
+    Restarted { agent: String },
     /// An agent called a tool.
     ToolCall {
         agent: String,
@@ -392,7 +394,8 @@ async fn run_round(
         match event {
             StreamEvent::Token(text) => on_event(TeamEvent::Text { agent, text }),
             StreamEvent::ToolCall { name, arguments } => on_event(TeamEvent::ToolCall { agent, name, arguments }),
-            StreamEvent::ToolResult { .. } | StreamEvent::Restarted => {}
+            StreamEvent::Restarted => on_event(TeamEvent::Restarted { agent }),
+            StreamEvent::ToolResult { .. } => {}
             StreamEvent::Done(outcome) => {
                 let error = outcome.as_ref().as_ref().err().map(|e| e.to_string());
                 on_event(TeamEvent::Done {

@@ -371,6 +371,8 @@ impl SchedulerState {
     /// Releases throttled requests that may run now, most urgent and oldest first. Each release
     /// counts as in flight before the next is considered, so it can keep others throttled.
     fn release_held(&mut self, myself: &ActorRef<SchedulerMsg>) {
+        // A held request whose agent stopped listening (its task was cancelled) goes now.
+        self.held.retain(|h| !h.events.is_closed());
         loop {
             let mut order: Vec<usize> = (0..self.held.len()).collect();
             order.sort_by_key(|&i| (self.held[i].priority, self.held[i].since));
@@ -403,6 +405,10 @@ impl SchedulerState {
             events,
             since,
         } = held;
+        if events.is_closed() {
+            // Cancelled before it reached the kernel: nothing to compute.
+            return;
+        }
         let Some(kernel) = self.kernel.as_ref().and_then(|slot| slot.get()) else {
             // Dropping `events` tells the agent the kernel is lost (it is restarting).
             return;
@@ -457,6 +463,10 @@ impl EventSink for MeteredSink {
         }
         // The agent gone: returning false cancels the generation and frees its KV blocks.
         self.events.send(event).is_ok()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.events.is_closed()
     }
 }
 

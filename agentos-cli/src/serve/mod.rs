@@ -111,19 +111,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         Some(path) => Some(TeamSpec::load(path)?),
         None => None,
     };
+    // The model loads while the server already answers (503 on /health until it is ready);
+    // a load that fails stops the server with its error.
+    let (load_failed, load_failure) = tokio::sync::oneshot::channel::<String>();
     let loader = {
         let state = state.clone();
         let model = args.model.clone();
         tokio::spawn(async move {
-            let result = async {
-                let os = crate::boot::start(&model, RuntimeConfig::default()).await?;
-                if let Some(team) = &team {
-                    Team::spawn(&os, team).await?;
-                }
-                Ok::<_, CliError>(os)
-            }
-            .await;
-            match result {
+            match load(&model, team.as_ref()).await {
                 Ok(os) => {
                     let os = Arc::new(os);
                     state.set_ready(os.clone()).await;
@@ -131,26 +126,71 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                     Some(os)
                 }
                 Err(e) => {
-                    eprintln!("agentos: error: {e}");
                     state.set_failed(e.to_string());
+                    let _ = load_failed.send(e.to_string());
                     None
                 }
             }
         })
     };
     eprintln!("agentos: listening on http://{addr} (the model is loading; /health says when it is ready)");
+    let failure = Arc::new(std::sync::Mutex::new(None));
     let router = router(state.clone());
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    if let Ok(Some(os)) = loader.await
-        && let Ok(os) = Arc::try_unwrap(os)
-    {
-        os.shutdown().await?;
+    let stop = {
+        let failure = failure.clone();
+        async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                Ok(reason) = load_failure => {
+                    *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                }
+            }
+        }
+    };
+    axum::serve(listener, router).with_graceful_shutdown(stop).await?;
+    if let Some(reason) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(CliError::new(reason));
+    }
+    // Ctrl-C while the model was still loading: nothing to shut down gracefully yet.
+    if !loader.is_finished() {
+        loader.abort();
+        return Ok(());
+    }
+    // The state's copy of the AgentOS goes with it; streams still finishing hold theirs a
+    // little longer.
+    drop(state);
+    if let Ok(Some(mut os)) = loader.await {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Arc::try_unwrap(os) {
+                Ok(os) => {
+                    os.shutdown().await?;
+                    break;
+                }
+                Err(shared) if tokio::time::Instant::now() < deadline => {
+                    os = shared;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(_) => {
+                    eprintln!("agentos: replies still running after 10 s; exiting without waiting for them");
+                    break;
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// Loads the model and spawns the team (a team that fails to start shuts the AgentOS down).
+async fn load(model: &ModelArgs, team: Option<&TeamSpec>) -> Result<AgentOS> {
+    let os = crate::boot::start(model, RuntimeConfig::default()).await?;
+    if let Some(team) = team
+        && let Err(e) = Team::spawn(&os, team).await
+    {
+        let _ = os.shutdown().await;
+        return Err(e);
+    }
+    Ok(os)
 }
 
 /// A server running in this process (tests, benchmarks).
@@ -325,12 +365,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The model's id: its file name without the extension.
+/// The model's id: its file or directory name, without `.gguf`.
 fn model_id(info: &ModelInfo) -> String {
     let name = std::path::Path::new(&info.name)
-        .file_stem()
+        .file_name()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| info.name.clone());
+    let name = name.strip_suffix(".gguf").unwrap_or(&name).to_string();
     if name.is_empty() { "agentos".into() } else { name }
 }
 
@@ -516,6 +557,7 @@ async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, bod
     if let Err(r) = state.authorize(&headers) {
         return r.into_response();
     }
+    state.metrics().request_started();
     let request = match read_request(&state, body).await {
         Ok(request) => request,
         Err(r) => {
@@ -525,9 +567,11 @@ async fn chat_completions(State(state): State<AppState>, headers: HeaderMap, bod
     };
     let ready = match state.ready() {
         Ok(ready) => ready,
-        Err(r) => return r.into_response(),
+        Err(r) => {
+            state.metrics().request_failed();
+            return r.into_response();
+        }
     };
-    state.metrics().request_started();
     let response = match request.model.strip_prefix("agent:") {
         Some(name) => match ready.os.agent(name) {
             Some(agent) => agent_completion(&state, agent, request).await,
@@ -612,6 +656,7 @@ async fn model_completion(state: &AppState, ready: &Ready, request: ChatRequest)
         rx,
         kernel,
         done: false,
+        state: state.clone(),
     };
     let meta = ReplyMeta {
         id: state.next_id(),
@@ -653,6 +698,8 @@ struct KernelGeneration {
     rx: mpsc::UnboundedReceiver<GenerationEvent>,
     kernel: ractor::ActorRef<KernelMsg>,
     done: bool,
+    /// Counts the cancellation as a client disconnect.
+    state: AppState,
 }
 
 impl KernelGeneration {
@@ -668,6 +715,7 @@ impl Drop for KernelGeneration {
         // takes a request that is still waiting for a slot out of the queue.
         if !self.done {
             let _ = self.kernel.cast(KernelMsg::Cancel(self.id));
+            self.state.metrics().cancelled();
         }
     }
 }
@@ -814,24 +862,21 @@ fn model_stream(state: &AppState, mut generation: KernelGeneration, meta: ReplyM
             let tx = tx.clone();
             async move { tx.send(event).await.is_ok() }
         };
+        // A client that goes away ends this task; dropping `generation` cancels it (and counts
+        // the disconnect).
         if !send(chunk(&meta, json!({"role": "assistant", "content": ""}), None)).await {
-            state.metrics().cancelled();
             return;
         }
         let mut filter = CallFilter::default();
         loop {
             let event = tokio::select! {
                 event = generation.rx.recv() => event,
-                () = tx.closed() => {
-                    state.metrics().cancelled();
-                    return;
-                }
+                () = tx.closed() => return,
             };
             match event {
                 Some(GenerationEvent::Token { text, .. }) => {
                     let shown = if meta.tools { filter.push(&text) } else { text };
                     if !shown.is_empty() && !send(chunk(&meta, json!({"content": shown}), None)).await {
-                        state.metrics().cancelled();
                         return;
                     }
                 }
@@ -845,7 +890,16 @@ fn model_stream(state: &AppState, mut generation: KernelGeneration, meta: ReplyM
                         let _ = send(chunk(&meta, json!({"content": shown}), None)).await;
                     }
                     let (_, calls) = finish_text(&summary.text, meta.tools, &format!("call_{}", meta.id));
-                    if !calls.is_empty() {
+                    // A call the model opened but did not finish (cut by max_tokens): its text
+                    // was held back; it goes out as text, as the non-streaming reply has it.
+                    if calls.is_empty()
+                        && let Some(start) = summary.text.find(agentos_runtime::syscall::wire::TOOL_CALL_OPEN)
+                        && meta.tools
+                    {
+                        let _ = send(chunk(&meta, json!({"content": &summary.text[start..]}), None)).await;
+                    }
+                    let called = !calls.is_empty();
+                    if called {
                         let indexed: Vec<Value> = calls
                             .into_iter()
                             .enumerate()
@@ -856,7 +910,6 @@ fn model_stream(state: &AppState, mut generation: KernelGeneration, meta: ReplyM
                             .collect();
                         let _ = send(chunk(&meta, json!({"tool_calls": indexed}), None)).await;
                     }
-                    let called = meta.tools && summary.text.contains(agentos_runtime::syscall::wire::TOOL_CALL_OPEN);
                     let _ = send(chunk(
                         &meta,
                         json!({}),
@@ -911,6 +964,7 @@ struct AgentTask {
     agent: AgentHandle,
     task: TaskId,
     done: bool,
+    state: AppState,
 }
 
 impl AgentTask {
@@ -923,6 +977,7 @@ impl AgentTask {
 impl Drop for AgentTask {
     fn drop(&mut self) {
         if !self.done {
+            self.state.metrics().cancelled();
             let agent = self.agent.clone();
             let task = self.task;
             tokio::spawn(async move {
@@ -934,23 +989,10 @@ impl Drop for AgentTask {
 
 /// `model: "agent:NAME"`: the last user message is the agent's task.
 async fn agent_completion(state: &AppState, agent: AgentHandle, request: ChatRequest) -> Response {
-    let Some(task) = request.messages.iter().rev().find(|m| m.role == "user") else {
-        return bad_request(BadRequest {
-            message: "an agent request needs a user message (its task)".into(),
-            param: Some("messages"),
-        });
+    let task = match request.agent_task() {
+        Ok(task) => task,
+        Err(e) => return bad_request(e),
     };
-    let task = match &task.content {
-        Some(openai::Content::Text(text)) => text.clone(),
-        Some(openai::Content::Parts(parts)) => parts.iter().filter_map(|p| p.text.clone()).collect::<Vec<_>>().join(""),
-        None => String::new(),
-    };
-    if task.trim().is_empty() {
-        return bad_request(BadRequest {
-            message: "the user message is empty".into(),
-            param: Some("messages"),
-        });
-    }
     let stream = match agent.stream(task).await {
         Ok(stream) => stream,
         Err(e) => return runtime_error(&e),
@@ -959,6 +1001,7 @@ async fn agent_completion(state: &AppState, agent: AgentHandle, request: ChatReq
         agent: agent.clone(),
         task: stream.task_id(),
         done: false,
+        state: state.clone(),
     };
     let meta = ReplyMeta {
         id: state.next_id(),
@@ -996,21 +1039,20 @@ async fn agent_completion(state: &AppState, agent: AgentHandle, request: ChatReq
         let _open = StreamGauge(state.clone());
         let mut stream = stream;
         let mut guard = guard;
+        // A client that goes away ends this task; dropping `guard` cancels the agent's task
+        // (and counts the disconnect).
         if tx
             .send(chunk(&meta, json!({"role": "assistant", "content": ""}), None))
             .await
             .is_err()
         {
-            state.metrics().cancelled();
             return;
         }
+        let mut sent_text = false;
         loop {
             let event = tokio::select! {
                 event = stream.next() => event,
-                () = tx.closed() => {
-                    state.metrics().cancelled();
-                    return;
-                }
+                () = tx.closed() => return,
             };
             let Some(event) = event else {
                 let _ = tx.send(stream_error("the agent stopped")).await;
@@ -1018,10 +1060,19 @@ async fn agent_completion(state: &AppState, agent: AgentHandle, request: ChatReq
             };
             match event {
                 StreamEvent::Token(text) => {
+                    sent_text = true;
                     if tx.send(chunk(&meta, json!({"content": text}), None)).await.is_err() {
-                        state.metrics().cancelled();
                         return;
                     }
+                }
+                // The agent failed and its task starts over: the text sent is void, and a
+                // stream cannot take it back.
+                StreamEvent::Restarted if sent_text => {
+                    state.metrics().request_failed();
+                    let _ = tx
+                        .send(stream_error("the agent was restarted during the reply; ask again"))
+                        .await;
+                    return;
                 }
                 StreamEvent::Done(outcome) => {
                     guard.finished();
@@ -1047,7 +1098,7 @@ async fn agent_completion(state: &AppState, agent: AgentHandle, request: ChatReq
                     }
                     return;
                 }
-                // The agent's own tool steps and restarts are not part of the OpenAI reply.
+                // The agent's own tool steps are not part of the OpenAI reply.
                 StreamEvent::ToolCall { .. } | StreamEvent::ToolResult { .. } | StreamEvent::Restarted => {}
             }
         }

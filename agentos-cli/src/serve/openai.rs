@@ -261,6 +261,59 @@ impl ChatRequest {
         })
     }
 
+    /// The task of an `agent:NAME` request: its last user message. The same fields are refused
+    /// as for the model; `tools` and `response_format` too (an agent uses its own tools, and
+    /// its replies are free text).
+    pub fn agent_task(&self) -> Result<String, BadRequest> {
+        self.check_unsupported()?;
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(bad(
+                "an agent calls its own tools; send `tools` to the model instead",
+                "tools",
+            ));
+        }
+        if self
+            .response_format
+            .as_ref()
+            .is_some_and(|f| !matches!(f, ResponseFormat::Text))
+        {
+            return Err(bad(
+                "an agent answers in free text; send `response_format` to the model instead",
+                "response_format",
+            ));
+        }
+        let user = self
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .ok_or_else(|| bad("an agent request needs a user message (its task)", "messages"))?;
+        let task = content_text(&user.content)?;
+        if task.trim().is_empty() {
+            return Err(bad("the user message is empty", "messages"));
+        }
+        Ok(task)
+    }
+
+    /// Refuses what this server cannot honour rather than ignore it.
+    fn check_unsupported(&self) -> Result<(), BadRequest> {
+        if self.n.unwrap_or(1) != 1 {
+            return Err(bad("only n = 1 is supported", "n"));
+        }
+        if self.logprobs == Some(true) {
+            return Err(bad("logprobs are not supported", "logprobs"));
+        }
+        for (value, name) in [
+            (self.presence_penalty, "presence_penalty"),
+            (self.frequency_penalty, "frequency_penalty"),
+        ] {
+            if value.is_some_and(|v| v != 0.0) {
+                return Err(bad(format!("{name} is not supported (only 0)"), name));
+            }
+        }
+        Ok(())
+    }
+
     /// The tools the reply may call and whether it must call one; `None`: no tools (none
     /// given, or `tool_choice` is `none`).
     fn selected_tools(&self) -> Result<Option<(Vec<ToolDescription>, bool)>, BadRequest> {

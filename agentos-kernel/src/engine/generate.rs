@@ -163,11 +163,21 @@ pub enum GenerationEvent {
 /// cancelled and its KV blocks freed.
 pub trait EventSink: Send {
     fn send(&mut self, event: GenerationEvent) -> bool;
+
+    /// Whether nobody listens any more, known without sending: a waiting request whose sink
+    /// is closed is dropped before it is prefilled. `false` where a sink cannot tell.
+    fn is_closed(&self) -> bool {
+        false
+    }
 }
 
 impl EventSink for tokio::sync::mpsc::UnboundedSender<GenerationEvent> {
     fn send(&mut self, event: GenerationEvent) -> bool {
         tokio::sync::mpsc::UnboundedSender::send(self, event).is_ok()
+    }
+
+    fn is_closed(&self) -> bool {
+        tokio::sync::mpsc::UnboundedSender::is_closed(self)
     }
 }
 
@@ -1226,6 +1236,10 @@ impl Batcher {
                 continue;
             }
             let w = self.waiting.remove(index).expect("index is valid");
+            // Cancelled while it waited (its receiver is gone): not worth a prefill.
+            if w.sink.is_closed() {
+                continue;
+            }
             // A prompt that could never fit, even in an empty cache, fails now rather than wait.
             if engine.kv_blocks_for(w.request.prompt.len() + 1) > engine.max_kv_blocks() {
                 let mut w = w;

@@ -304,6 +304,10 @@ impl<R: Agent> AgentActorState<R> {
     async fn run_task(&mut self, id: TaskId) -> Result<(), RuntimeError> {
         let record = self.record.clone();
         let max = self.system.max_task_attempts;
+        let cancelled_before_start = record.queue().tasks.get(&id).is_some_and(|t| t.cancelled);
+        if cancelled_before_start {
+            return self.finish(id, Err(self.cancelled()), Completion::none()).await;
+        }
         let start = {
             let mut queue = record.queue();
             let started = match queue.tasks.get_mut(&id) {
@@ -350,6 +354,9 @@ impl<R: Agent> AgentActorState<R> {
                 let (prompt, schema) = input.into_prompt();
                 record.set_state(AgentState::Waiting);
                 match self.run_turn(id, prompt, schema, attempts, accepted, events).await {
+                    // Cancelled after its last generation (during a final tool call or the
+                    // after_turn hook): the caller was told it is cancelled, so it is.
+                    Ok(_) if self.cancel.is_cancelled() => (Err(self.cancelled()), Completion::none()),
                     Ok((response, completion, text)) => {
                         memory_text = text;
                         (Ok(Some(response)), completion)
@@ -375,6 +382,13 @@ impl<R: Agent> AgentActorState<R> {
             self.write_turn_to_memory(text);
         }
         Ok(())
+    }
+
+    /// The error of a cancelled task.
+    fn cancelled(&self) -> RuntimeError {
+        RuntimeError::Cancelled {
+            agent: self.record.name.clone(),
+        }
     }
 
     /// Records task `id`'s outcome with the state it leaves, then answers its caller.
@@ -651,7 +665,12 @@ impl<R: Agent> AgentActorState<R> {
         let format = self.tool_format.unwrap_or(ToolFormat::SystemPrompt);
         let mut prompt = if self.spec.memory {
             self.check_previous_ingest().await;
-            self.assemble_from_memory(&task).await?
+            // Paging in can wait on embedding work queued behind other requests.
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return Err(self.cancelled()),
+                prompt = self.assemble_from_memory(&task) => prompt?,
+            }
         } else {
             self.assemble(&task)
         };
@@ -843,9 +862,7 @@ impl<R: Agent> AgentActorState<R> {
                 biased;
                 // Dropping `rx` ends the generation: the kernel stops it at its next token and
                 // frees its KV blocks.
-                () = self.cancel.cancelled() => {
-                    return Err(RuntimeError::Cancelled { agent: record.name.clone() });
-                }
+                () = self.cancel.cancelled() => return Err(self.cancelled()),
                 event = rx.recv() => event,
             };
             match event {

@@ -237,12 +237,14 @@ impl AgentHandle {
         Ok(id)
     }
 
-    /// Cancels task `task` of this agent: a running turn stops at once (its generation is
-    /// cancelled in the kernel, which frees its KV blocks; a tool call in progress finishes but
-    /// no step follows), a queued task is taken out of the queue. Either way the task's outcome
-    /// is recorded as failed with [`RuntimeError::Cancelled`], which is also what its caller
-    /// gets; it is not run again. Returns `false` when the task is neither queued nor running
-    /// (it already finished, or belongs to another agent).
+    /// Cancels task `task` of this agent. A running turn ends without waiting for its
+    /// generation: the generation is cancelled in the kernel at its next token, which frees its
+    /// KV blocks, or before it is prefilled if it still waits in the scheduler or the kernel's
+    /// queue; a tool call in progress finishes, but no step follows. A queued task is taken out
+    /// of the queue. Either way the task's outcome is recorded as failed with
+    /// [`RuntimeError::Cancelled`], which is also what its caller gets, and it is not run
+    /// again (not after a restart either). Returns `false` when the task is neither queued nor
+    /// running (it already finished, belongs to another agent, or is a message being taken).
     pub async fn cancel(&self, task: TaskId) -> Result<bool> {
         match self.record.cancel(task) {
             Cancel::Running => Ok(true),

@@ -42,6 +42,8 @@ pub(crate) struct Task {
     /// Times an actor started it in this process (a stream is told each restart).
     pub starts: u32,
     pub accepted: Instant,
+    /// Its caller cancelled it while it ran: a start after a restart fails it at once.
+    pub cancelled: bool,
 }
 
 impl Task {
@@ -74,7 +76,8 @@ pub(crate) struct TaskQueue {
 
 /// What [`AgentRecord::cancel`] found.
 pub(crate) enum Cancel {
-    /// The task runs: its token is cancelled and the turn ends with `RuntimeError::Cancelled`.
+    /// The task runs (or ran and waits for its agent's restart): it is marked, its token is
+    /// cancelled, and it ends with `RuntimeError::Cancelled`.
     Running,
     /// The task was queued and is now out of the queue: record its outcome and answer it.
     Queued(Task),
@@ -170,6 +173,7 @@ impl AgentRecord {
                 attempts,
                 starts: 0,
                 accepted: Instant::now(),
+                cancelled: false,
             },
         );
         self.queued.send_replace(queue.tasks.len());
@@ -201,16 +205,28 @@ impl AgentRecord {
         }
     }
 
-    /// Cancels task `id`: the running one through its token, a queued one by taking it out.
+    /// Cancels task `id`: the running one through its token (and a mark on the task, which a
+    /// start after a restart reads), a queued one by taking it out. A delivery that is being
+    /// taken cannot be cancelled (it is done in one step).
     pub fn cancel(&self, id: TaskId) -> Cancel {
         let mut queue = self.queue();
-        if queue.running == Some(id) {
-            queue.cancel.cancel();
-            return Cancel::Running;
-        }
-        let Some(task) = queue.tasks.remove(&id) else {
+        let running = queue.running == Some(id);
+        let Some(task) = queue.tasks.get_mut(&id) else {
             return Cancel::NotFound;
         };
+        let prompt = matches!(task.input, TaskInput::Ask(_) | TaskInput::AskJson { .. });
+        if running || task.starts > 0 {
+            // Running, or started before and waiting for its agent's restart.
+            if !prompt {
+                return Cancel::NotFound;
+            }
+            task.cancelled = true;
+            if running {
+                queue.cancel.cancel();
+            }
+            return Cancel::Running;
+        }
+        let task = queue.tasks.remove(&id).expect("found above");
         if queue.tasks.is_empty() && self.state() == AgentState::Waiting {
             self.set_state(AgentState::Sleeping);
         }

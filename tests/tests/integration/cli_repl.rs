@@ -93,3 +93,58 @@ fn user_mistakes_are_one_line_errors() {
     assert_eq!(code, Some(1));
     assert!(err.contains("is `agentos serve` running there?"), "{err}");
 }
+
+#[test]
+fn serve_listens_before_the_model_is_loaded_and_stops_on_ctrl_c() {
+    use std::io::BufRead;
+    let model = crate::support::default_model_path();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(AGENTOS)
+        .args(["serve", "--port", "0", "--device", "flex", "--model"])
+        .arg(&model)
+        .env("AGENTOS_HOME", dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    // 503 while the model loads (if the first request is that early), then 200; nothing else.
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut statuses = Vec::new();
+    loop {
+        let status = agent
+            .get(format!("http://{addr}/health"))
+            .call()
+            .unwrap()
+            .status()
+            .as_u16();
+        if statuses.last() != Some(&status) {
+            statuses.push(status);
+        }
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{statuses:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(statuses == [200] || statuses == [503, 200], "{statuses:?}");
+    // SIGINT, as Ctrl-C sends: a graceful stop with exit status 0.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "serve did not stop on SIGINT");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}

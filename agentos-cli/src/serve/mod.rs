@@ -224,12 +224,19 @@ impl RunningServer {
         })
     }
 
-    /// Stops accepting connections and waits for the open ones to finish.
+    /// Stops accepting connections and waits for the open ones to finish; when it returns,
+    /// the server holds no reference to the AgentOS any more (within 10 s).
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
+        // axum's serve future ends when every connection task has signalled its end, which
+        // each does just before it drops its copy of the router (and of this state).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.state.inner) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 

@@ -148,3 +148,59 @@ fn serve_listens_before_the_model_is_loaded_and_stops_on_ctrl_c() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn run_answers_once_with_every_contribution_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let team = dir.path().join("team.toml");
+    std::fs::write(
+        &team,
+        r#"
+[[agent]]
+name = "Quick"
+system = "You are a helpful assistant. Answer briefly."
+max_tokens = 16
+
+[[agent]]
+name = "Other"
+system = "You are a careful assistant. Answer briefly."
+max_tokens = 16
+
+[[agent]]
+name = "Joiner"
+system = "You are a helpful writer. Answer the user's question in one sentence."
+synthesizer = true
+max_tokens = 24
+"#,
+    )
+    .unwrap();
+    let model = crate::support::default_model_path();
+    let output = std::process::Command::new(AGENTOS)
+        .arg("run")
+        .arg(&team)
+        .arg("What is the capital of France?")
+        .args(["--json", "--device", "flex", "--model"])
+        .arg(&model)
+        .env("AGENTOS_HOME", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let answer: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(answer["task"], "What is the capital of France?");
+    let agents: Vec<&str> = answer["contributions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(agents.len(), 2);
+    assert!(agents.contains(&"Quick") && agents.contains(&"Other"), "{agents:?}");
+    for c in answer["contributions"].as_array().unwrap() {
+        assert!(c["completion_tokens"].as_u64().unwrap() > 0, "{c}");
+        assert!(c["completion_tokens"].as_u64().unwrap() <= 16, "{c}");
+    }
+    assert_eq!(answer["synthesis"]["agent"], "Joiner");
+    assert_eq!(answer["answer"], answer["synthesis"]["text"]);
+    assert!(!answer["answer"].as_str().unwrap().trim().is_empty(), "{answer}");
+}

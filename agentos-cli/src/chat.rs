@@ -366,12 +366,13 @@ fn tools(team: &Team) -> String {
 async fn model(os: &AgentOS) -> std::result::Result<String, String> {
     let info = crate::client::model_info(os).await.map_err(|e| e.to_string())?;
     Ok(format!(
-        "{} ({} layers, {} hidden, vocabulary {}), {:?} weights on {} ({})",
+        "{} ({} layers, {} hidden, vocabulary {}), weights {} ({}) on {} ({})",
         info.name,
         info.config.n_layers,
         info.config.hidden_size,
         info.config.vocab_size,
-        info.dtype,
+        info.dtype.name(),
+        info.weights,
         info.device,
         info.device_description
     ))

@@ -31,7 +31,8 @@ use crate::tokenizer::{TokenId, Tokenizer};
 /// Everything that tunes the engine, with documented defaults.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EngineConfig {
-    /// Weight precision in device memory (default f16: half the bandwidth per token).
+    /// How weights are kept (default f16; `Auto` computes on a GGUF file's quantised blocks on
+    /// the CPU).
     pub dtype: WeightDtype,
     /// Device to run on (default: `AGENTOS_DEVICE`, else auto).
     pub device: DeviceChoice,
@@ -48,8 +49,9 @@ pub struct EngineConfig {
     pub time_slice_tokens: usize,
     /// On the CPU (flex), run the hot paths with the kernel's own host code instead of burn's:
     /// the KV pools are host vectors and decode attention reads them in place (no per-layer
-    /// gather), and with f16 weights every matmul uses the host f16 kernel instead of burn's
-    /// gemm, which converts and repacks the weights on every call. Default true. (Called
+    /// gather), and with `auto` or f16 weights every matmul uses a host kernel instead of burn's
+    /// gemm (which converts and repacks the weights on every call): the quantised kernel on a
+    /// GGUF file's own blocks, else the f16 kernel. Default true. (Called
     /// `host_matmul` before it covered attention; that name is still read.)
     #[serde(default = "default_host_kernels", alias = "host_matmul")]
     pub host_kernels: bool,
@@ -101,9 +103,10 @@ impl EngineConfig {
         }
     }
 
-    /// Whether the host f16 matmul serves small batches on the device named `device`.
+    /// Whether the host kernels (f16, or quantised for `Auto`) run the matmuls on the device
+    /// named `device`.
     pub fn uses_host_matmul(&self, device: &str) -> bool {
-        self.uses_host_kv(device) && self.dtype == WeightDtype::F16
+        self.uses_host_kv(device) && self.dtype != WeightDtype::F32
     }
 
     /// Whether the KV pools are host vectors read in place by the host decode attention.
@@ -116,7 +119,7 @@ impl EngineConfig {
     pub fn kv_storage(&self, device: &str) -> KvStorage {
         match (self.uses_host_kv(device), self.dtype) {
             (false, _) => KvStorage::Device,
-            (true, WeightDtype::F16) => KvStorage::HostF16,
+            (true, WeightDtype::F16 | WeightDtype::Auto) => KvStorage::HostF16,
             (true, WeightDtype::F32) => KvStorage::HostF32,
         }
     }
@@ -316,6 +319,10 @@ pub struct ModelInfo {
     /// ([`Prompt::ChatWithTools`](crate::Prompt::ChatWithTools)) instead of writing their own.
     #[serde(default)]
     pub template_has_tools_branch: bool,
+    /// How the weight matrices are held, e.g. `Q4_1 x210, Q8_0 x1` (quantised blocks computed on
+    /// directly) or `f16`.
+    #[serde(default)]
+    pub weights: String,
 }
 
 pub struct Engine {
@@ -348,6 +355,7 @@ impl Engine {
         tracing::info!(
             model = %spec.name(),
             dtype = config.dtype.name(),
+            weights = %model.weight_summary(),
             device = %device.name,
             seconds = started.elapsed().as_secs_f64(),
             "model loaded"
@@ -366,6 +374,7 @@ impl Engine {
             device_description: device.description.clone(),
             device_reason: device.reason.clone(),
             template_has_tools_branch: template.has_tools_branch(),
+            weights: model.weight_summary(),
         };
         Ok(Engine {
             model,

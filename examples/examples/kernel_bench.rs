@@ -1,7 +1,7 @@
 //! Measures the Reasoning Kernel: prefill and decode speed, batched decode throughput, memory.
 //!
 //! ```text
-//! cargo run --release --example kernel_bench -- --json [--model PATH] [--dtype f32|f16] [--device NAME]
+//! cargo run --release --example kernel_bench -- --json [--model PATH] [--dtype f16|f32|auto] [--device NAME]
 //! ```
 //! Prints one JSON object: device, dtype, prefill_tps (512-token prompt), decode_tps (one
 //! sequence, 128 tokens), aggregate_decode_tps (keyed by sequences decoding together),
@@ -103,6 +103,7 @@ fn main() -> agentos_kernel::Result<()> {
         "device": info.device,
         "device_description": info.device_description,
         "dtype": info.dtype.name(),
+        "weights": info.weights,
         "load_seconds": round(load_seconds),
         "prefill_tokens": PREFILL_TOKENS,
         "prefill_seconds": round(prefill_seconds),

@@ -2,7 +2,7 @@
 //! use) and stream an answer to a question to the terminal.
 //!
 //! ```text
-//! cargo run --release --example kernel_chat -- ["your question"] [--model PATH] [--dtype f32|f16] [--device NAME]
+//! cargo run --release --example kernel_chat -- ["your question"] [--model PATH] [--dtype f16|f32|auto] [--device NAME]
 //! ```
 
 use std::io::Write;

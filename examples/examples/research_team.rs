@@ -3,7 +3,7 @@
 //! out what is weak, the writer gets both and writes the synthesis. Prints every contribution.
 //!
 //! ```text
-//! cargo run --release --example research_team -- ["your question"] [--model PATH] [--dtype f32|f16] [--device NAME]
+//! cargo run --release --example research_team -- ["your question"] [--model PATH] [--dtype f16|f32|auto] [--device NAME]
 //! ```
 
 use agentos_examples::{ModelArgs, init_logging};

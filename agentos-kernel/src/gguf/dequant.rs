@@ -63,7 +63,7 @@ impl GgmlType {
 pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
     let be = ty.block_elements() as usize;
     let bb = ty.block_bytes() as usize;
-    debug_assert_eq!(bytes.len() / bb * be, out.len());
+    assert_eq!(bytes.len() / bb * be, out.len(), "dequantised length");
     let blocks = bytes.chunks_exact(bb).zip(out.chunks_exact_mut(be));
     match ty {
         GgmlType::F32 => blocks.for_each(|(b, o)| o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),

@@ -4,12 +4,15 @@
 //! into one `[total_tokens, hidden]` matrix, so every projection is a single matmul over the
 //! whole batch; only attention runs per sequence, against that sequence's own cached context.
 
+use std::sync::Arc;
+
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use super::attention::{attend, attend_decode_batch};
 use super::config::ModelConfig;
 use super::host_attention::{HeadShape, decode_attention};
 use super::mlp::Mlp;
+use super::quant_matmul::QuantMatrix;
 use super::rms_norm::RmsNorm;
 use super::rope::Rope;
 use super::weights::{Weight, WeightSource};
@@ -73,12 +76,19 @@ fn keep(wanted: AttentionWanted, probs: Tensor<3>) -> Tensor<3> {
     }
 }
 
+/// The token embedding table, `[vocab, hidden]`.
+enum Embedding {
+    Tensor(Box<Tensor<2>>),
+    /// The file's quantised rows, dequantised per lookup (shared with a tied output head).
+    Quant(Arc<QuantMatrix>),
+}
+
 pub struct Transformer {
     pub config: ModelConfig,
     pub dtype: WeightDtype,
     device: Device,
     /// `[vocab, hidden]`
-    embedding: Tensor<2>,
+    embedding: Embedding,
     /// `[hidden, vocab]` (a copy of the embedding when tied).
     output: Linear,
     final_norm: RmsNorm,
@@ -116,35 +126,84 @@ impl Transformer {
             Ok(transpose(&t.values, out, inp))
         };
 
-        let emb = source.require(Weight::Embedding)?;
-        check_shape(Weight::Embedding, &emb.shape, &[config.vocab_size, h])?;
-        // The output head is kept as its own contiguous [hidden, vocab] matrix even when tied:
-        // gemm over a transposed (strided) view of the embedding is several times slower for
-        // small batches, and this is the largest matmul of a decode step.
-        let separate_head = if config.tie_embeddings {
-            None
-        } else {
-            source.get(Weight::Output)?
-        };
-        let head_t = match separate_head {
-            Some(t) => {
-                check_shape(Weight::Output, &t.shape, &[config.vocab_size, h])?;
-                transpose(&t.values, config.vocab_size, h)
+        // `x @ w` over several matrices whose outputs are placed side by side, each given as
+        // (weight, outputs): quantised when asked and every part is quantised in the file,
+        // else packed or uploaded from f32.
+        let quantized = dtype == WeightDtype::Auto && host_matmul;
+        let fused = |parts: &[(Weight, usize)], inputs: usize| -> Result<Linear> {
+            if quantized {
+                let mut mats = Vec::with_capacity(parts.len());
+                for &(w, out) in parts {
+                    match source.get_quantized(w)? {
+                        Some(m) => {
+                            check_shape(w, &[m.outputs(), m.inputs()], &[out, inputs])?;
+                            mats.push(Arc::new(m));
+                        }
+                        None => break,
+                    }
+                }
+                if mats.len() == parts.len() {
+                    return Ok(Linear::Quant {
+                        parts: mats,
+                        device: device.clone(),
+                    });
+                }
             }
-            None => transpose(&emb.values, config.vocab_size, h),
+            let mut columns = Vec::with_capacity(parts.len());
+            for &(w, out) in parts {
+                columns.push((matrix_t(w, out, inputs)?, out));
+            }
+            let width = parts.iter().map(|p| p.1).sum();
+            let values = if columns.len() == 1 {
+                columns.pop().expect("one").0
+            } else {
+                let refs: Vec<(&Vec<f32>, usize)> = columns.iter().map(|(v, w)| (v, *w)).collect();
+                concat_columns(&refs, inputs)
+            };
+            Ok(Linear::new(values, inputs, width, wd, host_matmul, device))
         };
-        let output = Linear::new(head_t, h, config.vocab_size, wd, host_matmul, device);
-        let embedding = upload(emb.values, [config.vocab_size, h], wd, device);
+
+        let vocab = config.vocab_size;
+        let quantized_embedding = match quantized {
+            true => source.get_quantized(Weight::Embedding)?.map(Arc::new),
+            false => None,
+        };
+        let (embedding, output) = match quantized_embedding {
+            Some(table) => {
+                check_shape(Weight::Embedding, &[table.outputs(), table.inputs()], &[vocab, h])?;
+                let separate_head = !config.tie_embeddings && source.has(Weight::Output)?;
+                let output = if separate_head {
+                    fused(&[(Weight::Output, vocab)], h)?
+                } else {
+                    // Tied: the head multiplies the embedding's own blocks.
+                    Linear::Quant {
+                        parts: vec![table.clone()],
+                        device: device.clone(),
+                    }
+                };
+                (Embedding::Quant(table), output)
+            }
+            None => {
+                let emb = source.require(Weight::Embedding)?;
+                check_shape(Weight::Embedding, &emb.shape, &[vocab, h])?;
+                // The output head is kept as its own contiguous [hidden, vocab] matrix even when
+                // tied: gemm over a transposed (strided) view of the embedding is several times
+                // slower for small batches, and this is the largest matmul of a decode step.
+                let separate_head = !config.tie_embeddings && source.has(Weight::Output)?;
+                let output = if separate_head {
+                    fused(&[(Weight::Output, vocab)], h)?
+                } else {
+                    Linear::new(transpose(&emb.values, vocab, h), h, vocab, wd, host_matmul, device)
+                };
+                (
+                    Embedding::Tensor(Box::new(upload(emb.values, [vocab, h], wd, device))),
+                    output,
+                )
+            }
+        };
 
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
-            // Interleave the transposed q, k, v columns row by row: [h, q + kv + kv].
-            let (wq, wk, wv) = (
-                matrix_t(Weight::Q(i), q, h)?,
-                matrix_t(Weight::K(i), kv, h)?,
-                matrix_t(Weight::V(i), kv, h)?,
-            );
-            let qkv = concat_columns(&[(&wq, q), (&wk, kv), (&wv, kv)], h);
             let qkv_bias = if config.qkv_bias {
                 let mut b = vector(Weight::QBias(i), q)?;
                 b.extend(vector(Weight::KBias(i), kv)?);
@@ -153,22 +212,15 @@ impl Transformer {
             } else {
                 None
             };
-            let gate_up = concat_columns(
-                &[
-                    (&matrix_t(Weight::Gate(i), inter, h)?, inter),
-                    (&matrix_t(Weight::Up(i), inter, h)?, inter),
-                ],
-                h,
-            );
             layers.push(DecoderLayer {
                 attn_norm: RmsNorm::new(vector(Weight::AttnNorm(i), h)?, config.rms_norm_eps, device),
-                qkv: Linear::new(qkv, h, q + 2 * kv, wd, host_matmul, device),
+                qkv: fused(&[(Weight::Q(i), q), (Weight::K(i), kv), (Weight::V(i), kv)], h)?,
                 qkv_bias,
-                out: Linear::new(matrix_t(Weight::O(i), h, q)?, q, h, wd, host_matmul, device),
+                out: fused(&[(Weight::O(i), h)], q)?,
                 ffn_norm: RmsNorm::new(vector(Weight::FfnNorm(i), h)?, config.rms_norm_eps, device),
                 mlp: Mlp {
-                    gate_up: Linear::new(gate_up, h, 2 * inter, wd, host_matmul, device),
-                    down: Linear::new(matrix_t(Weight::Down(i), h, inter)?, inter, h, wd, host_matmul, device),
+                    gate_up: fused(&[(Weight::Gate(i), inter), (Weight::Up(i), inter)], h)?,
+                    down: fused(&[(Weight::Down(i), h)], inter)?,
                     intermediate: inter,
                 },
             });
@@ -189,6 +241,32 @@ impl Transformer {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// How the weight matrices are held: the quantised formats computed on directly with their
+    /// matrix counts (`Q4_1 x210, Q8_0 x1`), then any float matrices by dtype (`f16 x3`).
+    pub fn weight_summary(&self) -> String {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        let mut count = |name: String| match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        };
+        let linears = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.qkv, &l.out, &l.mlp.gate_up, &l.mlp.down])
+            .chain([&self.output]);
+        for linear in linears {
+            match linear {
+                Linear::Quant { parts, .. } => parts.iter().for_each(|p| count(format!("{:?}", p.format()))),
+                _ => count(if self.dtype == WeightDtype::F32 { "f32" } else { "f16" }.to_string()),
+            }
+        }
+        counts
+            .iter()
+            .map(|(n, c)| format!("{n} x{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Runs the new tokens of every sequence through the stack, writing their keys and values
@@ -213,7 +291,17 @@ impl Transformer {
         let plan = BatchPlan::new(slices, kv, &self.device);
 
         // [total, hidden]
-        let mut x = self.embedding.clone().select(0, ids).cast(DType::F32);
+        let mut x = match &self.embedding {
+            Embedding::Tensor(table) => (**table).clone().select(0, ids).cast(DType::F32),
+            Embedding::Quant(table) => {
+                let hidden = table.inputs();
+                let mut rows = vec![0f32; total * hidden];
+                for (row, &t) in rows.chunks_exact_mut(hidden).zip(tokens) {
+                    table.dequantize_row(t as usize, row);
+                }
+                Tensor::from_data(TensorData::new(rows, [total, hidden]), &self.device)
+            }
+        };
         let mut attention: Vec<Option<Vec<Tensor<3>>>> = slices
             .iter()
             .map(|s| (s.attention != AttentionWanted::None).then(|| Vec::with_capacity(cfg.n_layers)))

@@ -1,7 +1,8 @@
 //! Weight sources: a GGUF file or a Hugging Face safetensors directory.
 //!
 //! Both hand out dequantised `f32` matrices in PyTorch order (`[out_features, in_features]`)
-//! under canonical names, so the transformer does not care where weights came from.
+//! under canonical names, so the transformer does not care where weights came from; a GGUF
+//! source also hands out quantised matrices in their file's blocks, for the quantised kernel.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,6 +14,7 @@ use memmap2::Mmap;
 use crate::error::{KernelError, Result};
 use crate::gguf::GgufFile;
 use crate::model::config::{Architecture, ModelConfig};
+use crate::model::quant_matmul::{QuantFormat, QuantMatrix};
 
 /// The weights of one tensor: values and PyTorch-order shape.
 pub struct HostTensor {
@@ -48,6 +50,17 @@ pub trait WeightSource {
         self.get(weight)?
             .ok_or_else(|| KernelError::ModelFormat(format!("missing weight {weight:?}")))
     }
+
+    /// Whether the source holds `weight` (without reading it).
+    fn has(&self, weight: Weight) -> Result<bool> {
+        Ok(self.get(weight)?.is_some())
+    }
+
+    /// The matrix in its file's quantised blocks (`[out, in]`, rows permuted as [`Self::get`]
+    /// permutes them), or `Ok(None)` where the source holds it as floats or not at all.
+    fn get_quantized(&self, _weight: Weight) -> Result<Option<QuantMatrix>> {
+        Ok(None)
+    }
 }
 
 /// GGUF weights (llama.cpp naming).
@@ -56,9 +69,9 @@ pub struct GgufWeights<'a> {
     pub config: &'a ModelConfig,
 }
 
-impl WeightSource for GgufWeights<'_> {
-    fn get(&self, weight: Weight) -> Result<Option<HostTensor>> {
-        let name = match weight {
+impl GgufWeights<'_> {
+    fn name(weight: Weight) -> String {
+        match weight {
             Weight::Embedding => "token_embd.weight".to_string(),
             Weight::FinalNorm => "output_norm.weight".to_string(),
             Weight::Output => "output.weight".to_string(),
@@ -74,7 +87,32 @@ impl WeightSource for GgufWeights<'_> {
             Weight::Gate(i) => format!("blk.{i}.ffn_gate.weight"),
             Weight::Up(i) => format!("blk.{i}.ffn_up.weight"),
             Weight::Down(i) => format!("blk.{i}.ffn_down.weight"),
+        }
+    }
+
+    /// The heads whose RoPE rows llama.cpp's converter permuted in `weight` (Llama's Q and K),
+    /// checked against its `rows`.
+    fn permuted_heads(&self, weight: Weight, name: &str, rows: usize) -> Result<Option<usize>> {
+        if self.config.architecture != Architecture::Llama {
+            return Ok(None);
+        }
+        let heads = match weight {
+            Weight::Q(_) => self.config.n_heads,
+            Weight::K(_) => self.config.n_kv_heads,
+            _ => return Ok(None),
         };
+        if heads == 0 || !rows.is_multiple_of(heads) {
+            return Err(KernelError::ModelFormat(format!(
+                "{name} has {rows} rows, which {heads} heads do not divide evenly"
+            )));
+        }
+        Ok(Some(heads))
+    }
+}
+
+impl WeightSource for GgufWeights<'_> {
+    fn get(&self, weight: Weight) -> Result<Option<HostTensor>> {
+        let name = Self::name(weight);
         if self.gguf.tensor_info(&name).is_none() {
             return Ok(None);
         }
@@ -83,30 +121,50 @@ impl WeightSource for GgufWeights<'_> {
         let shape: Vec<usize> = dims.iter().rev().map(|&d| d as usize).collect();
         // llama.cpp's converter permutes Q and K rows of Llama models so that RoPE rotates
         // adjacent pairs; we rotate halves (as HF does), so undo that permutation here.
-        if self.config.architecture == Architecture::Llama {
-            let heads = match weight {
-                Weight::Q(_) => Some(self.config.n_heads),
-                Weight::K(_) => Some(self.config.n_kv_heads),
-                _ => None,
-            };
-            if let Some(heads) = heads {
-                if heads == 0 || !shape[0].is_multiple_of(heads) {
-                    return Err(KernelError::ModelFormat(format!(
-                        "{name} has {} rows, which {heads} heads do not divide evenly",
-                        shape[0]
-                    )));
-                }
-                unpermute_rope_rows(&mut values, &shape, heads);
-            }
+        if let Some(heads) = self.permuted_heads(weight, &name, shape[0])? {
+            let row_len = shape.iter().skip(1).product::<usize>();
+            unpermute_rope_rows(&mut values, row_len, heads);
         }
         Ok(Some(HostTensor { values, shape }))
     }
+
+    fn has(&self, weight: Weight) -> Result<bool> {
+        Ok(self.gguf.tensor_info(&Self::name(weight)).is_some())
+    }
+
+    fn get_quantized(&self, weight: Weight) -> Result<Option<QuantMatrix>> {
+        let name = Self::name(weight);
+        let Some(info) = self.gguf.tensor_info(&name) else {
+            return Ok(None);
+        };
+        let Some(format) = QuantFormat::of(info.ggml_type) else {
+            return Ok(None);
+        };
+        let &[inputs, outputs] = info.dims.as_slice() else {
+            return Err(KernelError::ModelFormat(format!(
+                "{name} has dims {:?}, a weight matrix has two",
+                info.dims
+            )));
+        };
+        let (inputs, outputs) = (inputs as usize, outputs as usize);
+        let mut data = self.gguf.tensor_bytes(info)?.to_vec();
+        // Rows hold whole blocks (the reader checked), so the permutation moves row bytes.
+        if let Some(heads) = self.permuted_heads(weight, &name, outputs)? {
+            let row_bytes = data.len() / outputs;
+            unpermute_rope_rows(&mut data, row_bytes, heads);
+        }
+        match QuantMatrix::new(format, outputs, inputs, data) {
+            Ok(m) => Ok(Some(m)),
+            Err(KernelError::ModelFormat(m)) => Err(KernelError::ModelFormat(format!("{name}: {m}"))),
+            Err(e) => Err(e),
+        }
+    }
 }
 
-/// Inverse of llama.cpp's `permute`: GGUF row `(h, 2i + j)` holds HF row `(h, j * half + i)`.
-/// `values` holds `shape`'s product and `n_heads` divides `shape[0]`.
-fn unpermute_rope_rows(values: &mut [f32], shape: &[usize], n_heads: usize) {
-    let (rows, cols) = (shape[0], shape.iter().skip(1).product::<usize>());
+/// Inverse of llama.cpp's `permute` on rows of `row_len` items: GGUF row `(h, 2i + j)` holds
+/// HF row `(h, j * half + i)`. `values` holds whole rows and `n_heads` divides their count.
+fn unpermute_rope_rows<T: Copy>(values: &mut [T], row_len: usize, n_heads: usize) {
+    let rows = values.len() / row_len;
     let head_dim = rows / n_heads;
     let half = head_dim / 2;
     let src = values.to_vec();
@@ -115,8 +173,8 @@ fn unpermute_rope_rows(values: &mut [f32], shape: &[usize], n_heads: usize) {
             for j in 0..2 {
                 let gguf_row = h * head_dim + 2 * i + j;
                 let hf_row = h * head_dim + j * half + i;
-                values[hf_row * cols..(hf_row + 1) * cols]
-                    .copy_from_slice(&src[gguf_row * cols..(gguf_row + 1) * cols]);
+                values[hf_row * row_len..(hf_row + 1) * row_len]
+                    .copy_from_slice(&src[gguf_row * row_len..(gguf_row + 1) * row_len]);
             }
         }
     }
@@ -264,9 +322,9 @@ impl SafetensorsWeights {
     }
 }
 
-impl WeightSource for SafetensorsWeights {
-    fn get(&self, weight: Weight) -> Result<Option<HostTensor>> {
-        let name = match weight {
+impl SafetensorsWeights {
+    fn name(weight: Weight) -> String {
+        match weight {
             Weight::Embedding => "model.embed_tokens.weight".to_string(),
             Weight::FinalNorm => "model.norm.weight".to_string(),
             Weight::Output => "lm_head.weight".to_string(),
@@ -282,8 +340,19 @@ impl WeightSource for SafetensorsWeights {
             Weight::Gate(i) => format!("model.layers.{i}.mlp.gate_proj.weight"),
             Weight::Up(i) => format!("model.layers.{i}.mlp.up_proj.weight"),
             Weight::Down(i) => format!("model.layers.{i}.mlp.down_proj.weight"),
-        };
+        }
+    }
+}
+
+impl WeightSource for SafetensorsWeights {
+    fn get(&self, weight: Weight) -> Result<Option<HostTensor>> {
+        let name = Self::name(weight);
         Ok(self.files.iter().find_map(|f| f.read(&name)))
+    }
+
+    fn has(&self, weight: Weight) -> Result<bool> {
+        let name = Self::name(weight);
+        Ok(self.files.iter().any(|f| f.entries.contains_key(&name)))
     }
 }
 
@@ -296,7 +365,7 @@ mod tests {
         // One head of dim 4 (half = 2), one column: HF rows [a0, a1, b0, b1] are stored by
         // llama.cpp as [a0, b0, a1, b1].
         let mut v = vec![0.0, 2.0, 1.0, 3.0];
-        unpermute_rope_rows(&mut v, &[4, 1], 1);
+        unpermute_rope_rows(&mut v, 1, 1);
         assert_eq!(v, vec![0.0, 1.0, 2.0, 3.0]);
     }
 

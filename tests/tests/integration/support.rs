@@ -86,6 +86,15 @@ pub fn engine_f16() -> MutexGuard<'static, Engine> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
+/// `--dtype auto`: the file's Q4_1 and Q8_0 blocks computed on by the quantised kernel.
+pub fn engine_quantized() -> MutexGuard<'static, Engine> {
+    static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| load(WeightDtype::Auto))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 /// f32 weights on flex with the host kernels off: KV pools are burn tensors and decode attention
 /// runs through burn, as on a GPU.
 pub fn engine_f32_burn_only() -> MutexGuard<'static, Engine> {

@@ -28,8 +28,8 @@ pub enum WeightDtype {
     /// a GGUF file's quantised matrices (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) stay in their blocks and
     /// are multiplied by the quantised kernel ([`quant_matmul`]), in about half the memory of
     /// f16; float tensors, safetensors files and other devices use f16. Not the default yet: on
-    /// two cores it decodes one sequence as fast as f16 but batched steps and prefill are slower
-    /// (see the README's kernel figures).
+    /// two AVX2 cores it decodes one sequence faster than f16 but batched steps and prefill are
+    /// slower (see the README's kernel figures).
     Auto,
     /// Full precision: exact dequantised values, twice the memory traffic of f16.
     F32,

@@ -13,8 +13,10 @@
 //! - *scaled* (Q8_0, Q6_K): 32 signed codes with one scale per half of 16, so
 //!   `Σ w·x = dₓ·(d₀·Σ₀ q·qₓ + d₁·Σ₁ q·qₓ)`.
 //!
-//! A batch of rows reuses each unpacked weight block for up to [`ROW_TILE`] rows, so the weights
-//! are read once per step whatever the number of decoding sequences.
+//! A batch of rows reuses each unpacked weight block for a tile of up to [`ROW_TILE`] rows; with
+//! more rows, each further tile passes over the task's weight rows again (from cache for a
+//! layer's matrices, which are small; the output head's share of a task is larger than L2, so
+//! batched steps stream it once per tile: blocking the weight rows per tile is still to do).
 //!
 //! # Shapes
 //! weight: `[outputs, inputs]` (ggml order: one row of blocks per output); x: `[rows, inputs]`

@@ -352,10 +352,11 @@ impl Engine {
         } else {
             load_gguf(&path, &config, &device)?
         };
+        let weights = model.weight_summary();
         tracing::info!(
             model = %spec.name(),
             dtype = config.dtype.name(),
-            weights = %model.weight_summary(),
+            weights = %weights,
             device = %device.name,
             seconds = started.elapsed().as_secs_f64(),
             "model loaded"
@@ -374,7 +375,7 @@ impl Engine {
             device_description: device.description.clone(),
             device_reason: device.reason.clone(),
             template_has_tools_branch: template.has_tools_branch(),
-            weights: model.weight_summary(),
+            weights,
         };
         Ok(Engine {
             model,

@@ -157,20 +157,7 @@ impl ChatRequest {
         if self.messages.is_empty() {
             return Err(bad("`messages` is empty", "messages"));
         }
-        if self.n.unwrap_or(1) != 1 {
-            return Err(bad("only n = 1 is supported", "n"));
-        }
-        if self.logprobs == Some(true) {
-            return Err(bad("logprobs are not supported", "logprobs"));
-        }
-        for (value, name) in [
-            (self.presence_penalty, "presence_penalty"),
-            (self.frequency_penalty, "frequency_penalty"),
-        ] {
-            if value.is_some_and(|v| v != 0.0) {
-                return Err(bad(format!("{name} is not supported (only 0)"), name));
-            }
-        }
+        self.check_unsupported()?;
         let sampling = SamplingParams {
             // OpenAI's defaults: temperature 1, top_p 1.
             temperature: self.temperature.unwrap_or(1.0),

@@ -77,7 +77,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
-fn half(b: &[u8], at: usize) -> f32 {
+/// The little-endian f16 at `at` of `b`.
+pub(crate) fn half(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
@@ -111,7 +112,7 @@ fn dequantize_q8_0(b: &[u8], out: &mut [f32]) {
 }
 
 /// The 6-bit scale and min of sub-block `j` packed in the 12 scale bytes of a K-quant block.
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

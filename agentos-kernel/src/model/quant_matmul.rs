@@ -26,6 +26,7 @@ use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
 use crate::gguf::GgmlType;
+use crate::gguf::dequant::{half, scale_min_k4};
 
 /// Values per activation block (and per unpacked weight block).
 pub const QK: usize = 32;
@@ -277,22 +278,6 @@ enum Block32 {
     Affine { q: [u8; QK], d: f32, m: f32 },
     /// `w = d[h]·q` for the half `h` (values `16h..16h + 16`), `q` in `-128..=127`.
     Scaled { q: [i8; QK], d: [f32; 2] },
-}
-
-fn half(b: &[u8], at: usize) -> f32 {
-    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
-}
-
-/// The 6-bit scale and min of sub-block `j` of a Q4_K block (ggml's `get_scale_min_k4`).
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
-    }
 }
 
 /// The effective scale and offset of the 8 sub-blocks of a Q4_K block: `w = d·q + m`.

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use agentos_kernel::cli::ModelArgs;
-use agentos_runtime::{AgentHandle, AgentOS, RuntimeConfig};
+use agentos_runtime::{AgentHandle, AgentOS, PulseConfig, RuntimeConfig};
 use rustyline::error::ReadlineError;
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +40,8 @@ const HELP: &str = "\
 /spawn ROLE       start another worker of a role of this team
 /kill NAME        stop an agent and take it out of the team
 /model            the model and the device it runs on
-/sync, /blackboard  (coherence between agents is not in this version)
+/sync             the sync pulses between the workers: drift before and after, contradictions
+/blackboard [PREFIX]  the shared blackboard's entries (a pulse writes each answer there)
 /quit             leave (also Ctrl-D, or Ctrl-C twice at the prompt)
 Anything else is a message to the team. Ctrl-C during an answer cancels it.";
 
@@ -107,7 +108,7 @@ async fn session(os: &AgentOS, spec: &TeamSpec, history: Option<PathBuf>) -> Res
                 Flow::Quit => break,
             }
         }
-        if answer(&team, line).await == Flow::Quit {
+        if answer(os, &team, line).await == Flow::Quit {
             break;
         }
     }
@@ -122,7 +123,7 @@ enum Flow {
 
 /// Sends `task` to the team and prints the answer as it streams; Ctrl-C cancels it, a second
 /// Ctrl-C quits.
-async fn answer(team: &Team, task: &str) -> Flow {
+async fn answer(os: &AgentOS, team: &Team, task: &str) -> Flow {
     let cancel = CancellationToken::new();
     let mut printer = Printer::default();
     let outcome = {
@@ -149,6 +150,17 @@ async fn answer(team: &Team, task: &str) -> Flow {
     };
     printer.finish();
     match outcome {
+        Ok(_) if team.workers().len() >= 2 => {
+            // The workers answered alone: a pulse shares what each said with the others, for
+            // the next question (it waits for turn boundaries and cuts nothing).
+            let config = PulseConfig {
+                deadline: std::time::Duration::from_secs(5),
+                ..PulseConfig::default()
+            };
+            if let Err(e) = os.pulse(team.workers(), &config).await {
+                tracing::debug!(error = %e, "the sync pulse after the answer failed");
+            }
+        }
         Ok(_) => {}
         Err(_) if cancel.is_cancelled() => println!("[cancelled]"),
         Err(e) => println!("[error: {e}]"),
@@ -272,19 +284,18 @@ async fn slash(os: &AgentOS, spec: &TeamSpec, team: &mut Team, spawned: &mut usi
         ("memory", _, None) => memory(os, arg).await,
         ("tools", None, _) => Ok(tools(team)),
         ("model", None, _) => model(os).await,
-        ("sync" | "blackboard", None, _) => Ok(
-            "Coherence between agents (blackboard, sync pulses) is not in this version of agentos: \
-             the team's agents share only the synthesis."
-                .to_string(),
-        ),
+        ("sync", None, _) => sync(os).await,
+        ("blackboard", _, None) => blackboard(os, arg.unwrap_or("")).await,
         ("spawn", Some(role), None) => spawn(os, spec, team, spawned, role).await,
         ("kill", Some(agent), None) => kill(team, agent).await,
         ("spawn" | "kill", _, _) => Err(format!(
             "usage: /{name} {}",
             if name == "spawn" { "ROLE" } else { "NAME" }
         )),
-        ("help" | "agents" | "stats" | "tools" | "model" | "sync" | "blackboard" | "quit", Some(_), _)
-        | ("memory", Some(_), Some(_)) => Err(format!("/{name} takes no such argument; /help lists the commands")),
+        ("help" | "agents" | "stats" | "tools" | "model" | "sync" | "quit", Some(_), _)
+        | ("memory" | "blackboard", Some(_), Some(_)) => {
+            Err(format!("/{name} takes no such argument; /help lists the commands"))
+        }
         _ => Err(format!("unknown command /{name}; /help lists the commands")),
     };
     match result {
@@ -313,6 +324,69 @@ fn agents_table(os: &AgentOS) -> String {
         ));
     }
     out.trim_end().to_string()
+}
+
+/// The pulses so far, newest last, and the drift now.
+async fn sync(os: &AgentOS) -> std::result::Result<String, String> {
+    let pulses = os.pulses().await.map_err(|e| e.to_string())?;
+    if pulses.is_empty() {
+        return Ok("No sync pulse yet: one runs over the workers after each answer of the team.".into());
+    }
+    let mut out = format!(
+        "{:<6} {:<22} {:>7} {:>8} {:>8} {:>7} {:>9}\n",
+        "PULSE", "TRIGGER", "AGENTS", "DRIFT", "AFTER", "TOKENS", "CONFLICTS"
+    );
+    for p in pulses.iter().rev().take(10).rev() {
+        out.push_str(&format!(
+            "{:<6} {:<22} {:>7} {:>8.4} {:>8.4} {:>7} {:>9}\n",
+            p.id,
+            format!("{:?}", p.trigger),
+            p.participants.len(),
+            p.drift_before.max,
+            p.drift_after.max,
+            p.tokens_injected,
+            p.conflicts.len()
+        ));
+    }
+    if let Some(last) = pulses.last() {
+        for x in &last.conflicts {
+            out.push_str(&format!(
+                "{} says \"{}\" but {} says \"{}\"\n",
+                x.first.0, x.first.1, x.second.0, x.second.1
+            ));
+        }
+        if !last.late.is_empty() {
+            out.push_str(&format!("late for pulse {}: {}\n", last.id, last.late.join(", ")));
+        }
+    }
+    Ok(out.trim_end().to_string())
+}
+
+/// The blackboard's entries under `prefix`.
+async fn blackboard(os: &AgentOS, prefix: &str) -> std::result::Result<String, String> {
+    let entries = os.blackboard(prefix).await.map_err(|e| e.to_string())?;
+    if entries.is_empty() {
+        return Ok(format!("No blackboard entry under `{prefix}`."));
+    }
+    let mut out = String::new();
+    for e in &entries {
+        let text: String = e.text().chars().take(100).collect();
+        let conflict = if e.in_conflict() {
+            format!(" [conflict: {} other value(s)]", e.siblings.len())
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "{} {} (by {}, v{}){}: {}\n",
+            e.area,
+            e.key,
+            e.author,
+            e.lamport,
+            conflict,
+            text.replace('\n', " ")
+        ));
+    }
+    Ok(out.trim_end().to_string())
 }
 
 async fn stats(os: &AgentOS) -> std::result::Result<String, String> {

@@ -51,6 +51,9 @@ pub enum RuntimeError {
     #[error("memory: {0}")]
     Memory(#[from] agentos_memory::MemoryError),
 
+    #[error("coherence: {0}")]
+    Sync(#[from] agentos_sync::SyncError),
+
     #[error("agent `{agent}` has no memory: declare it with `#[agent(memory = true)]` (memory also needs a kernel)")]
     NoMemory { agent: String },
 

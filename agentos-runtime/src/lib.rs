@@ -31,6 +31,7 @@ pub mod os;
 mod rpc;
 pub mod scheduler;
 pub mod supervisor;
+pub mod sync;
 pub mod syscall;
 mod system;
 pub mod types;
@@ -46,11 +47,16 @@ pub use agentos_kernel as kernel;
 pub use agentos_macros::{agent, tool};
 pub use agentos_memory as memory;
 pub use agentos_memory::{ActiveContext, L1Stats, L2Stats, MemoryConfig, PageId, PageView, Slicing, Tier};
+pub use agentos_sync as coherence;
 pub use config::RuntimeConfig;
 pub use error::{Result, RuntimeError};
 pub use os::{AgentOS, AgentOsBuilder};
 pub use scheduler::{AgentSchedStats, SchedulerConfig, SchedulerStats};
 pub use supervisor::{RestartIntensity, Shutdown, Strategy, SupervisorEvent};
+pub use sync::{
+    Area, CollaborateConfig, Collaboration, Contribution, GroupDrift, Published, PulseConfig, PulsePolicy, PulseRecord,
+    PulseTrigger, SyncError, SyncMetrics, SyncStats, SyncTimer, TopicFilter,
+};
 pub use syscall::{
     FnTool, McpServer, McpServerInfo, Step, Syscall, SyscallConfig, SyscallError, Tool, ToolChoice, ToolFuture, ToolSet,
 };
@@ -63,6 +69,7 @@ pub mod prelude {
         RestartIntensity, RuntimeConfig, RuntimeError, SchedulerConfig, Step, Strategy, StreamEvent, SupervisorEvent,
         SyscallConfig, SyscallError, TaskId, TaskOutcome, TaskStatus, Tool, Turn, TurnPrompt,
     };
+    pub use crate::{Area, CollaborateConfig, PulseConfig, PulsePolicy, PulseRecord, PulseTrigger, TopicFilter};
     pub use crate::{agent, tool};
     pub use agentos_kernel::{ChatMessage, KernelArgs, ModelSpec, SamplingParams};
     pub use futures::StreamExt;

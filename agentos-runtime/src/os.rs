@@ -53,6 +53,10 @@ use crate::supervisor::{
     ActorSlot, ChildSpec, Restart, RestartIntensity, Strategy, Supervisor, SupervisorArgs, SupervisorEvent,
     SupervisorMsg,
 };
+use crate::sync::{
+    Area, CollaborateConfig, Collaboration, DriftSample, Entry, Lease, PulseConfig, PulseRecord, PulseTrigger,
+    Subscription, SyncActor, SyncArgs, SyncMsg, SyncStats, SyncTimer,
+};
 use crate::syscall::mcp::McpConnection;
 use crate::syscall::{McpServer, McpServerInfo, SyscallConfig, Tool};
 use crate::system::{System, SystemSettings};
@@ -254,6 +258,17 @@ impl AgentOS {
             system.scheduler.clone(),
         ));
         root = root.child(memory.supervisor_spec(events.clone()));
+        root = root.child(ChildSpec::actor_in_slot(
+            "sync",
+            Restart::Permanent,
+            SyncActor,
+            SyncArgs {
+                path: checkpoint_dir.join("sync.redb"),
+                changes: system.sync_changes.clone(),
+                events: events.clone(),
+            },
+            system.sync.clone(),
+        ));
         let agents_system = system.clone();
         let (strategy, intensity) = (config.agent_strategy, config.agent_intensity);
         root = root.child(Supervisor::child_spec(
@@ -384,6 +399,128 @@ impl AgentOS {
     /// [`SupervisorEvent::Quarantined`]): when (milliseconds since the Unix epoch) and why.
     pub async fn quarantined(&self, name: &str) -> Result<Vec<(u64, String)>> {
         self.system.journal.quarantined(name).await
+    }
+
+    /// Runs one sync pulse over `agents` by hand (see [`sync`](crate::sync)): waits for each to
+    /// reach a turn boundary, merges what they produced since their last pulse into one digest
+    /// (written to the blackboard and put into each one's context) and returns the record.
+    pub async fn pulse(&self, agents: &[AgentHandle], config: &PulseConfig) -> Result<PulseRecord> {
+        crate::sync::pulse(&self.system, agents, PulseTrigger::Manual, config).await
+    }
+
+    /// The group's drift now (from the kernel's embedding of each agent's state), recorded.
+    pub async fn drift(&self, agents: &[AgentHandle]) -> Result<DriftSample> {
+        crate::sync::measure_drift(&self.system, agents).await
+    }
+
+    /// Works on `task` with `agents` in rounds: in each, every agent answers at once (one
+    /// batched kernel); between rounds a sync pulse (by `config.policy`) shares what they
+    /// found; then the synthesiser (`config.synthesiser`, an agent's name) writes the answer
+    /// from the last round, or without one the medoid contribution is the answer. Returns
+    /// every contribution, the pulses, the drift after each round and the metrics.
+    pub async fn collaborate(
+        &self,
+        task: &str,
+        agents: &[AgentHandle],
+        config: &CollaborateConfig,
+    ) -> Result<Collaboration> {
+        let synthesiser = match &config.synthesiser {
+            Some(name) => Some(
+                self.agent(name)
+                    .ok_or_else(|| RuntimeError::AgentStopped { agent: name.clone() })?,
+            ),
+            None => None,
+        };
+        crate::sync::collaborate(&self.system, task, agents, config, synthesiser).await
+    }
+
+    /// Runs a pulse over `agents` every `every` (at least one second apart) until the returned
+    /// timer is stopped or dropped; with `only_when_drifting`, a tick pulses only when the
+    /// group's drift is above `config.drift_threshold` (trigger `Drift`), else every tick does
+    /// (trigger `Timer`). A pulse that fails is logged and the timer goes on.
+    pub fn sync_every(
+        &self,
+        agents: Vec<AgentHandle>,
+        every: Duration,
+        only_when_drifting: bool,
+        config: PulseConfig,
+    ) -> SyncTimer {
+        let system = self.system.clone();
+        let every = every.max(Duration::from_secs(1));
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let trigger = if only_when_drifting {
+                    match crate::sync::measure_drift(&system, &agents).await {
+                        Ok(s) if s.drift.max > config.drift_threshold => PulseTrigger::Drift {
+                            max: s.drift.max,
+                            threshold: config.drift_threshold,
+                        },
+                        Ok(_) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the sync timer could not measure drift");
+                            continue;
+                        }
+                    }
+                } else {
+                    PulseTrigger::Timer
+                };
+                if let Err(e) = crate::sync::pulse(&system, &agents, trigger, &config).await {
+                    tracing::warn!(error = %e, "a timed sync pulse failed");
+                }
+            }
+        });
+        SyncTimer { task }
+    }
+
+    /// Every pulse run with this checkpoint directory, in order.
+    pub async fn pulses(&self) -> Result<Vec<PulseRecord>> {
+        crate::sync::team::sync_call(&self.system, "the sync actor (pulses)", SyncMsg::Pulses).await
+    }
+
+    /// Every drift sample recorded (the newest 10,000), in order.
+    pub async fn drift_history(&self) -> Result<Vec<DriftSample>> {
+        crate::sync::team::sync_call(&self.system, "the sync actor (drift)", SyncMsg::Samples).await
+    }
+
+    /// Blackboard entries of every area whose key starts with `prefix` (the operator's view).
+    pub async fn blackboard(&self, prefix: &str) -> Result<Vec<Entry>> {
+        let prefix = prefix.to_string();
+        let list = |reply| SyncMsg::List {
+            area: None,
+            prefix,
+            reply,
+        };
+        Ok(crate::sync::team::sync_call(&self.system, "the sync actor (blackboard)", list).await??)
+    }
+
+    /// Blackboard entries of `area` whose key starts with `prefix`, as agent `reader` sees them.
+    pub async fn blackboard_area(&self, area: &Area, reader: &str, prefix: &str) -> Result<Vec<Entry>> {
+        let (area, prefix) = (Some((area.clone(), reader.to_string())), prefix.to_string());
+        let list = |reply| SyncMsg::List { area, prefix, reply };
+        Ok(crate::sync::team::sync_call(&self.system, "the sync actor (blackboard)", list).await??)
+    }
+
+    /// Changes to the blackboard as they happen (lagging receivers miss changes).
+    pub fn watch_blackboard(&self) -> broadcast::Receiver<crate::sync::Change> {
+        self.system.sync_changes.subscribe()
+    }
+
+    /// The leases held now.
+    pub async fn leases(&self) -> Result<Vec<Lease>> {
+        crate::sync::team::sync_call(&self.system, "the sync actor (leases)", SyncMsg::Leases).await
+    }
+
+    /// Every topic subscription.
+    pub async fn subscriptions(&self) -> Result<Vec<Subscription>> {
+        crate::sync::team::sync_call(&self.system, "the sync actor (subscriptions)", SyncMsg::Subscriptions).await
+    }
+
+    /// Counters of the coherence layer.
+    pub async fn sync_stats(&self) -> Result<SyncStats> {
+        crate::sync::team::sync_call(&self.system, "the sync actor (stats)", SyncMsg::Stats).await
     }
 
     /// Counters of the memory system's deep context (pages per tier, demotions, faults from disk).

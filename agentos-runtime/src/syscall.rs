@@ -130,6 +130,13 @@ pub enum Syscall {
     Sleep { ms: u64 },
     /// GET an http(s) URL from an allowed host.
     NetFetch { url: String },
+    /// Read the entry under `key` of the shared blackboard's public area.
+    BoardRead { key: String },
+    /// Write `value` under `key` of the shared blackboard's public area (a write concurrent
+    /// with one this agent has not read is kept as a conflict).
+    BoardWrite { key: String, value: String },
+    /// Publish `text` on `topic` to the agents subscribed to it.
+    Publish { topic: String, text: String },
     /// A user tool registered with the AgentOS, by name, with JSON arguments (kept as JSON
     /// text so the call stays serialisable in every format).
     Tool { name: String, arguments: String },
@@ -169,6 +176,9 @@ pub const SYSCALLS: &[&str] = &[
     "mem_read",
     "sleep",
     "net_fetch",
+    "board_read",
+    "board_write",
+    "publish",
 ];
 
 impl Syscall {
@@ -187,6 +197,9 @@ impl Syscall {
             Syscall::MemRead { .. } => "mem_read",
             Syscall::Sleep { .. } => "sleep",
             Syscall::NetFetch { .. } => "net_fetch",
+            Syscall::BoardRead { .. } => "board_read",
+            Syscall::BoardWrite { .. } => "board_write",
+            Syscall::Publish { .. } => "publish",
             Syscall::Tool { name, .. } => name,
         }
     }
@@ -266,6 +279,23 @@ impl Syscall {
         struct Sleep {
             ms: u64,
         }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct BoardRead {
+            key: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct BoardWrite {
+            key: String,
+            value: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Publish {
+            topic: String,
+            text: String,
+        }
         if let Some(schema) = schema(name) {
             let given = if arguments.is_null() {
                 json!({})
@@ -331,6 +361,23 @@ impl Syscall {
             "sleep" => Syscall::Sleep {
                 ms: args::<Sleep>(name, arguments)?.ms,
             },
+            "board_read" => Syscall::BoardRead {
+                key: args::<BoardRead>(name, arguments)?.key,
+            },
+            "board_write" => {
+                let a: BoardWrite = args(name, arguments)?;
+                Syscall::BoardWrite {
+                    key: a.key,
+                    value: a.value,
+                }
+            }
+            "publish" => {
+                let a: Publish = args(name, arguments)?;
+                Syscall::Publish {
+                    topic: a.topic,
+                    text: a.text,
+                }
+            }
             _ => {
                 if !arguments.is_object() && !arguments.is_null() {
                     return Err(SyscallError::Arguments {
@@ -461,6 +508,15 @@ pub fn schema(name: &str) -> Option<Value> {
             json!({"ms": {"type": "integer", "minimum": 0, "maximum": 3_600_000, "description": "milliseconds to wait"}}),
             &["ms"],
         ),
+        "board_read" => object(json!({"key": short("the entry's key")}), &["key"]),
+        "board_write" => object(
+            json!({"key": short("the entry's key"), "value": string("what to write")}),
+            &["key", "value"],
+        ),
+        "publish" => object(
+            json!({"topic": short("the topic, words separated by dots"), "text": string("the message")}),
+            &["topic", "text"],
+        ),
         _ => return None,
     })
 }
@@ -480,6 +536,9 @@ pub fn description(name: &str) -> Option<&'static str> {
         "mem_write" => "Store a note in long-term memory.",
         "mem_read" => "Look up notes in long-term memory.",
         "sleep" => "Wait for some milliseconds.",
+        "board_read" => "Read an entry of the team's shared blackboard.",
+        "board_write" => "Write an entry of the team's shared blackboard.",
+        "publish" => "Send a message to every agent subscribed to a topic.",
         _ => return None,
     })
 }

@@ -4,13 +4,16 @@
 //! registry, the task journal and the settings calls need. [`AgentOS`](crate::AgentOS) builds it;
 //! the actors and handles only read it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use agentos_kernel::KernelMsg;
+use agentos_memory::PageId;
+use agentos_sync::blackboard::Change;
 use ractor::ActorRef;
+use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
 use crate::agent::journal::Journal;
@@ -20,6 +23,7 @@ use crate::error::{Result, RuntimeError};
 use crate::mmu::MemorySystem;
 use crate::scheduler::SchedulerMsg;
 use crate::supervisor::{ActorSlot, ChildSpec, SupervisorEvent, SupervisorMsg};
+use crate::sync::SyncMsg;
 use crate::syscall::mcp::McpConnection;
 use crate::syscall::{SyscallConfig, Tool};
 use crate::types::Pid;
@@ -52,7 +56,18 @@ pub(crate) struct System {
     pub roles: RoleSet,
     /// Mounted MCP servers (their tools are in `tools`).
     pub mcp: Vec<Arc<McpConnection>>,
+    /// The coherence layer's actor.
+    pub sync: ActorSlot<SyncMsg>,
+    /// Blackboard changes, to watchers (kept here: it outlives restarts of the sync actor).
+    pub sync_changes: broadcast::Sender<Change>,
+    /// The digest page each agent with memory has pinned (replaced by the next pulse's).
+    pins: Mutex<HashMap<String, PageId>>,
+    /// Embeddings of texts drift was measured on lately, by SHA-256 of the text (newest last).
+    embeddings: Mutex<VecDeque<([u8; 32], Vec<f32>)>>,
 }
+
+/// Embeddings kept for drift measurements: a collaboration's replies and digests.
+const EMBEDDINGS_KEPT: usize = 512;
 
 #[derive(Default)]
 pub(crate) struct Registry {
@@ -123,7 +138,31 @@ impl System {
             tools: settings.tools,
             roles: settings.roles,
             mcp: settings.mcp,
+            sync: ActorSlot::new(),
+            sync_changes: broadcast::channel(1024).0,
+            pins: Mutex::new(HashMap::new()),
+            embeddings: Mutex::new(VecDeque::new()),
         }
+    }
+
+    pub fn cached_embedding(&self, text: &str) -> Option<Vec<f32>> {
+        let key: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        let cache = self.embeddings.lock().unwrap_or_else(|e| e.into_inner());
+        cache.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+    }
+
+    pub fn cache_embedding(&self, text: &str, vector: Vec<f32>) {
+        let key: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        let mut cache = self.embeddings.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|(k, _)| *k != key);
+        cache.push_back((key, vector));
+        while cache.len() > EMBEDDINGS_KEPT {
+            cache.pop_front();
+        }
+    }
+
+    pub fn pins(&self) -> MutexGuard<'_, HashMap<String, PageId>> {
+        self.pins.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn registry(&self) -> MutexGuard<'_, Registry> {

@@ -1,6 +1,8 @@
 //! Research team: a researcher, a critic and a writer, each declared with `#[agent]`, work on one
-//! question. The researcher drafts notes, the critic reads them (sent agent to agent) and points
-//! out what is weak, the writer gets both and writes the synthesis. Prints every contribution.
+//! question. The researcher drafts notes while the critic lists the pitfalls of the question (the
+//! two turns run at once, batched in the kernel); the critic then reads the notes (sent agent to
+//! agent) and points out what is weak; the writer gets all of it and writes the synthesis.
+//! Prints every contribution. (`team_sync` does the same with sync pulses between rounds.)
 //!
 //! ```text
 //! cargo run --release --example research_team -- ["your question"] [--model PATH] [--dtype f16|f32|auto] [--device NAME]
@@ -78,11 +80,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let writer = os.spawn(Writer).await?;
     println!("Question: {question}\n");
 
-    let notes = researcher.ask(format!("Research this question: {question}")).await?;
+    // Independent work runs at once: the kernel batches the two generations.
+    let (notes, pitfalls) = tokio::join!(
+        researcher.ask(format!("Research this question: {question}")),
+        critic.ask(format!(
+            "Before any answer: what is easy to get wrong about this question? {question}"
+        ))
+    );
+    let (notes, pitfalls) = (notes?, pitfalls?);
     println!(
         "== Researcher ({} tokens)\n{}\n",
         notes.completion_tokens,
         notes.text.trim()
+    );
+    println!(
+        "== Critic, beforehand ({} tokens)\n{}\n",
+        pitfalls.completion_tokens,
+        pitfalls.text.trim()
     );
 
     researcher.send(&critic, notes.text.clone()).await?;

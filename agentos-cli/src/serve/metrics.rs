@@ -291,6 +291,50 @@ impl Metrics {
                 faults,
             );
         }
+        if let Ok(sync) = os.sync_stats().await {
+            metric(
+                &mut out,
+                "agentos_sync_pulses_total",
+                "counter",
+                "Sync pulses run",
+                sync.pulses as u64,
+            );
+            metric(
+                &mut out,
+                "agentos_sync_tokens_injected_total",
+                "counter",
+                "Tokens of pulse digests put into agents' contexts",
+                sync.tokens_injected,
+            );
+            metric(
+                &mut out,
+                "agentos_blackboard_entries",
+                "gauge",
+                "Blackboard entries",
+                sync.board.entries as u64,
+            );
+            metric(
+                &mut out,
+                "agentos_blackboard_conflicts_total",
+                "counter",
+                "Blackboard writes kept as conflicts (concurrent with a value the writer had not read)",
+                sync.board.conflicts,
+            );
+            metric(
+                &mut out,
+                "agentos_topic_publications_total",
+                "counter",
+                "Topic publications",
+                sync.publications,
+            );
+            metric(
+                &mut out,
+                "agentos_leases_held",
+                "gauge",
+                "Leases held on shared resources",
+                sync.leases as u64,
+            );
+        }
         if let Ok(m) = os.memory_stats().await {
             metric(
                 &mut out,

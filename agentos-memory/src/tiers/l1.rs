@@ -85,6 +85,16 @@ pub enum L1Msg {
         k: usize,
         reply: RpcReplyPort<Result<Vec<PageView>>>,
     },
+    /// Keep `text` as one page pinned in the window: it is in every prompt from the next turn on
+    /// and is not evicted while another page can be (the hard budget still wins: when pinned
+    /// pages alone are over it, the oldest pinned page goes). Pins in place of the page
+    /// `replaces` (which goes back to being an ordinary page); durable before the reply. Pins
+    /// are kept by this actor: after an L1 restart the page is in the window but unpinned.
+    Pin {
+        text: String,
+        replaces: Option<PageId>,
+        reply: RpcReplyPort<Result<PageId>>,
+    },
     /// The context the latest `Assemble` returned (what the model saw in the last turn).
     LastContext(RpcReplyPort<Option<ActiveContext>>),
     Stats(RpcReplyPort<L1Stats>),
@@ -105,6 +115,8 @@ pub struct L1Actor;
 pub struct L1State {
     args: L1Args,
     window: Vec<(CognitivePage, PageEntry)>,
+    /// Pages of the window that eviction passes over while it can (oldest first).
+    pinned: Vec<PageId>,
     turn: u64,
     /// Tokens ingested so far: the next page's span starts here.
     stream_pos: u64,
@@ -141,6 +153,7 @@ impl Actor for L1Actor {
         let mut state = L1State {
             args,
             window,
+            pinned: Vec::new(),
             turn,
             stream_pos,
             last_context: None,
@@ -175,6 +188,10 @@ impl Actor for L1Actor {
             }
             L1Msg::Recall { query, k, reply } => {
                 let r = state.recall(query, k).await;
+                let _ = reply.send(r);
+            }
+            L1Msg::Pin { text, replaces, reply } => {
+                let r = state.pin(text, replaces).await;
                 let _ = reply.send(r);
             }
             L1Msg::LastContext(reply) => {
@@ -303,13 +320,20 @@ impl L1State {
         self.stats.context_full_interrupts += 1;
         let weights = &self.args.config.importance;
         let now = self.turn;
-        let mut order: Vec<(f32, usize)> = self
+        // Pinned pages come last in the order (oldest pin first among them): they go only when
+        // the other pages alone cannot bring the window under the budget.
+        let pinned_rank = |id: PageId| self.pinned.iter().position(|p| *p == id);
+        let mut order: Vec<(bool, usize, f32, usize)> = self
             .window
             .iter()
             .enumerate()
-            .map(|(i, (_, e))| (weights.importance(e, now), i))
+            .map(|(i, (p, e))| match pinned_rank(p.id) {
+                Some(rank) => (true, rank, 0.0, i),
+                None => (false, 0, weights.importance(e, now), i),
+            })
             .collect();
-        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.total_cmp(&b.2)));
+        let order: Vec<(f32, usize)> = order.into_iter().map(|(_, _, w, i)| (w, i)).collect();
         let mut tokens = self.tokens();
         let mut out = Vec::new();
         for (_, i) in order {
@@ -321,6 +345,7 @@ impl L1State {
         }
         out.sort_unstable_by(|a, b| b.cmp(a));
         let ids: Vec<PageId> = out.iter().map(|&i| self.window.remove(i).0.id).collect();
+        self.pinned.retain(|p| !ids.contains(p));
         tracing::debug!(agent = %self.args.owner, evicted = ids.len(), budget, "context full: pages evicted to L2");
         self.stats.evictions += ids.len() as u64;
         let l2 = self.l2()?;
@@ -415,6 +440,54 @@ impl L1State {
         Ok(ids)
     }
 
+    async fn pin(&mut self, text: String, replaces: Option<PageId>) -> Result<PageId> {
+        let analysis = self.args.attention.analyze(text.clone(), false).await?;
+        let tokens = analysis.pieces.len();
+        let embedding = self.embed_one(&text).await?;
+        let draft = PageDraft {
+            text,
+            tokens: tokens as u32,
+            span: (self.stream_pos, self.stream_pos + tokens as u64),
+            density: 0.0,
+            embedding,
+        };
+        let l2 = self.l2()?;
+        let (owner, turn) = (self.args.owner.clone(), self.turn);
+        let store = |reply| L2Msg::Store {
+            owner,
+            turn,
+            drafts: vec![draft],
+            tier: Tier::L1,
+            reply,
+        };
+        let page = ask(&l2, "L2", self.args.config.tier_timeout, store)
+            .await??
+            .pop()
+            .ok_or(MemoryError::Kernel {
+                what: "store the pinned page",
+                detail: "no page came back".into(),
+            })?;
+        self.stream_pos += tokens as u64;
+        self.stats.pages_written += 1;
+        self.stats.tokens_written += page.tokens as u64;
+        if let Some(old) = replaces {
+            self.pinned.retain(|p| *p != old);
+        }
+        let id = page.id;
+        if !self.window.iter().any(|(p, _)| p.id == id) {
+            let mut entry = PageEntry::new(&page, Tier::L1);
+            entry.last_access_turn = turn;
+            self.window.push((page, entry));
+        }
+        if !self.pinned.contains(&id) {
+            self.pinned.push(id);
+        }
+        let reserved = self.last_context.as_ref().map_or(0, |c| c.reserved_tokens);
+        self.evict_to(self.args.config.l1_budget_tokens.saturating_sub(reserved))
+            .await?;
+        Ok(id)
+    }
+
     async fn recall(&mut self, query: String, k: usize) -> Result<Vec<PageView>> {
         let hits = self.search(query, k, 0.0, false).await?;
         Ok(hits
@@ -496,6 +569,44 @@ mod tests {
         let context = assemble(&tiers.l1, "vault code", 64).await.unwrap();
         assert_eq!((context.page_budget, context.tokens), (0, 0));
         assert!(context.pages.is_empty());
+        tiers.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_pinned_page_stays_in_the_window_while_others_are_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let tiers = Tiers::start(&dir.path().join("kb.redb"), config()).await;
+        let text = "Shared state: the vault code is 2468".to_string();
+        let pinned = ractor::call!(tiers.l1, |reply| L1Msg::Pin {
+            text,
+            replaces: None,
+            reply
+        })
+        .unwrap()
+        .unwrap();
+        // Far more than the 64-token budget, on other subjects.
+        for i in 0..12 {
+            let text = format!("Note {i}: rivers and mountains and forests and lakes and roads number {i}");
+            ractor::call!(tiers.l1, |reply| L1Msg::Ingest { text, reply })
+                .unwrap()
+                .unwrap();
+        }
+        let context = assemble(&tiers.l1, "rivers and mountains", 8).await.unwrap();
+        assert!(context.tokens <= 56, "{context:?}");
+        assert!(context.pages.iter().any(|p| p.id == pinned), "{context:?}");
+        assert!(ractor::call!(tiers.l1, L1Msg::Stats).unwrap().evictions > 0);
+
+        // A new pin in place of the old: the old one is an ordinary page again, and goes first.
+        let text = "Shared state: the vault code is 1357".to_string();
+        let next = ractor::call!(tiers.l1, |reply| L1Msg::Pin {
+            text,
+            replaces: Some(pinned),
+            reply
+        })
+        .unwrap()
+        .unwrap();
+        let context = assemble(&tiers.l1, "rivers and mountains", 8).await.unwrap();
+        assert!(context.pages.iter().any(|p| p.id == next), "{context:?}");
         tiers.stop().await;
     }
 }

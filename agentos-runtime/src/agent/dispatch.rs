@@ -19,6 +19,7 @@ use crate::agent::record::SharedRecord;
 use crate::agent::{AgentSpec, Delivered, TaskOutcome};
 use crate::error::RuntimeError;
 use crate::rpc;
+use crate::sync::{Area, Put};
 use crate::syscall::wire::{ToolDescription, call_grammar, check_schema};
 use crate::syscall::{SYSCALLS, Syscall, SyscallError, description, drivers, schema};
 use crate::system::System;
@@ -184,6 +185,41 @@ async fn run(caller: &Caller<'_>, call: &Syscall) -> Result<Value, SyscallError>
             let pages = handle().recall(query.clone(), k).await.map_err(failed)?;
             let notes: Vec<&str> = pages.iter().map(|page| page.text.trim()).collect();
             Ok(json!({ "notes": notes }))
+        }
+        Syscall::BoardRead { key } => {
+            let entry = handle().read_board(&Area::Public, key).await.map_err(failed)?;
+            let entry = entry.ok_or_else(|| SyscallError::NotFound(format!("no blackboard entry `{key}`")))?;
+            let others: Vec<String> = entry
+                .siblings
+                .iter()
+                .map(|s| match &s.value {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            Ok(json!({
+                "key": key,
+                "value": entry.text(),
+                "author": entry.author,
+                "version": entry.lamport,
+                "conflicting_values": others,
+            }))
+        }
+        Syscall::BoardWrite { key, value } => {
+            let value = Value::String(value.clone());
+            match handle().write_board(&Area::Public, key, value).await.map_err(failed)? {
+                Put::Written(e) => Ok(json!({ "written": key, "version": e.lamport })),
+                Put::Conflict(e) => Ok(json!({
+                    "written": key,
+                    "conflict": "another agent wrote this entry since you last read it: both values are kept; read it, then write the merged value",
+                    "version": e.lamport,
+                })),
+            }
+        }
+        Syscall::Publish { topic, text } => {
+            let published = handle().publish(topic, text.clone()).await.map_err(failed)?;
+            let delivered: Vec<&str> = published.delivered.iter().map(|(name, _)| name.as_str()).collect();
+            Ok(json!({ "topic": topic, "seq": published.seq, "delivered_to": delivered }))
         }
         Syscall::Sleep { ms } => {
             let wait = Duration::from_millis(*ms).min(config.max_sleep);

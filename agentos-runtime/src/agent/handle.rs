@@ -5,7 +5,9 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use agentos_kernel::FinishReason;
 use agentos_memory::{ActiveContext, L1Msg, L1Stats, PageId, PageView};
@@ -22,6 +24,8 @@ use crate::agent::{AgentMsg, Response, StreamEvent, TaskFailure, TaskInput, Task
 use crate::error::{Result, RuntimeError};
 use crate::rpc;
 use crate::supervisor::SupervisorMsg;
+use crate::sync::team::sync_call;
+use crate::sync::{Area, Cas, Contribution, Entry, Lease, Published, Put, SyncMsg, TopicFilter};
 use crate::syscall::{Syscall, SyscallError};
 use crate::system::System;
 use crate::types::{AgentInfo, AgentState, Pid, Priority, TaskId};
@@ -219,6 +223,177 @@ impl AgentHandle {
         self.submit(&to.record, input, TaskReply::Nobody).await
     }
 
+    /// Delivers `text` to this agent as a message from `from` (a system sender such as `sync`),
+    /// through the same durable inbox as [`send`](Self::send).
+    pub(crate) async fn deliver(&self, from: &str, text: String) -> Result<TaskId> {
+        let input = TaskInput::Deliver {
+            from: from.to_string(),
+            text,
+        };
+        self.submit(&self.record, input, TaskReply::Nobody).await
+    }
+
+    /// The blackboard entry under `key` in `area` (and it becomes this agent's context for its
+    /// next write there: see [`blackboard`](agentos_sync::blackboard)).
+    pub async fn read_board(&self, area: &Area, key: &str) -> Result<Option<Entry>> {
+        let (area, key, reader) = (area.clone(), key.to_string(), self.record.name.clone());
+        let get = |reply| SyncMsg::Get {
+            area,
+            key,
+            reader,
+            reply,
+        };
+        Ok(sync_call(&self.system, "the sync actor (blackboard)", get).await??)
+    }
+
+    /// Entries of `area` whose key starts with `prefix`, in key order.
+    pub async fn list_board(&self, area: &Area, prefix: &str) -> Result<Vec<Entry>> {
+        let (area, prefix) = (Some((area.clone(), self.record.name.clone())), prefix.to_string());
+        let list = |reply| SyncMsg::List { area, prefix, reply };
+        Ok(sync_call(&self.system, "the sync actor (blackboard)", list).await??)
+    }
+
+    /// Writes `value` under `key` in `area` as this agent. A write concurrent with one this
+    /// agent has not read is kept beside it as a conflict ([`Put::Conflict`]), never lost.
+    pub async fn write_board(&self, area: &Area, key: &str, value: serde_json::Value) -> Result<Put> {
+        let (area, key, author) = (area.clone(), key.to_string(), self.record.name.clone());
+        let put = |reply| SyncMsg::Put {
+            area,
+            key,
+            value,
+            author,
+            reply,
+        };
+        Ok(sync_call(&self.system, "the sync actor (blackboard)", put).await??)
+    }
+
+    /// Writes `value` under `key` only if the entry is at Lamport version `expected` (`None`:
+    /// only if absent) and not in conflict.
+    pub async fn cas_board(
+        &self,
+        area: &Area,
+        key: &str,
+        expected: Option<u64>,
+        value: serde_json::Value,
+    ) -> Result<Cas> {
+        let (area, key, author) = (area.clone(), key.to_string(), self.record.name.clone());
+        let cas = |reply| SyncMsg::Cas {
+            area,
+            key,
+            expected,
+            value,
+            author,
+            reply,
+        };
+        Ok(sync_call(&self.system, "the sync actor (blackboard)", cas).await??)
+    }
+
+    /// Joins `group`, whose blackboard area only members read and write.
+    pub async fn join_group(&self, group: &str) -> Result<()> {
+        let (group, agent) = (group.to_string(), self.record.name.clone());
+        let join = |reply| SyncMsg::Join { group, agent, reply };
+        Ok(sync_call(&self.system, "the sync actor (groups)", join).await??)
+    }
+
+    /// Subscribes this agent to the topics `filter` takes: each matching publication is
+    /// delivered to it as a message from `<publisher>@<topic>`. Returns the subscription's id.
+    pub async fn subscribe(&self, filter: TopicFilter) -> Result<u64> {
+        let subscriber = self.record.name.clone();
+        let sub = |reply| SyncMsg::Subscribe {
+            subscriber,
+            filter,
+            reply,
+        };
+        Ok(sync_call(&self.system, "the sync actor (subscribe)", sub).await??)
+    }
+
+    pub async fn unsubscribe(&self, id: u64) -> Result<bool> {
+        let subscriber = self.record.name.clone();
+        let unsub = |reply| SyncMsg::Unsubscribe { subscriber, id, reply };
+        Ok(sync_call(&self.system, "the sync actor (unsubscribe)", unsub).await??)
+    }
+
+    /// Publishes `text` on `topic`: it is written to every matching subscriber's durable inbox
+    /// (as [`send`](Self::send) does) before this returns. Publications of one publisher reach
+    /// each subscriber in the order they were published.
+    pub async fn publish(&self, topic: &str, text: impl Into<String>) -> Result<Published> {
+        // One publication of this agent at a time: sequence order is delivery order.
+        let _order = self.record.publishing.lock().await;
+        let (publisher, topic, text) = (self.record.name.clone(), topic.to_string(), text.into());
+        let publish = |reply| SyncMsg::Publish {
+            publisher,
+            topic,
+            text,
+            reply,
+        };
+        let (publication, recipients) = sync_call(&self.system, "the sync actor (publish)", publish).await??;
+        let from = format!("{}@{}", publication.publisher, publication.topic);
+        let mut published = Published {
+            topic: publication.topic.clone(),
+            seq: publication.seq,
+            delivered: Vec::new(),
+            missed: Vec::new(),
+        };
+        for name in recipients {
+            let record = {
+                let registry = self.system.registry();
+                registry
+                    .by_name
+                    .get(&name)
+                    .and_then(|pid| registry.by_pid.get(pid).cloned())
+            };
+            let Some(record) = record else {
+                published.missed.push((name, "not running".into()));
+                continue;
+            };
+            let target = AgentHandle::new(record, self.system.clone());
+            match target.deliver(&from, publication.text.clone()).await {
+                Ok(task) => published.delivered.push((name, task)),
+                Err(e) => published.missed.push((name, e.to_string())),
+            }
+        }
+        Ok(published)
+    }
+
+    /// Takes an exclusive lease on `resource` for `term`, waiting up to `wait` behind earlier
+    /// askers (served in order). A lease ends when released, when its term passes, or when
+    /// this agent crashes or stops.
+    pub async fn lease(&self, resource: &str, term: Duration, wait: Duration) -> Result<Lease> {
+        static TICKETS: AtomicU64 = AtomicU64::new(1);
+        let ticket = TICKETS.fetch_add(1, Ordering::Relaxed);
+        let actor = self.system.sync.get().ok_or_else(|| self.system.down_error())?;
+        let (resource, holder) = (resource.to_string(), self.record.name.clone());
+        let term_ms = term.as_millis().min(u64::MAX as u128) as u64;
+        let acquire = |reply| SyncMsg::Acquire {
+            resource: resource.clone(),
+            holder,
+            term_ms,
+            ticket,
+            reply,
+        };
+        let what = format!("the lease on {resource}");
+        let gone = || self.system.down_error();
+        match rpc::call(&actor, &what, wait.max(Duration::from_millis(1)), acquire, gone).await {
+            Ok(lease) => Ok(lease?),
+            Err(e) => {
+                let _ = actor.cast(SyncMsg::CancelWait { resource, ticket });
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends `lease` (held by this agent); the next waiter gets it.
+    pub async fn release(&self, lease: &Lease) -> Result<()> {
+        let (resource, id, holder) = (lease.resource.clone(), lease.id, self.record.name.clone());
+        let release = |reply| SyncMsg::Release {
+            resource,
+            id,
+            holder,
+            reply,
+        };
+        Ok(sync_call(&self.system, "the sync actor (release)", release).await??)
+    }
+
     /// Journals a task for `target`, then queues it there.
     async fn submit(&self, target: &SharedRecord, input: TaskInput, reply: TaskReply) -> Result<TaskId> {
         self.system.check_accepting()?;
@@ -226,6 +401,23 @@ impl AgentHandle {
         let journal = &self.system.journal;
         let id = journal.next_id();
         journal.append(id, &target.name, &input).await?;
+        // A message is part of what its recipient perceived: the next sync pulse merges it
+        // (not the pulses' own digests).
+        if let TaskInput::Deliver { from, text } = &input
+            && from != "sync"
+            && let Some(sync) = self.system.sync.get()
+        {
+            let perception = Contribution {
+                agent: target.name.clone(),
+                round: target.turns.load(std::sync::atomic::Ordering::Relaxed) as u32,
+                text: text.clone(),
+                from: Some(from.clone()),
+            };
+            let _ = sync.cast(SyncMsg::Perceived {
+                agent: target.name.clone(),
+                perception,
+            });
+        }
         if let Err(e) = target.enqueue(id, input, reply, 0) {
             // Closed while the task was being written: record that it will not run.
             let outcome = TaskOutcome::Failed(TaskFailure::from(&e));
@@ -304,6 +496,12 @@ impl AgentHandle {
         }
         self.system.forget_agent(record);
         self.system.memory.stop_l1(&record.name).await;
+        if let Some(sync) = self.system.sync.get() {
+            let _ = sync.cast(SyncMsg::AgentGone {
+                agent: record.name.clone(),
+                stopped: true,
+            });
+        }
         // The start function refers to the record: let go of it, or the two keep each other.
         record.child.lock().unwrap_or_else(|e| e.into_inner()).take();
         Ok(())

@@ -102,6 +102,8 @@ pub(crate) struct AgentRecord {
     queued: watch::Sender<usize>,
     /// How the agent supervisor (re)starts this agent; also used to rebuild the supervisor.
     pub child: Mutex<Option<ChildSpec>>,
+    /// Held while this agent publishes: its publications are delivered in sequence order.
+    pub publishing: tokio::sync::Mutex<()>,
 }
 
 impl AgentRecord {
@@ -126,6 +128,7 @@ impl AgentRecord {
             }),
             queued: watch::Sender::new(0),
             child: Mutex::new(None),
+            publishing: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -30,3 +30,5 @@ mod runtime_scheduler;
 mod runtime_supervisor;
 mod runtime_syscalls;
 mod runtime_tools;
+mod sync_board;
+mod sync_model;

@@ -231,3 +231,55 @@ async fn a_collaboration_runs_rounds_with_a_pulse_between_them() {
     assert!(result.pulses.is_empty() && result.metrics.gamma.is_none());
     os.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulse_timer_fires_on_drift_only_when_the_group_has_drifted() {
+    let os = model_os().await;
+    let a = os.spawn_named("A", Probe { key: key("ta") }).await.unwrap();
+    let b = os.spawn_named("B", Probe { key: key("tb") }).await.unwrap();
+    let (ra, rb) = tokio::join!(
+        a.ask("What is the capital of France?"),
+        b.ask("Write a short poem about a sailing ship in a storm.")
+    );
+    ra.unwrap();
+    rb.unwrap();
+    let agents = vec![a.clone(), b.clone()];
+
+    // A threshold no drift reaches: the timer measures, and never pulses.
+    let calm = PulseConfig {
+        drift_threshold: 2.5,
+        ..PulseConfig::default()
+    };
+    let timer = os.sync_every(agents.clone(), Duration::from_secs(1), true, calm);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    timer.stop();
+    assert!(os.pulses().await.unwrap().is_empty());
+    assert!(
+        !os.drift_history().await.unwrap().is_empty(),
+        "the timer measured drift"
+    );
+
+    // A threshold below the group's drift: the next tick pulses, triggered by drift.
+    let eager = PulseConfig {
+        drift_threshold: 0.0,
+        ..PulseConfig::default()
+    };
+    let timer = os.sync_every(agents, Duration::from_secs(1), true, eager);
+    let mut pulses = Vec::new();
+    for _ in 0..100 {
+        pulses = os.pulses().await.unwrap();
+        if !pulses.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(timer);
+    let first = pulses.first().expect("a pulse within 10 s");
+    assert!(
+        matches!(first.trigger, PulseTrigger::Drift { max, threshold } if max > threshold && threshold == 0.0),
+        "{:?}",
+        first.trigger
+    );
+    assert_eq!(first.contributions, 2);
+    os.shutdown().await.unwrap();
+}

@@ -339,9 +339,7 @@ impl AgentOS {
 
     /// The running agent called `name`.
     pub fn agent(&self, name: &str) -> Option<AgentHandle> {
-        let registry = self.system.registry();
-        let pid = registry.by_name.get(name)?;
-        let record = registry.by_pid.get(pid)?.clone();
+        let record = self.system.record(name)?;
         Some(AgentHandle::new(record, self.system.clone()))
     }
 

@@ -169,6 +169,13 @@ impl System {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The record of the running agent called `name`.
+    pub fn record(&self, name: &str) -> Option<SharedRecord> {
+        let registry = self.registry();
+        let pid = registry.by_name.get(name)?;
+        registry.by_pid.get(pid).cloned()
+    }
+
     pub fn records(&self) -> Vec<SharedRecord> {
         self.registry().by_pid.values().cloned().collect()
     }

@@ -152,15 +152,10 @@ async fn run(caller: &Caller<'_>, call: &Syscall) -> Result<Value, SyscallError>
         }
         Syscall::NetFetch { url } => drivers::net_fetch(config, url).await,
         Syscall::SendMsg { to, text } => {
-            let target = {
-                let registry = caller.system.registry();
-                let record = registry
-                    .by_name
-                    .get(to)
-                    .and_then(|pid| registry.by_pid.get(pid))
-                    .cloned();
-                record.ok_or_else(|| SyscallError::NotFound(format!("no agent named `{to}`")))?
-            };
+            let target = caller
+                .system
+                .record(to)
+                .ok_or_else(|| SyscallError::NotFound(format!("no agent named `{to}`")))?;
             let target = AgentHandle::new(target, caller.system.clone());
             if target.name() == caller.record.name {
                 return Err(SyscallError::Denied("an agent cannot send a message to itself".into()));

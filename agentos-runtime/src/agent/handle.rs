@@ -335,14 +335,7 @@ impl AgentHandle {
             missed: Vec::new(),
         };
         for name in recipients {
-            let record = {
-                let registry = self.system.registry();
-                registry
-                    .by_name
-                    .get(&name)
-                    .and_then(|pid| registry.by_pid.get(pid).cloned())
-            };
-            let Some(record) = record else {
+            let Some(record) = self.system.record(&name) else {
                 published.missed.push((name, "not running".into()));
                 continue;
             };

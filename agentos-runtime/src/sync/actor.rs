@@ -125,6 +125,12 @@ pub(crate) enum SyncMsg {
         reply: Reply<()>,
     },
     RecordDrift(DriftSample),
+    /// The digest vector each of `agents` holds: that of the last pulse that merged it (agents
+    /// never merged, or merged by a pulse that merged nothing, are left out).
+    HeldDigests {
+        agents: Vec<String>,
+        reply: RpcReplyPort<BTreeMap<String, Vec<f32>>>,
+    },
     Pulses(RpcReplyPort<Vec<PulseRecord>>),
     Samples(RpcReplyPort<Vec<DriftSample>>),
     Leases(RpcReplyPort<Vec<Lease>>),
@@ -454,6 +460,16 @@ impl Actor for SyncActor {
                 if state.samples.len() > MAX_SAMPLES {
                     state.samples.remove(0);
                 }
+            }
+            SyncMsg::HeldDigests { agents, reply } => {
+                let mut held = BTreeMap::new();
+                for agent in agents {
+                    let last = state.pulses.iter().rev().find(|p| p.participants.contains(&agent));
+                    if let Some(p) = last.filter(|p| !p.digest_vector.is_empty()) {
+                        held.insert(agent, p.digest_vector.clone());
+                    }
+                }
+                let _ = reply.send(held);
             }
             SyncMsg::Pulses(reply) => {
                 let _ = reply.send(state.pulses.clone());

@@ -238,14 +238,11 @@ async fn digest_vector(system: &System, contributions: &[Contribution]) -> Resul
     Ok(unit(&sum).unwrap_or_default())
 }
 
-/// The digest vector `agent` holds: that of the last pulse that merged it.
-fn held_digest(pulses: &[PulseRecord], agent: &str) -> Option<Vec<f32>> {
-    pulses
-        .iter()
-        .rev()
-        .find(|p| p.participants.iter().any(|a| a == agent))
-        .map(|p| p.digest_vector.clone())
-        .filter(|v| !v.is_empty())
+/// The digest vector each of `agents` holds (see [`SyncMsg::HeldDigests`]).
+async fn held_digests(system: &System, agents: &[&AgentHandle]) -> Result<BTreeMap<String, Vec<f32>>> {
+    let agents = agents.iter().map(|a| a.name().to_string()).collect();
+    let held = |reply| SyncMsg::HeldDigests { agents, reply };
+    sync_call(system, "the sync actor (held digests)", held).await
 }
 
 async fn latest_reply(agent: &AgentHandle) -> Result<String> {
@@ -263,13 +260,13 @@ async fn latest_reply(agent: &AgentHandle) -> Result<String> {
 
 /// Measures the group's drift now and records the sample.
 pub(crate) async fn measure_drift(system: &System, agents: &[AgentHandle]) -> Result<DriftSample> {
-    let pulses = sync_call(system, "the sync actor (pulses)", SyncMsg::Pulses).await?;
+    let mut held = held_digests(system, &agents.iter().collect::<Vec<_>>()).await?;
     let mut states = Vec::with_capacity(agents.len());
     for agent in agents {
         let reply = latest_reply(agent).await?;
         states.push(State {
             agent: agent.name().to_string(),
-            digest: held_digest(&pulses, agent.name()),
+            digest: held.remove(agent.name()),
             reply,
         });
     }
@@ -290,7 +287,7 @@ pub(crate) async fn pulse(
     trigger: PulseTrigger,
     config: &PulseConfig,
 ) -> Result<PulseRecord> {
-    system.memory.model.as_ref().ok_or(RuntimeError::NoKernel)?;
+    let model = system.memory.model.clone().ok_or(RuntimeError::NoKernel)?;
     let triggered_ms = now_ms();
     let started = Instant::now();
 
@@ -314,7 +311,7 @@ pub(crate) async fn pulse(
     let start = sync_call(system, "the sync actor (pulse)", SyncMsg::BeginPulse).await?;
     let (id, marks) = (start.id, start.marks);
     let mut merged = BTreeMap::new();
-    let pulses = sync_call(system, "the sync actor (pulses)", SyncMsg::Pulses).await?;
+    let mut held = held_digests(system, &participants).await?;
     let mut contributions = Vec::new();
     let mut latest = HashMap::new();
     let mut new_marks = BTreeMap::new();
@@ -339,7 +336,11 @@ pub(crate) async fn pulse(
                 from: None,
             });
         }
-        latest.insert(agent.name().to_string(), latest_reply(agent).await?);
+        let reply = match history.last() {
+            Some(turn) => turn.reply.clone(),
+            None => latest_reply(agent).await?,
+        };
+        latest.insert(agent.name().to_string(), reply);
         new_marks.insert(agent.name().to_string(), turns);
     }
     let conflicts = contradictions(&contributions, config.min_overlap);
@@ -379,7 +380,7 @@ pub(crate) async fn pulse(
         .iter()
         .map(|a| State {
             agent: a.name().to_string(),
-            digest: held_digest(&pulses, a.name()),
+            digest: held.remove(a.name()),
             reply: latest[a.name()].clone(),
         })
         .collect();
@@ -387,7 +388,6 @@ pub(crate) async fn pulse(
     let merged_vector = digest_vector(system, &contributions).await?;
 
     // 3. Injection: a pinned L1 page, or a delivered message.
-    let model = system.memory.model.clone().ok_or(RuntimeError::NoKernel)?;
     let digest_tokens = model.count_tokens(digest_text.clone()).await? as u64;
     let mut tokens_injected = 0;
     for agent in &participants {

@@ -68,6 +68,10 @@ step("spawn", "/spawn critic\r", ["spawned Critic-2", "you> "])
 step("kill", "/kill Critic-2\r", ["stopped Critic-2", "you> "])
 step("model", "/model\r", ["layers", "you> "])
 step("question", "What is the capital of France?\r", ["── Researcher ──", "── Critic ──", "── Writer ──", "you> "], timeout=300)
+# After the answer a sync pulse merged the workers' answers: /sync lists it, and the
+# blackboard holds its digest.
+step("sync", "/sync\r", ["PULSE", "Manual", "you> "])
+step("blackboard", "/blackboard pulse/1/\r", ["pulse/1/digest", "you> "])
 # Ctrl-C as soon as the first agent starts to speak: the answer is cancelled.
 step("long_question", "Write a long essay on the history of lighthouses.\r", ["── "], timeout=120)
 step("cancel", "\x03", ["[cancelled]", "you> "], timeout=60)

@@ -300,6 +300,8 @@ async fn errors_are_openai_error_objects_with_the_right_status() {
         "agentos_kernel_preemptions_total",
         "agentos_agent_tokens_total{agent=\"Helper\"}",
         "agentos_memory_page_faults_total",
+        "agentos_sync_pulses_total",
+        "agentos_blackboard_entries",
     ] {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }

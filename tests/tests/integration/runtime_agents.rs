@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use agentos_runtime::prelude::*;
 
+use crate::support::eventually;
+
 /// You take notes.
 #[agent(name = "Notes", role = "note-taker", priority = Low, custom_hooks)]
 #[derive(Default, Serialize, Deserialize)]
@@ -55,17 +57,6 @@ impl AgentHooks for Fragile {
             panic!("injected fault in prepare");
         }
     }
-}
-
-/// Waits (up to 10 s) for `condition`: actor states are dropped just after a stop is reported.
-async fn eventually(condition: impl Fn() -> bool) {
-    for _ in 0..1000 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the condition did not hold within 10 s");
 }
 
 async fn no_kernel_os() -> AgentOS {

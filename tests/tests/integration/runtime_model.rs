@@ -8,20 +8,12 @@ use std::time::Duration;
 use agentos_kernel::{ChatMessage, GenerateRequest, GenerationEvent};
 use agentos_runtime::prelude::*;
 
-use crate::support::kernel_args;
+use crate::support::{kernel_args, model_os};
 
 /// You are a helpful assistant.
 #[agent(name = "Plain", max_tokens = 12)]
 #[derive(Default, Serialize, Deserialize)]
 struct Plain;
-
-async fn model_os() -> AgentOS {
-    AgentOS::builder()
-        .kernel(kernel_args())
-        .start()
-        .await
-        .expect("the tree starts with the model")
-}
 
 #[tokio::test]
 async fn an_agent_asks_the_model_what_the_kernel_would_answer_and_streams_it() {

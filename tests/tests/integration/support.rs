@@ -122,6 +122,26 @@ pub fn kernel_args() -> agentos_kernel::KernelArgs {
     }
 }
 
+/// An AgentOS on the default model (see [`kernel_args`]).
+pub async fn model_os() -> agentos_runtime::AgentOS {
+    agentos_runtime::AgentOS::builder()
+        .kernel(kernel_args())
+        .start()
+        .await
+        .expect("the tree starts with the model")
+}
+
+/// Waits (up to 10 s) for `condition`: actor states are dropped just after a stop is reported.
+pub async fn eventually(condition: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the condition did not hold within 10 s");
+}
+
 /// f32 weights on flex with a KV cache of only 24 blocks (192 tokens): a few sequences fill it.
 pub fn engine_f32_small_kv() -> MutexGuard<'static, Engine> {
     static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();

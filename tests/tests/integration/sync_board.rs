@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use agentos_runtime::prelude::*;
+
+use crate::support::eventually;
 use agentos_runtime::sync::{Cas, Put};
 use agentos_runtime::{SyncError, Syscall};
 use serde_json::json;
@@ -50,16 +52,6 @@ async fn os_in(dir: &std::path::Path) -> AgentOS {
         .start()
         .await
         .expect("the tree starts")
-}
-
-async fn eventually(condition: impl Fn() -> bool) {
-    for _ in 0..1000 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the condition did not hold within 10 s");
 }
 
 runtime_test! {

@@ -11,7 +11,7 @@ use agentos_kernel::FinishReason;
 use agentos_runtime::prelude::*;
 use agentos_runtime::{PulseRecord, PulseTrigger};
 
-use crate::support::kernel_args;
+use crate::support::model_os;
 
 /// The last prompt each probe was given (its messages' text joined), by probe key.
 static PROMPTS: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
@@ -64,14 +64,6 @@ impl AgentHooks for MemoryProbe {
 #[agent(name = "Talker", max_tokens = 48)]
 #[derive(Default, Serialize, Deserialize)]
 struct Talker;
-
-async fn model_os() -> AgentOS {
-    AgentOS::builder()
-        .kernel(kernel_args())
-        .start()
-        .await
-        .expect("the tree starts with the model")
-}
 
 fn key(name: &str) -> String {
     format!("{name}-{}", RUN.fetch_add(1, Ordering::Relaxed))

@@ -216,3 +216,49 @@ runtime_test! {
         os.shutdown().await.unwrap();
     }
 }
+
+/// Panics once when told "crash" (the fault budget is per test run), as a crashing agent does.
+#[agent(name = "Crasher", custom_hooks)]
+#[derive(Default, Serialize, Deserialize)]
+struct Crasher {
+    key: String,
+}
+
+static CRASHES_LEFT: Mutex<BTreeMap<String, u32>> = Mutex::new(BTreeMap::new());
+
+impl AgentHooks for Crasher {
+    fn on_message(&mut self, _from: &str, text: &str) {
+        let mut left = CRASHES_LEFT.lock().unwrap_or_else(|e| e.into_inner());
+        if text == "crash"
+            && let Some(n) = left.get_mut(&self.key)
+            && *n > 0
+        {
+            *n -= 1;
+            drop(left);
+            panic!("the crasher was told to crash");
+        }
+    }
+}
+
+runtime_test! {
+    async fn a_crashed_agents_lease_goes_to_the_next_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = format!("crasher-{}", RUN.fetch_add(1, Ordering::Relaxed));
+        CRASHES_LEFT.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), 1);
+        let os = os_in(dir.path()).await;
+        let crasher = os.spawn(Crasher { key }).await.unwrap();
+        let waiter = os.spawn_named("waiter", Inbox::default()).await.unwrap();
+        let long = Duration::from_secs(60);
+        crasher.lease("printer", long, Duration::from_secs(1)).await.unwrap();
+        let w = waiter.clone();
+        let wait = tokio::spawn(async move { w.lease("printer", long, Duration::from_secs(10)).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!wait.is_finished(), "the crasher still holds the lease");
+        // The crash restarts the agent; its supervisor's event releases what it held.
+        waiter.send(&crasher, "crash").await.unwrap();
+        let lease = wait.await.unwrap().unwrap();
+        assert_eq!(lease.holder, "waiter");
+        eventually(|| crasher.info().restarts == 1).await;
+        os.shutdown().await.unwrap();
+    }
+}

@@ -63,6 +63,14 @@ pub enum KernelMsg {
         tools: Vec<serde_json::Value>,
         reply: RpcReplyPort<Result<String>>,
     },
+    /// The tokens a chat prompt of these messages and tools is made of (rendered as
+    /// [`RenderChat`](KernelMsg::RenderChat), contents encoded without control tokens, exactly
+    /// as a generation's prompt is).
+    TokenizeChat {
+        messages: Vec<ChatMessage>,
+        tools: Vec<serde_json::Value>,
+        reply: RpcReplyPort<Result<Vec<TokenId>>>,
+    },
     Info(RpcReplyPort<ModelInfo>),
     Stats(RpcReplyPort<Result<EngineStats>>),
     /// Whether `constraint`'s grammar compiles (an error says why not), without generating.
@@ -180,6 +188,13 @@ impl Actor for KernelActor {
             }
             KernelMsg::RenderChat { messages, tools, reply } => {
                 let _ = reply.send(engine.template.render_with_tools(&messages, &tools, true));
+            }
+            KernelMsg::TokenizeChat { messages, tools, reply } => {
+                let tokens = engine
+                    .template
+                    .render_segments(&messages, &tools, true)
+                    .and_then(|segments| engine.tokenizer.encode_chat(&segments));
+                let _ = reply.send(tokens);
             }
             KernelMsg::Info(reply) => {
                 let _ = reply.send(engine.info.clone());

@@ -68,4 +68,4 @@ pub use grammar::{Constraint, Grammar};
 pub use kv_cache::{KvCacheConfig, KvStorage};
 pub use model::{ModelConfig, WeightDtype};
 pub use model_spec::ModelSpec;
-pub use tokenizer::{TokenId, Tokenizer};
+pub use tokenizer::{ChatSegment, TokenId, Tokenizer};

@@ -1,7 +1,8 @@
 //! Tokenizers: byte-level BPE built from GGUF metadata, or a Hugging Face `tokenizer.json`.
 //!
 //! Both parse special tokens written inline in text (`<|im_start|>`), because chat templates
-//! render them as text.
+//! render them as text. Message content is encoded without control tokens
+//! ([`Tokenizer::encode_chat`]): only the template's own text can open or close a turn.
 
 pub mod bpe;
 mod pretokenize;
@@ -27,7 +28,17 @@ pub struct Tokenizer {
 
 enum Backend {
     Bpe(Box<BpeTokenizer>),
-    HuggingFace(Box<tokenizers::Tokenizer>),
+    /// The tokenizer, and a copy that leaves special added tokens in the text (for content).
+    HuggingFace(Box<tokenizers::Tokenizer>, Box<tokenizers::Tokenizer>),
+}
+
+/// A piece of a rendered chat: the template's own text, or a message's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatSegment {
+    /// Written by the chat template: control tokens in it are parsed.
+    Template(String),
+    /// A message's content: control tokens written in it are plain text.
+    Content(String),
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -67,8 +78,10 @@ impl Tokenizer {
             .map_err(|e| KernelError::Tokenizer(format!("{}: {e}", path.display())))?;
         let mut eos_tokens = eos_tokens;
         add_turn_end_tokens(&mut eos_tokens, |name| tok.token_to_id(name));
+        let mut content = tok.clone();
+        content.set_encode_special_tokens(true);
         Ok(Tokenizer {
-            backend: Backend::HuggingFace(Box::new(tok)),
+            backend: Backend::HuggingFace(Box::new(tok), Box::new(content)),
             eos_tokens,
             bos_token,
             add_bos: false,
@@ -85,7 +98,7 @@ impl Tokenizer {
         }
         match &self.backend {
             Backend::Bpe(bpe) => ids.extend(bpe.encode(text)),
-            Backend::HuggingFace(tok) => {
+            Backend::HuggingFace(tok, _) => {
                 let enc = tok
                     .encode(text, false)
                     .map_err(|e| KernelError::Tokenizer(e.to_string()))?;
@@ -95,11 +108,37 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Encodes a rendered chat: BOS if the model asks, template text with its control tokens,
+    /// content with control tokens as plain text ([`BpeTokenizer::encode_content`]; for a
+    /// tokenizer.json model, its `encode_special_tokens` mode, which does the same).
+    pub fn encode_chat(&self, segments: &[ChatSegment]) -> Result<Vec<TokenId>> {
+        let mut ids = Vec::new();
+        if self.add_bos
+            && let Some(bos) = self.bos_token
+        {
+            ids.push(bos);
+        }
+        for segment in segments {
+            match (segment, &self.backend) {
+                (ChatSegment::Template(text), Backend::Bpe(bpe)) => ids.extend(bpe.encode(text)),
+                (ChatSegment::Content(text), Backend::Bpe(bpe)) => ids.extend(bpe.encode_content(text)),
+                (ChatSegment::Template(text), Backend::HuggingFace(tok, _))
+                | (ChatSegment::Content(text), Backend::HuggingFace(_, tok)) => {
+                    let enc = tok
+                        .encode(text.as_str(), false)
+                        .map_err(|e| KernelError::Tokenizer(e.to_string()))?;
+                    ids.extend_from_slice(enc.get_ids());
+                }
+            }
+        }
+        Ok(ids)
+    }
+
     /// Encodes text as plain text: special tokens written in it are not matched (no BOS).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<TokenId>> {
         match &self.backend {
             Backend::Bpe(bpe) => Ok(bpe.encode_plain(text)),
-            Backend::HuggingFace(tok) => {
+            Backend::HuggingFace(tok, _) => {
                 let enc = tok
                     .encode(text, false)
                     .map_err(|e| KernelError::Tokenizer(e.to_string()))?;
@@ -120,7 +159,7 @@ impl Tokenizer {
     pub fn special_mask(&self) -> Vec<bool> {
         match &self.backend {
             Backend::Bpe(bpe) => (0..bpe.vocab_size() as TokenId).map(|id| bpe.is_special(id)).collect(),
-            Backend::HuggingFace(tok) => {
+            Backend::HuggingFace(tok, _) => {
                 let mut mask = vec![false; self.vocab_size()];
                 for (id, added) in tok.get_added_tokens_decoder() {
                     if added.special
@@ -138,7 +177,7 @@ impl Tokenizer {
     pub fn is_special(&self, id: TokenId) -> bool {
         match &self.backend {
             Backend::Bpe(bpe) => bpe.is_special(id),
-            Backend::HuggingFace(tok) => tok
+            Backend::HuggingFace(tok, _) => tok
                 .get_added_tokens_decoder()
                 .get(&id)
                 .is_some_and(|added| added.special),
@@ -151,7 +190,7 @@ impl Tokenizer {
             Backend::Bpe(bpe) => bpe
                 .token_bytes(id)
                 .ok_or_else(|| KernelError::Tokenizer(format!("token id {id} is outside the vocabulary"))),
-            Backend::HuggingFace(tok) => {
+            Backend::HuggingFace(tok, _) => {
                 let piece = tok
                     .id_to_token(id)
                     .ok_or_else(|| KernelError::Tokenizer(format!("token id {id} is outside the vocabulary")))?;
@@ -172,7 +211,7 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         match &self.backend {
             Backend::Bpe(bpe) => bpe.vocab_size(),
-            Backend::HuggingFace(tok) => tok.get_vocab_size(true),
+            Backend::HuggingFace(tok, _) => tok.get_vocab_size(true),
         }
     }
 
@@ -180,7 +219,7 @@ impl Tokenizer {
     pub fn token_id(&self, token: &str) -> Option<TokenId> {
         match &self.backend {
             Backend::Bpe(bpe) => bpe.token_id(token),
-            Backend::HuggingFace(tok) => tok.token_to_id(token),
+            Backend::HuggingFace(tok, _) => tok.token_to_id(token),
         }
     }
 
@@ -188,7 +227,7 @@ impl Tokenizer {
     pub fn token_text(&self, id: TokenId) -> Option<String> {
         match &self.backend {
             Backend::Bpe(bpe) => bpe.token_text(id).map(str::to_string),
-            Backend::HuggingFace(tok) => tok.id_to_token(id),
+            Backend::HuggingFace(tok, _) => tok.id_to_token(id),
         }
     }
 }
@@ -245,5 +284,47 @@ impl StreamDecoder {
         let s = String::from_utf8_lossy(&self.pending).into_owned();
         self.pending.clear();
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A word-level tokenizer.json with two special (control) added tokens and one that is not.
+    const TOKENIZER_JSON: &str = r#"{
+      "version": "1.0", "truncation": null, "padding": null,
+      "added_tokens": [
+        {"id": 0, "content": "<|im_start|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+        {"id": 1, "content": "<|im_end|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+        {"id": 2, "content": "<tool_call>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": false}
+      ],
+      "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+      "model": {"type": "WordLevel", "vocab": {"<|im_start|>": 0, "<|im_end|>": 1, "<tool_call>": 2, "hello": 3, "[UNK]": 4}, "unk_token": "[UNK]"}
+    }"#;
+
+    #[test]
+    fn tokenizer_json_contents_leave_control_tokens_as_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, TOKENIZER_JSON).unwrap();
+        let tokenizer = Tokenizer::from_tokenizer_json(&path, vec![1], None).unwrap();
+        let ids = tokenizer
+            .encode_chat(&[
+                ChatSegment::Template("<|im_start|>".into()),
+                ChatSegment::Content("hello <|im_end|> <|im_start|> <tool_call>".into()),
+                ChatSegment::Template("<|im_end|>".into()),
+            ])
+            .unwrap();
+        assert_eq!(ids.first(), Some(&0));
+        assert_eq!(ids.last(), Some(&1));
+        let inner = &ids[1..ids.len() - 1];
+        assert!(!inner.contains(&0) && !inner.contains(&1), "{ids:?}");
+        // A user-defined added token still matches in content, as in llama.cpp.
+        assert!(inner.contains(&2), "{ids:?}");
+        assert_eq!(inner[0], 3);
+        // The same text as one template string opens a turn.
+        let whole = tokenizer.encode("hello <|im_start|>").unwrap();
+        assert!(whole.contains(&0), "{whole:?}");
     }
 }

@@ -222,11 +222,13 @@ pub fn prepare(
                 "a chat prompt needs at least one message".into(),
             ));
         }
-        Prompt::Chat(messages) => tokenizer.encode(&template.render(&messages, true)?)?,
+        // Message contents are encoded without control tokens: text from a tool, a file or
+        // another agent cannot open a turn of its own.
+        Prompt::Chat(messages) => tokenizer.encode_chat(&template.render_segments(&messages, &[], true)?)?,
         Prompt::ChatWithTools { messages, tools } => {
-            tokenizer.encode(&template.render_with_tools(&messages, &tools, true)?)?
+            tokenizer.encode_chat(&template.render_segments(&messages, &tools, true)?)?
         }
-        Prompt::ContinueChat(messages) => tokenizer.encode(&template.render_continuing(&messages)?)?,
+        Prompt::ContinueChat(messages) => tokenizer.encode_chat(&template.render_segments_continuing(&messages)?)?,
         Prompt::Tokens(t) => t,
     };
     if prompt.is_empty() {

@@ -29,6 +29,9 @@ pub struct BpeTokenizer {
     /// Special tokens, longest first.
     specials: Vec<(String, TokenId)>,
     special_ids: Vec<bool>,
+    /// Per id: a control (or unknown) token, one that structures the conversation
+    /// (`<|im_start|>`); user-defined added tokens (`<tool_call>` in some vocabularies) are not.
+    control_ids: Vec<bool>,
     pre: PreTokenizer,
     byte_to_char: [char; 256],
     cache: Mutex<HashMap<String, Vec<TokenId>>>,
@@ -68,6 +71,10 @@ impl BpeTokenizer {
             .filter(|(_, (_, t))| matches!(**t, TOKEN_TYPE_UNKNOWN | TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED))
             .map(|(i, (s, _))| (s.clone(), i as TokenId))
             .collect();
+        let control: Vec<bool> = types
+            .iter()
+            .map(|t| matches!(*t, TOKEN_TYPE_UNKNOWN | TOKEN_TYPE_CONTROL))
+            .collect();
         let merges = merges
             .iter()
             .enumerate()
@@ -78,7 +85,9 @@ impl BpeTokenizer {
                 Ok(((a.to_string(), b.to_string()), rank as u32))
             })
             .collect::<Result<HashMap<_, _>>>()?;
-        Self::new(tokens, merges, specials, PreTokenizer::for_name(pre)?)
+        let mut bpe = Self::new(tokens, merges, specials, PreTokenizer::for_name(pre)?)?;
+        bpe.control_ids = control;
+        Ok(bpe)
     }
 
     fn new(
@@ -101,12 +110,15 @@ impl BpeTokenizer {
         for (_, id) in &specials {
             special_ids[*id as usize] = true;
         }
+        // Every special is a control token unless the GGUF's token types say otherwise.
+        let control_ids = special_ids.clone();
         Ok(BpeTokenizer {
             tokens,
             ids,
             ranks,
             specials,
             special_ids,
+            control_ids,
             pre,
             byte_to_char: bytes_to_unicode(),
             cache: Mutex::new(HashMap::new()),
@@ -135,8 +147,19 @@ impl BpeTokenizer {
     }
 
     pub fn encode(&self, text: &str) -> Vec<TokenId> {
+        self.encode_with(text, true)
+    }
+
+    /// Encodes message content as llama.cpp does with `parse_special = false`: control tokens
+    /// written in it (`<|im_start|>`, `<|im_end|>`) are plain text, user-defined added tokens
+    /// still match. Text from a tool, a file or another agent cannot open a turn this way.
+    pub fn encode_content(&self, text: &str) -> Vec<TokenId> {
+        self.encode_with(text, false)
+    }
+
+    fn encode_with(&self, text: &str, with_control: bool) -> Vec<TokenId> {
         let mut out = Vec::new();
-        for fragment in self.split_specials(text) {
+        for fragment in self.split_specials(text, with_control) {
             match fragment {
                 Fragment::Special(id) => out.push(id),
                 Fragment::Text(t) => {
@@ -162,11 +185,17 @@ impl BpeTokenizer {
         self.special_ids.get(id as usize).copied().unwrap_or(false)
     }
 
-    /// Splits text around special tokens, longest special first (llama.cpp's partitioning).
-    fn split_specials<'t>(&self, text: &'t str) -> Vec<Fragment<'t>> {
+    /// Whether `id` is a control (or unknown) token.
+    pub fn is_control(&self, id: TokenId) -> bool {
+        self.control_ids.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// Splits text around special tokens, longest special first (llama.cpp's partitioning);
+    /// without `with_control`, control tokens are left in the text.
+    fn split_specials<'t>(&self, text: &'t str, with_control: bool) -> Vec<Fragment<'t>> {
         let mut fragments = vec![Fragment::Text(text)];
         for (special, id) in &self.specials {
-            if !text.contains(special.as_str()) {
+            if (!with_control && self.control_ids[*id as usize]) || !text.contains(special.as_str()) {
                 continue;
             }
             let mut next = Vec::with_capacity(fragments.len() + 2);
@@ -310,6 +339,18 @@ mod tests {
         assert_eq!(t.encode(" h"), vec![11]);
         assert_eq!(t.token_bytes(11).unwrap(), b" h");
         assert_eq!(t.token_bytes(0).unwrap(), b"<|im_start|>");
+    }
+
+    #[test]
+    fn content_leaves_control_tokens_as_text() {
+        let mut t = tiny();
+        let ids = t.encode_content("<|im_start|>hello");
+        assert!(!ids.contains(&0), "{ids:?}");
+        assert!(ids.ends_with(&[10]), "{ids:?}");
+        // A user-defined added token (not a control token) still matches, as in llama.cpp.
+        t.control_ids[1] = false;
+        assert_eq!(t.encode_content("hello<|im_end|>"), vec![10, 1]);
+        assert!(!t.is_control(1) && t.is_control(0));
     }
 
     #[test]

@@ -6,12 +6,17 @@
 //! the same), so lines never interleave. Ctrl-C during an answer cancels every generation in
 //! flight (the kernel frees their KV); a second Ctrl-C before the answer ends exits. At the
 //! prompt, Ctrl-C twice or Ctrl-D exits.
+//!
+//! When a team file gives an agent approval gates (`approve = ["exec"]`), each gated call is a
+//! question at the terminal (`[approve] ... Allow? [y/N]`) while the team answers; anything
+//! but `y` or `yes` refuses it, and the refusal is the call's result.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
 use agentos_kernel::cli::ModelArgs;
+use agentos_runtime::security::{Approval, ApprovalRequest, Approver, approver_fn};
 use agentos_runtime::{AgentHandle, AgentOS, PulseConfig, RuntimeConfig};
 use rustyline::error::ReadlineError;
 use tokio_util::sync::CancellationToken;
@@ -51,7 +56,17 @@ pub async fn run(args: ChatArgs) -> Result<()> {
         Some(path) => TeamSpec::load(path)?,
         None => TeamSpec::default_team(),
     };
-    let os = crate::boot::start(&args.model, RuntimeConfig::default()).await?;
+    let mut config = RuntimeConfig::default();
+    let gated = spec
+        .members
+        .iter()
+        .any(|m| m.spec.capabilities.as_ref().is_some_and(|c| !c.approval.is_empty()));
+    if gated {
+        config.security.approver = Some(terminal_approver());
+        // The person may be reading the answer: give them time.
+        config.security.approval_timeout = std::time::Duration::from_secs(600);
+    }
+    let os = crate::boot::start(&args.model, config).await?;
     let history = args.history.clone().or_else(default_history_path);
     let result = session(&os, &spec, history).await;
     os.shutdown().await?;
@@ -113,6 +128,42 @@ async fn session(os: &AgentOS, spec: &TeamSpec, history: Option<PathBuf>) -> Res
         }
     }
     Ok(())
+}
+
+/// Asks the person at the terminal about each gated call, one question at a time (the line
+/// editor is idle while the team answers).
+fn terminal_approver() -> std::sync::Arc<dyn Approver> {
+    let one_at_a_time = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+    approver_fn(move |request: ApprovalRequest| {
+        let one_at_a_time = one_at_a_time.clone();
+        async move {
+            let _turn = one_at_a_time.lock().await;
+            let question = format!(
+                "\n[approve] {} wants to call {} with {} (gate {:?}). Allow? [y/N] ",
+                request.agent, request.call, request.arguments, request.gate
+            );
+            let asked = tokio::task::spawn_blocking(move || {
+                print!("{question}");
+                let _ = std::io::stdout().flush();
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line).map(|_| line)
+            })
+            .await;
+            match asked {
+                Ok(Ok(line)) => terminal_decision(&line),
+                Ok(Err(e)) => Approval::Deny(format!("the terminal could not be read: {e}")),
+                Err(e) => Approval::Deny(format!("the question stopped: {e}")),
+            }
+        }
+    })
+}
+
+/// `y` or `yes` (any case) approves; anything else, an empty line included, refuses.
+fn terminal_decision(answer: &str) -> Approval {
+    match answer.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Approval::Approve,
+        _ => Approval::Deny("the user said no".into()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -503,4 +554,19 @@ fn new_editor(history: Option<&std::path::Path>) -> Result<rustyline::DefaultEdi
         let _ = editor.load_history(path);
     }
     Ok(editor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_yes_approves() {
+        for yes in ["y\n", "Y", " yes ", "YES\r\n"] {
+            assert_eq!(terminal_decision(yes), Approval::Approve, "{yes:?}");
+        }
+        for no in ["", "\n", "n", "no", "yess", "sure", "y y"] {
+            assert!(matches!(terminal_decision(no), Approval::Deny(_)), "{no:?}");
+        }
+    }
 }

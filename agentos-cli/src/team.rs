@@ -14,6 +14,12 @@
 //! max_tokens = 160         # per generation (default 256)
 //! memory = false           # an S-MMU memory instead of the last turns
 //! tools = ["fs_read"]      # system calls and tools it may call (default none)
+//! read = ["./notes"]       # capabilities (any of these keys declares the agent's own; what
+//! write = ["out=./out"]    #   is not named is denied): directories to read, to read and write
+//! exec = ["grep"]          #   ("dir" is the work directory, "mount=dir" is reached as mount/...),
+//! net = ["*.example.com"]  #   programs, hosts, agents to message (peers, ["*"] for any),
+//! peers = ["Writer"]       #   children = N and the gates that ask you first in `agentos chat`:
+//! approve = ["exec"]       #   approve = ["exec", "write", "fetch", "spawn"]
 //!
 //! [[agent]]
 //! name = "Writer"
@@ -25,6 +31,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use agentos_kernel::SamplingParams;
+use agentos_runtime::security::{Capabilities, Declaration, declare};
 use agentos_runtime::{AgentHandle, AgentOS, AgentSpec, Priority, Response, RuntimeError, StreamEvent, TaskId};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -59,6 +66,14 @@ pub struct MemberFile {
     pub memory: bool,
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Capabilities (see the module docs); any of them makes the agent declare its own.
+    pub read: Option<Vec<String>>,
+    pub write: Option<Vec<String>>,
+    pub exec: Option<Vec<String>>,
+    pub net: Option<Vec<String>>,
+    pub peers: Option<Vec<String>>,
+    pub children: Option<u32>,
+    pub approve: Option<Vec<String>>,
     /// Writes the final answer from the workers' answers (at most one per team).
     #[serde(default)]
     pub synthesizer: bool,
@@ -183,11 +198,73 @@ impl MemberFile {
         }
         spec.memory = self.memory;
         spec.tools = self.tools;
+        spec.capabilities = capabilities(
+            &spec.name,
+            Declared {
+                read: self.read,
+                write: self.write,
+                exec: self.exec,
+                net: self.net,
+                peers: self.peers,
+                children: self.children,
+                approve: self.approve,
+            },
+        )?;
         Ok(Member {
             spec,
             synthesizer: self.synthesizer,
         })
     }
+}
+
+/// The capability keys of one `[[agent]]` table.
+struct Declared {
+    read: Option<Vec<String>>,
+    write: Option<Vec<String>>,
+    exec: Option<Vec<String>>,
+    net: Option<Vec<String>>,
+    peers: Option<Vec<String>>,
+    children: Option<u32>,
+    approve: Option<Vec<String>>,
+}
+
+/// The capabilities an `[[agent]]` table declares; `None` when it names none (the runtime's
+/// policy decides then). Relative directories are taken from the current directory.
+fn capabilities(agent: &str, d: Declared) -> Result<Option<Capabilities>> {
+    let any = d.read.is_some()
+        || d.write.is_some()
+        || d.exec.is_some()
+        || d.net.is_some()
+        || d.peers.is_some()
+        || d.children.is_some()
+        || d.approve.is_some();
+    if !any {
+        return Ok(None);
+    }
+    fn strs(list: &Option<Vec<String>>) -> Vec<&str> {
+        list.iter().flatten().map(String::as_str).collect()
+    }
+    let (read, write, exec, net, peers, approve) = (
+        strs(&d.read),
+        strs(&d.write),
+        strs(&d.exec),
+        strs(&d.net),
+        strs(&d.peers),
+        strs(&d.approve),
+    );
+    let declaration = Declaration {
+        read: &read,
+        write: &write,
+        exec: &exec,
+        net: &net,
+        peers: &peers,
+        children: d.children.unwrap_or(0),
+        child_roles: None,
+        approve: &approve,
+    };
+    declare(&declaration)
+        .map(Some)
+        .map_err(|reason| CliError::new(format!("agent `{agent}`: {reason}")))
 }
 
 /// What a team run reports as it goes.
@@ -416,6 +493,7 @@ async fn run_round(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agentos_runtime::security::{Access, FileGrant, Gate, Peers};
 
     #[test]
     fn a_team_file_becomes_specs() {
@@ -448,6 +526,42 @@ mod tests {
         assert!(!scout.synthesizer);
         assert_eq!(team.members[1].spec.role, "editing");
         assert!(team.members[1].synthesizer);
+        // No capability keys: the runtime's policy decides.
+        assert!(scout.spec.capabilities.is_none());
+    }
+
+    #[test]
+    fn capability_keys_declare_the_agents_own() {
+        let team = TeamSpec::parse(
+            r#"
+            [[agent]]
+            name = "Clerk"
+            system = "Keep the files."
+            tools = ["fs_read", "fs_write", "exec"]
+            read = ["/srv/notes"]
+            write = ["out=/tmp/clerk"]
+            exec = ["grep"]
+            peers = ["*"]
+            approve = ["exec", "write"]
+            "#,
+        )
+        .unwrap();
+        let caps = team.members[0].spec.capabilities.clone().expect("declared");
+        assert_eq!(caps.files.len(), 2);
+        assert_eq!(caps.files[0], FileGrant::work_dir("/srv/notes", Access::Read));
+        assert_eq!(caps.files[1].mount, "out");
+        assert_eq!(caps.files[1].access, Access::ReadWrite);
+        assert_eq!(caps.exec.iter().collect::<Vec<_>>(), vec!["grep"]);
+        assert!(caps.net.hosts.is_empty());
+        assert_eq!(caps.message, Peers::Any);
+        assert_eq!(caps.spawn.max_children, 0);
+        assert_eq!(caps.approval, [Gate::Exec, Gate::Write].into());
+        let bad = TeamSpec::parse("[[agent]]\nname = \"A\"\nsystem = \"s\"\napprove = [\"all\"]\n").unwrap_err();
+        assert!(bad.to_string().contains("not `all`"), "{bad}");
+        let bad = TeamSpec::parse("[[agent]]\nname = \"A\"\nsystem = \"s\"\nread = [\"/a\", \"/b\"]\n").unwrap_err();
+        assert!(bad.to_string().contains("one work directory"), "{bad}");
+        let bad = TeamSpec::parse("[[agent]]\nname = \"A\"\nsystem = \"s\"\nread = [\"=/x\"]\n").unwrap_err();
+        assert!(bad.to_string().contains("mount=directory"), "{bad}");
     }
 
     #[test]

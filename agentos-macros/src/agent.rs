@@ -7,7 +7,9 @@ use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, ExprUnary, Fields, Ident, Item, ItemStruct, Lit, LitStr, UnOp};
 
 const KEYS: &str = "name, role, system, priority, temperature, top_p, top_k, repetition_penalty, seed, \
-                    max_tokens, history, tools, max_steps, tool_choice, memory, custom_hooks";
+                    max_tokens, history, tools, max_steps, tool_choice, memory, custom_hooks, \
+                    read, write, exec, net, peers, children, child_roles, approve";
+const GATES: [&str; 4] = ["exec", "write", "fetch", "spawn"];
 const PRIORITIES: [&str; 5] = ["Realtime", "High", "Normal", "Low", "Background"];
 
 /// Expands `#[agent(attr)] item`. On misuse, returns the item unchanged plus `compile_error!`s
@@ -44,6 +46,60 @@ struct Attributes {
     tool_choice: Option<Ident>,
     custom_hooks: bool,
     memory: bool,
+    // Capabilities: any of these makes the spec declare its own.
+    read: Option<Vec<LitStr>>,
+    write: Option<Vec<LitStr>>,
+    exec: Option<Vec<LitStr>>,
+    net: Option<Vec<LitStr>>,
+    peers: Option<Vec<LitStr>>,
+    children: Option<u32>,
+    child_roles: Option<Vec<LitStr>>,
+    approve: Option<Vec<LitStr>>,
+}
+
+impl Attributes {
+    /// `Some(expression)` building the declared capabilities, when any capability key is given.
+    fn capabilities(&self) -> TokenStream {
+        let declared = self.read.is_some()
+            || self.write.is_some()
+            || self.exec.is_some()
+            || self.net.is_some()
+            || self.peers.is_some()
+            || self.children.is_some()
+            || self.child_roles.is_some()
+            || self.approve.is_some();
+        if !declared {
+            return quote! { ::core::option::Option::None };
+        }
+        let list = |v: &Option<Vec<LitStr>>| v.clone().unwrap_or_default();
+        let (read, write, exec, net, peers, approve) = (
+            list(&self.read),
+            list(&self.write),
+            list(&self.exec),
+            list(&self.net),
+            list(&self.peers),
+            list(&self.approve),
+        );
+        let children = Literal::u32_suffixed(self.children.unwrap_or(0));
+        let roles = match &self.child_roles {
+            Some(roles) => quote! { ::core::option::Option::Some(&[#(#roles),*]) },
+            None => quote! { ::core::option::Option::None },
+        };
+        quote! {
+            ::core::option::Option::Some(::agentos_runtime::__private::declared_capabilities(
+                ::agentos_runtime::__private::Declaration {
+                    read: &[#(#read),*],
+                    write: &[#(#write),*],
+                    exec: &[#(#exec),*],
+                    net: &[#(#net),*],
+                    peers: &[#(#peers),*],
+                    children: #children,
+                    child_roles: #roles,
+                    approve: &[#(#approve),*],
+                },
+            ))
+        }
+    }
 }
 
 fn expand_item(attr: TokenStream, item: Item) -> syn::Result<TokenStream> {
@@ -93,6 +149,7 @@ fn expand_item(attr: TokenStream, item: Item) -> syn::Result<TokenStream> {
         .clone()
         .unwrap_or_else(|| Ident::new("Auto", Span::call_site()));
     let memory = attrs.memory;
+    let capabilities = attrs.capabilities();
 
     let mut sampling = Vec::new();
     if let Some(v) = attrs.temperature {
@@ -145,6 +202,7 @@ fn expand_item(attr: TokenStream, item: Item) -> syn::Result<TokenStream> {
                     tool_choice: ::agentos_runtime::ToolChoice::#tool_choice,
                     history_turns: #history,
                     memory: #memory,
+                    capabilities: #capabilities,
                 }
             }
         }
@@ -285,32 +343,63 @@ fn parse_attributes(attr: TokenStream) -> syn::Result<Attributes> {
                 };
                 set_once!(tool_choice, Ident::new(variant, value.span()))
             }
-            "tools" => {
-                let value: Expr = meta.value()?.parse()?;
-                let Expr::Array(array) = &value else {
-                    return Err(syn::Error::new(
-                        value.span(),
-                        "`tools` is a list of tool names, e.g. tools = [\"search\", \"calculator\"]",
-                    ));
-                };
-                let mut tools: Vec<LitStr> = Vec::new();
-                for element in &array.elems {
-                    match element {
-                        Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) if !s.value().trim().is_empty() => {
-                            if tools.iter().any(|t| t.value() == s.value()) {
-                                return Err(syn::Error::new(s.span(), "this tool is listed twice"));
-                            }
-                            tools.push(s.clone());
-                        }
-                        other => {
-                            return Err(syn::Error::new(
-                                other.span(),
-                                "a tool is named by a non-empty string literal, e.g. \"search\"",
-                            ));
-                        }
+            "tools" => set_once!(tools, string_list(&meta, &key, "a tool name, e.g. \"search\"")?),
+            "read" | "write" => {
+                let paths = string_list(&meta, &key, "a directory, or `mount=directory`")?;
+                for path in &paths {
+                    let value = path.value();
+                    let dir = value.split_once('=').map(|(_, d)| d).unwrap_or(&value);
+                    if dir.trim().is_empty()
+                        || value
+                            .split_once('=')
+                            .is_some_and(|(m, _)| m.trim().is_empty() || m.contains('/'))
+                    {
+                        return Err(syn::Error::new(
+                            path.span(),
+                            "a file grant is a directory (the work directory) or `mount=directory`, e.g. \"docs=/srv/docs\"",
+                        ));
                     }
                 }
-                set_once!(tools, tools)
+                let work_dirs =
+                    |list: &Option<Vec<LitStr>>| list.iter().flatten().filter(|p| !p.value().contains('=')).count();
+                let unmounted: Vec<&LitStr> = paths.iter().filter(|p| !p.value().contains('=')).collect();
+                if unmounted.len() + work_dirs(&a.read) + work_dirs(&a.write) > 1 {
+                    return Err(syn::Error::new(
+                        unmounted.last().map(|p| p.span()).unwrap_or_else(|| path.span()),
+                        "an agent has one work directory (a grant without `mount=`); give the others a mount name",
+                    ));
+                }
+                match key.as_str() {
+                    "read" => set_once!(read, paths),
+                    _ => set_once!(write, paths),
+                }
+            }
+            "exec" => set_once!(exec, string_list(&meta, &key, "a program, e.g. \"grep\"")?),
+            "net" => set_once!(
+                net,
+                string_list(&meta, &key, "a host, e.g. \"example.com\" or \"*.example.com\"")?
+            ),
+            "peers" => {
+                let peers = string_list(&meta, &key, "an agent name, or \"*\" for any")?;
+                if peers.len() > 1 && peers.iter().any(|p| p.value() == "*") {
+                    return Err(syn::Error::new(
+                        peers[0].span(),
+                        "`peers = [\"*\"]` means any agent; list no names with it",
+                    ));
+                }
+                set_once!(peers, peers)
+            }
+            "children" => set_once!(children, integer::<u32>(&meta, &key)?.0),
+            "child_roles" => set_once!(child_roles, string_list(&meta, &key, "a role name")?),
+            "approve" => {
+                let gates = string_list(&meta, &key, "a gate")?;
+                if let Some(bad) = gates.iter().find(|g| !GATES.contains(&g.value().as_str())) {
+                    return Err(syn::Error::new(
+                        bad.span(),
+                        format!("`approve` lists gates: {}", GATES.join(", ")),
+                    ));
+                }
+                set_once!(approve, gates)
             }
             "custom_hooks" => flag(
                 &meta,
@@ -338,6 +427,35 @@ fn parse_attributes(attr: TokenStream) -> syn::Result<Attributes> {
     });
     parser.parse2(attr)?;
     Ok(a)
+}
+
+/// A list of distinct, non-empty string literals (`key = ["a", "b"]`).
+fn string_list(meta: &syn::meta::ParseNestedMeta, key: &str, what: &str) -> syn::Result<Vec<LitStr>> {
+    let value: Expr = meta.value()?.parse()?;
+    let Expr::Array(array) = &value else {
+        return Err(syn::Error::new(
+            value.span(),
+            format!("`{key}` is a list of strings, each {what}"),
+        ));
+    };
+    let mut items: Vec<LitStr> = Vec::new();
+    for element in &array.elems {
+        match element {
+            Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) if !s.value().trim().is_empty() => {
+                if items.iter().any(|t| t.value() == s.value()) {
+                    return Err(syn::Error::new(s.span(), format!("this is listed twice in `{key}`")));
+                }
+                items.push(s.clone());
+            }
+            other => {
+                return Err(syn::Error::new(
+                    other.span(),
+                    format!("each item of `{key}` is a non-empty string literal: {what}"),
+                ));
+            }
+        }
+    }
+    Ok(items)
 }
 
 fn string_value(meta: &syn::meta::ParseNestedMeta, key: &str) -> syn::Result<LitStr> {

@@ -26,6 +26,17 @@
 //! | `tool_choice` | `"auto"`, `"first"` (each turn's first step is a call), `"required"` (every step is) | `"auto"` |
 //! | `memory` | flag: the agent has an S-MMU memory | a fixed recent history |
 //! | `custom_hooks` | flag: you implement `AgentHooks` yourself | empty `AgentHooks` impl |
+//! | `read`, `write` | list of directories it may read (read and write): `"dir"` is its work directory, `"mount=dir"` is reached as `mount/...` | none |
+//! | `exec` | list of programs it may run | none |
+//! | `net` | list of hosts it may fetch from (`"*.example.com"` for subdomains) | none |
+//! | `peers` | list of agents it may message, or `["*"]` | none |
+//! | `children` | whole number: agents it may spawn | 0 |
+//! | `child_roles` | list of roles its children may have | any |
+//! | `approve` | list of gates that wait for an approver: `"exec"`, `"write"`, `"fetch"`, `"spawn"` | none |
+//!
+//! Any of the capability keys (`read` … `approve`) makes the role declare its own capabilities
+//! (`AgentSpec::capabilities`): what it does not name, it may not do. Without them the runtime's
+//! policy decides (see `agentos_runtime::security`).
 //!
 //! It implements `agentos_runtime::Agent` (and `AgentHooks`, unless `custom_hooks`). Misuse
 //! (unknown keys, values of the wrong type, a missing name or system prompt, an enum, a tuple

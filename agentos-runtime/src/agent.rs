@@ -115,6 +115,11 @@ pub struct AgentSpec {
     /// the pages of its L1 window (paged in by relevance, within the L1 token budget) and the
     /// task, instead of the last `history_turns` turns; every turn is written to memory.
     pub memory: bool,
+    /// What the agent may touch (files, programs, hosts, peers, children, approvals). `None`:
+    /// what the runtime's [`Policy`](crate::security::Policy) gives it (see
+    /// [`security`](crate::security)); with a policy entry for it too, the two are intersected.
+    #[serde(default)]
+    pub capabilities: Option<agentos_security::capability::Capabilities>,
 }
 
 impl AgentSpec {
@@ -134,6 +139,7 @@ impl AgentSpec {
             tool_choice: ToolChoice::Auto,
             history_turns: Self::DEFAULT_HISTORY_TURNS,
             memory: false,
+            capabilities: None,
         }
     }
 

@@ -8,6 +8,7 @@ use agentos_memory::MemoryConfig;
 
 use crate::agent::spawn::RoleSet;
 use crate::scheduler::SchedulerConfig;
+use crate::security::SecurityConfig;
 use crate::supervisor::{RestartIntensity, Strategy};
 use crate::syscall::{McpServer, SyscallConfig, ToolSet};
 
@@ -65,6 +66,10 @@ pub struct RuntimeConfig {
     pub mcp_servers: Vec<McpServer>,
     /// Roles the `spawn_agent` system call can start. Default none.
     pub roles: RoleSet,
+    /// Capabilities of agents, approval gates, exec limits and the audit log (see
+    /// [`security`](crate::security)). Default: capabilities from `syscalls`, no approver,
+    /// `audit.jsonl` in the checkpoint directory.
+    pub security: SecurityConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -86,6 +91,7 @@ impl Default for RuntimeConfig {
             tools: ToolSet::default(),
             mcp_servers: Vec::new(),
             roles: RoleSet::default(),
+            security: SecurityConfig::default(),
         }
     }
 }

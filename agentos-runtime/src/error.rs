@@ -51,6 +51,9 @@ pub enum RuntimeError {
     #[error("memory: {0}")]
     Memory(#[from] agentos_memory::MemoryError),
 
+    /// The audit log could not be read or checked.
+    #[error("audit log: {0}")]
+    Audit(String),
     #[error("coherence: {0}")]
     Sync(#[from] agentos_sync::SyncError),
 

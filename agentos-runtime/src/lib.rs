@@ -30,6 +30,7 @@ mod mmu;
 pub mod os;
 mod rpc;
 pub mod scheduler;
+pub mod security;
 pub mod supervisor;
 pub mod sync;
 pub mod syscall;
@@ -47,6 +48,7 @@ pub use agentos_kernel as kernel;
 pub use agentos_macros::{agent, tool};
 pub use agentos_memory as memory;
 pub use agentos_memory::{ActiveContext, L1Stats, L2Stats, MemoryConfig, PageId, PageView, Slicing, Tier};
+pub use agentos_security as isolation;
 pub use agentos_sync as coherence;
 pub use config::RuntimeConfig;
 pub use error::{Result, RuntimeError};
@@ -84,6 +86,7 @@ pub use schemars;
 /// Not public API: paths the `#[agent]` expansion refers to.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::security::{Declaration, declared_capabilities};
     pub use agentos_kernel::SamplingParams;
     pub use serde;
     pub use serde_json;

@@ -49,6 +49,7 @@ use crate::error::{Result, RuntimeError};
 use crate::mmu::MemorySystem;
 use crate::rpc;
 use crate::scheduler::{SchedulerActor, SchedulerArgs, SchedulerConfig, SchedulerMsg, SchedulerStats};
+use crate::security::{Approver, AuditRecord, AuditTrail, SecurityConfig, Verification};
 use crate::supervisor::{
     ActorSlot, ChildSpec, Restart, RestartIntensity, Strategy, Supervisor, SupervisorArgs, SupervisorEvent,
     SupervisorMsg,
@@ -124,6 +125,13 @@ impl AgentOsBuilder {
     /// Limits of the system calls (work directory, programs, timeouts).
     pub fn syscalls(mut self, syscalls: SyscallConfig) -> Self {
         self.config.syscalls = syscalls;
+        self
+    }
+
+    /// Capabilities of agents, approvals, exec limits and the audit log (see
+    /// [`security`](crate::security)).
+    pub fn security(mut self, security: SecurityConfig) -> Self {
+        self.config.security = security;
         self
     }
 
@@ -208,7 +216,21 @@ impl AgentOS {
                 reason,
             }
         })?;
+        let audit_path = config
+            .security
+            .audit_path
+            .clone()
+            .unwrap_or_else(|| checkpoint_dir.join("audit.jsonl"));
+        let audit = AuditTrail::open(audit_path, config.security.audit_sync).map_err(|reason| {
+            mcp.iter().for_each(|server| server.stop());
+            RuntimeError::Start {
+                what: "the audit log".into(),
+                reason,
+            }
+        })?;
         let settings = SystemSettings {
+            security: config.security.clone(),
+            audit,
             call_timeout: config.call_timeout,
             memory_timeout: config.memory_timeout,
             max_task_attempts: config.max_task_attempts,
@@ -334,7 +356,7 @@ impl AgentOS {
     }
 
     async fn spawn_with<R: Agent>(&self, name: String, spec: AgentSpec, role: R) -> Result<AgentHandle> {
-        spawn_agent(&self.system, name, spec, role).await
+        spawn_agent(&self.system, name, spec, role, None).await
     }
 
     /// The running agent called `name`.
@@ -548,6 +570,38 @@ impl AgentOS {
         .await
     }
 
+    /// Every record of the audit log, oldest first: one per system call any agent made,
+    /// allowed or denied (see [`security`](crate::security)).
+    pub async fn audit(&self) -> Result<Vec<AuditRecord>> {
+        let path = self.system.audit.path().to_path_buf();
+        tokio::task::spawn_blocking(move || agentos_security::audit::read(&path))
+            .await
+            .map_err(|e| RuntimeError::Audit(e.to_string()))?
+            .map_err(|e| RuntimeError::Audit(e.to_string()))
+    }
+
+    /// Checks the audit log's hash chain, and that it still ends where this process last
+    /// wrote it (so deleting the newest records is found too). `first_broken` names the first
+    /// record that was edited, deleted, inserted or moved.
+    pub async fn verify_audit(&self) -> Result<Verification> {
+        let path = self.system.audit.path().to_path_buf();
+        let head = self.system.audit.head();
+        tokio::task::spawn_blocking(move || agentos_security::audit::verify_against(&path, &head))
+            .await
+            .map_err(|e| RuntimeError::Audit(e.to_string()))?
+            .map_err(|e| RuntimeError::Audit(e.to_string()))
+    }
+
+    /// Where the audit log is.
+    pub fn audit_path(&self) -> PathBuf {
+        self.system.audit.path().to_path_buf()
+    }
+
+    /// Registers (or with `None` removes) the approver of gated calls.
+    pub fn set_approver(&self, approver: Option<Arc<dyn Approver>>) {
+        *self.system.approver.write().unwrap_or_else(|e| e.into_inner()) = approver;
+    }
+
     /// The mounted MCP servers: process, whether they run, restarts, their tools.
     pub fn mcp_servers(&self) -> Vec<McpServerInfo> {
         self.system.mcp.iter().map(|server| server.info()).collect()
@@ -598,6 +652,7 @@ impl AgentOS {
         }
         // Every outcome is on disk now; free the directory for whoever opens it next.
         system.journal.close();
+        system.audit.close();
         if let Some(dir) = &self.ephemeral_dir {
             let _ = std::fs::remove_dir_all(dir);
         }
@@ -773,6 +828,7 @@ mod tests {
                 tool_choice: crate::syscall::ToolChoice::Auto,
                 history_turns: 2,
                 memory: false,
+                capabilities: None,
             }
         }
     }

@@ -8,9 +8,10 @@
 //! the model answers without a call, calls `exit`, or the agent's `max_steps` is reached.
 //!
 //! Every failure is a [`SyscallError`] that goes back to the model as the call's result:
-//! malformed JSON, an unknown name, wrong argument types, a path outside the agent's file root,
-//! a program that is not allowed, a timeout. Nothing a model writes can panic the runtime or
-//! abort the task.
+//! malformed JSON, an unknown name, wrong argument types, a call outside the agent's
+//! capabilities ([`security`](crate::security)), a path outside its file roots, a program that
+//! is not allowed, a timeout. Nothing a model writes can panic the runtime or abort the task.
+//! Every call, allowed or denied, is written to the audit log.
 //!
 //! The calls available today are listed in [`SYSCALLS`]; each has a JSON Schema
 //! ([`schema`]) that the prompt shows and that the arguments are checked against.
@@ -33,10 +34,11 @@ pub use tool::{FnTool, Tool, ToolArgument, ToolFuture, ToolSet};
 #[derive(Debug, Clone)]
 pub struct SyscallConfig {
     /// The work directory that `fs_read`, `fs_write` and `fs_list` resolve paths under, and
-    /// that `exec` runs in. Default `None`: file calls are denied.
+    /// that `exec` runs in, for agents given no capabilities of their own (see
+    /// [`security`](crate::security)). Default `None`: file calls are denied.
     pub fs_root: Option<PathBuf>,
-    /// Programs `exec` may run, exactly as the model names them (no shell is involved).
-    /// Default empty: `exec` is denied.
+    /// Programs `exec` may run, exactly as the model names them (no shell is involved), for
+    /// agents given no capabilities of their own. Default empty: `exec` is denied.
     pub exec_allow: Vec<String>,
     /// The longest an `exec` may run (also the default when the call gives no timeout); the
     /// program is killed then. Default 10 s.
@@ -53,9 +55,14 @@ pub struct SyscallConfig {
     /// Longest any one call may take (a tool, a memory lookup, a send); past it the call's
     /// result is a timeout error. Default 60 s.
     pub call_timeout: Duration,
-    /// Hosts `net_fetch` may fetch from: exact names (`"example.com"`, `"127.0.0.1"`) or
-    /// `"*.example.com"` for its subdomains. Default empty: `net_fetch` is denied.
+    /// Hosts `net_fetch` may fetch from, for agents given no capabilities of their own: exact
+    /// names (`"example.com"`, `"127.0.0.1"`) or `"*.example.com"` for its subdomains. Default
+    /// empty: `net_fetch` is denied.
     pub net_allow: Vec<String>,
+    /// Whether hosts on `net_allow` may resolve to loopback, private or link-local addresses
+    /// (every resolved address is checked before connecting). Default `false`: a name that
+    /// resolves to `127.0.0.1` or `10.x` is denied even when listed.
+    pub net_allow_private: bool,
     /// Bytes of a fetched body kept (read while it streams; the rest is not read). Default 256 KiB.
     pub max_fetch_bytes: usize,
     /// Longest a fetch may take, redirects included. Default 20 s.
@@ -86,6 +93,7 @@ impl Default for SyscallConfig {
             max_sleep: Duration::from_secs(60),
             call_timeout: Duration::from_secs(60),
             net_allow: Vec::new(),
+            net_allow_private: false,
             max_fetch_bytes: 256 << 10,
             fetch_timeout: Duration::from_secs(20),
             recv_timeout: Duration::from_secs(10),

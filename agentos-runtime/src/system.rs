@@ -22,6 +22,7 @@ use crate::agent::spawn::RoleSet;
 use crate::error::{Result, RuntimeError};
 use crate::mmu::MemorySystem;
 use crate::scheduler::SchedulerMsg;
+use crate::security::{Approver, AuditTrail, SecurityConfig};
 use crate::supervisor::{ActorSlot, ChildSpec, SupervisorEvent, SupervisorMsg};
 use crate::sync::SyncMsg;
 use crate::syscall::mcp::McpConnection;
@@ -64,6 +65,12 @@ pub(crate) struct System {
     pins: Mutex<HashMap<String, PageId>>,
     /// Embeddings of texts drift was measured on lately, by SHA-256 of the text (newest last).
     embeddings: Mutex<VecDeque<([u8; 32], Vec<f32>)>>,
+    /// Policy, approval timeout and exec limits.
+    pub security: SecurityConfig,
+    /// Decides gated calls (replaceable while the system runs).
+    pub approver: std::sync::RwLock<Option<Arc<dyn Approver>>>,
+    /// Where every system call is recorded.
+    pub audit: AuditTrail,
 }
 
 /// Embeddings kept for drift measurements: a collaboration's replies and digests.
@@ -102,6 +109,8 @@ pub(crate) struct SystemSettings {
     pub tools: HashMap<String, Arc<dyn Tool>>,
     pub roles: RoleSet,
     pub mcp: Vec<Arc<McpConnection>>,
+    pub security: SecurityConfig,
+    pub audit: AuditTrail,
 }
 
 impl System {
@@ -142,7 +151,28 @@ impl System {
             sync_changes: broadcast::channel(1024).0,
             pins: Mutex::new(HashMap::new()),
             embeddings: Mutex::new(VecDeque::new()),
+            approver: std::sync::RwLock::new(settings.security.approver.clone()),
+            security: settings.security,
+            audit: settings.audit,
         }
+    }
+
+    /// Whether a model of agent `parent` may not give a new agent this name: the policy names
+    /// it (its entry would apply), or another running agent may message it (a child taking it
+    /// would receive what was meant for someone else; the parent's own peers are its to name).
+    pub fn name_reserved(&self, name: &str, parent: Pid) -> bool {
+        if self.security.policy.agents.contains_key(name) {
+            return true;
+        }
+        let registry = self.registry();
+        registry.by_pid.values().filter(|record| record.pid != parent).any(|record| {
+            matches!(&record.capabilities.message, agentos_security::capability::Peers::Only(peers) if peers.contains(name))
+        })
+    }
+
+    /// The approver of gated calls, if one is registered.
+    pub fn approver(&self) -> Option<Arc<dyn Approver>> {
+        self.approver.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn cached_embedding(&self, text: &str) -> Option<Vec<f32>> {

@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::agent::dispatch::{Caller, describe_tools, dispatch};
+use crate::agent::dispatch::{Caller, describe_tools, dispatch, reject};
 use crate::agent::journal::{Applied, Completion, InboxChange, Journal};
 use crate::agent::record::{SharedRecord, TaskReply};
 use crate::agent::{
@@ -187,7 +187,7 @@ impl<R: Agent> Actor for AgentActor<R> {
             spec,
             initial,
         } = args;
-        let tools = describe_tools(&spec, &system)?;
+        let tools = describe_tools(&spec, &record.capabilities, &system)?;
         let system_prompt = spec.system.clone();
         let checkpoint = match system.journal.load_checkpoint::<Checkpoint<R>>(&record.name).await? {
             None => None,
@@ -552,10 +552,8 @@ impl<R: Agent> AgentActorState<R> {
         let timeout = self.system.call_timeout;
         let lost = || RuntimeError::KernelLost;
         let tools = self.template_tools();
-        let render = |reply| KernelMsg::RenderChat { messages, tools, reply };
-        let text = rpc::call(&kernel, "the kernel (chat template)", timeout, render, lost).await??;
-        let tokenize = |reply| KernelMsg::Tokenize { text, reply };
-        let tokens = rpc::call(&kernel, "the kernel (tokenizer)", timeout, tokenize, lost).await??;
+        let tokenize = |reply| KernelMsg::TokenizeChat { messages, tools, reply };
+        let tokens = rpc::call(&kernel, "the kernel (chat tokens)", timeout, tokenize, lost).await??;
         Ok(tokens.len())
     }
 
@@ -910,11 +908,17 @@ impl<R: Agent> AgentActorState<R> {
         Some(call_grammar(&tools, forced))
     }
 
-    /// What exists beneath the work directory now, for an agent with file tools under
+    /// What exists beneath the agent's work directory now, for an agent with file tools under
     /// `SyscallConfig::max_path_choices` (walked on a blocking thread); `None` otherwise.
     async fn existing_paths(&self) -> Option<ExistingPaths> {
         let syscalls = &self.system.syscalls;
-        let root = syscalls.fs_root.clone()?;
+        // With mounts, a path's first component may name a mount instead: offer no choice
+        // rather than the work directory's alone.
+        let caps = &self.record.capabilities;
+        if caps.files.iter().any(|grant| !grant.mount.is_empty()) {
+            return None;
+        }
+        let root = caps.work_dir()?.path.clone();
         let limit = syscalls.max_path_choices;
         let file_tools = self
             .tools
@@ -959,7 +963,7 @@ impl<R: Agent> AgentActorState<R> {
         };
         let result = match &call {
             Ok(call) => dispatch(&caller, call).await,
-            Err(e) => Err(e.clone()),
+            Err(e) => reject(&caller, &name, &arguments, e.clone()).await,
         };
         tracing::debug!(call = %name, ok = result.is_ok(), "system call");
         let exit = match (&call, &result) {

@@ -1,13 +1,23 @@
 //! The dispatcher: the one checkpoint every system call passes, then its driver.
 //!
-//! [`admit`] decides whether the calling agent may make the call at all; today that is its
-//! declared `tools` list (a call it was not given is refused, whatever the model writes). The
-//! capability policy of the isolation work sits in the same function, so no call can reach a
-//! driver around it. Then the driver runs under `SyscallConfig::call_timeout`.
+//! [`dispatch`] runs, for every call a model (or [`AgentHandle::call`]) makes:
+//! 1. the handle check: the caller is the agent registered under its name now (a handle kept
+//!    past its agent's stop cannot act as the agent that took the name since);
+//! 2. the tools check: the call is among the agent's declared `tools`;
+//! 3. the policy check ([`agentos_security::capability::check`]) against the agent's
+//!    capabilities, and for a gated call the approver's decision (a timeout or no approver
+//!    denies);
+//! 4. the driver, under `SyscallConfig::call_timeout`;
+//! 5. one audit record: agent, call, SHA-256 of the arguments, decision and reason, outcome,
+//!    duration. If the record cannot be written the call's result is an error (the call has
+//!    run by then; the failure is logged).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use agentos_security::audit::{AuditEntry, Decision, digest_args};
+use agentos_security::capability::{self, Capabilities, Request, Resolved, Verdict};
 use tokio::time::Instant;
 
 use agentos_kernel::KernelMsg;
@@ -16,9 +26,11 @@ use serde_json::{Value, json};
 use crate::agent::handle::AgentHandle;
 use crate::agent::journal::{Completion, InboxChange};
 use crate::agent::record::SharedRecord;
+use crate::agent::spawn::Lineage;
 use crate::agent::{AgentSpec, Delivered, TaskOutcome};
 use crate::error::RuntimeError;
 use crate::rpc;
+use crate::security::{Approval, ApprovalRequest};
 use crate::sync::{Area, Put};
 use crate::syscall::wire::{ToolDescription, call_grammar, check_schema};
 use crate::syscall::{SYSCALLS, Syscall, SyscallError, description, drivers, schema};
@@ -37,7 +49,12 @@ pub(crate) struct Caller<'a> {
 
 /// The tools `spec` names, as its prompt shows them; an error names the first that is neither
 /// a system call nor a tool registered with the system.
-pub(crate) fn describe_tools(spec: &AgentSpec, system: &System) -> Result<Vec<ToolDescription>, RuntimeError> {
+/// The `exec` list shown is the agent's own (`exec` in its capabilities).
+pub(crate) fn describe_tools(
+    spec: &AgentSpec,
+    capabilities: &Capabilities,
+    system: &System,
+) -> Result<Vec<ToolDescription>, RuntimeError> {
     spec.tools
         .iter()
         .map(|name| {
@@ -53,10 +70,10 @@ pub(crate) fn describe_tools(spec: &AgentSpec, system: &System) -> Result<Vec<To
                     }
                     parameters["properties"]["role"]["enum"] = json!(roles);
                 }
-                if name == "exec" && !system.syscalls.exec_allow.is_empty() {
+                if name == "exec" && !capabilities.exec.is_empty() {
                     // Only these may run: offering others would let the model write a call
                     // that is always denied.
-                    parameters["properties"]["program"]["enum"] = json!(system.syscalls.exec_allow);
+                    parameters["properties"]["program"]["enum"] = json!(capabilities.exec);
                 }
                 return Ok(ToolDescription {
                     name: name.clone(),
@@ -113,32 +130,227 @@ pub(crate) async fn check_call_grammar(
     Ok(())
 }
 
-/// Runs `call` for `caller`: the policy check, then the driver, within the call timeout.
+/// Runs `call` for `caller`: the checks, then the driver within the call timeout, then the
+/// audit record.
 pub(crate) async fn dispatch(caller: &Caller<'_>, call: &Syscall) -> Result<Value, SyscallError> {
-    admit(caller, call)?;
-    let limit = caller.system.syscalls.call_timeout;
-    match tokio::time::timeout(limit, run(caller, call)).await {
-        Ok(result) => result,
-        Err(_) => Err(SyscallError::Timeout(limit.as_millis() as u64)),
+    let started = Instant::now();
+    let (decision, reason, result) = match admit(caller, call).await {
+        Err((decision, e)) => (decision, e.to_string(), Err(e)),
+        Ok(admitted) => {
+            let limit = caller.system.syscalls.call_timeout;
+            let result = match tokio::time::timeout(limit, run(caller, call, admitted.file)).await {
+                Ok(result) => result,
+                Err(_) => Err(SyscallError::Timeout(limit.as_millis() as u64)),
+            };
+            (admitted.decision, admitted.reason, result)
+        }
+    };
+    let outcome = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("error: {}", truncate(&e.to_string(), 200)),
+    };
+    let entry = AuditEntry {
+        agent: caller.record.name.clone(),
+        call: call.name().to_string(),
+        args_sha256: digest_args(&serde_json::to_value(call).unwrap_or(Value::Null)),
+        decision,
+        reason,
+        outcome,
+        duration_us: started.elapsed().as_micros() as u64,
+    };
+    if let Err(e) = caller.system.audit.append(entry).await {
+        tracing::error!(agent = %caller.record.name, call = call.name(), error = %e, "a system call could not be audited");
+        return Err(SyscallError::Io(format!("the audit log could not be written: {e}")));
+    }
+    result
+}
+
+/// Records a call the model wrote that could not be parsed into a system call (malformed JSON,
+/// bad arguments), as denied, and returns its error: every call the model makes is audited.
+pub(crate) async fn reject(
+    caller: &Caller<'_>,
+    name: &str,
+    raw: &str,
+    error: SyscallError,
+) -> Result<Value, SyscallError> {
+    let entry = AuditEntry {
+        agent: caller.record.name.clone(),
+        call: if name.is_empty() {
+            "(malformed)".into()
+        } else {
+            name.to_string()
+        },
+        args_sha256: digest_args(&Value::String(raw.to_string())),
+        decision: Decision::Denied,
+        reason: truncate(&error.to_string(), 200),
+        outcome: format!("error: {}", truncate(&error.to_string(), 200)),
+        duration_us: 0,
+    };
+    if let Err(e) = caller.system.audit.append(entry).await {
+        tracing::error!(agent = %caller.record.name, error = %e, "a malformed call could not be audited");
+        return Err(SyscallError::Io(format!("the audit log could not be written: {e}")));
+    }
+    Err(error)
+}
+
+fn truncate(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
     }
 }
 
-/// The checkpoint: may this agent make this call?
-fn admit(caller: &Caller<'_>, call: &Syscall) -> Result<(), SyscallError> {
+/// A call that may run: how it was decided, and the file grant it uses.
+struct Admitted {
+    decision: Decision,
+    reason: String,
+    file: Option<Resolved>,
+}
+
+/// The checkpoint: may this agent make this call? A refusal carries how it was decided
+/// (`Denied` by the checks, `Refused` by an approver).
+async fn admit(caller: &Caller<'_>, call: &Syscall) -> Result<Admitted, (Decision, SyscallError)> {
+    let denied = |e| (Decision::Denied, e);
+    let record = caller.record;
+    let live = caller.system.record(&record.name);
+    if !live.is_some_and(|live| Arc::ptr_eq(&live, record)) {
+        return Err(denied(SyscallError::Denied(format!(
+            "this handle's agent `{}` is no longer running; a handle acts only as its own agent",
+            record.name
+        ))));
+    }
     let name = call.name();
-    if !caller.record.tools.iter().any(|tool| tool == name) {
-        return Err(
+    if !record.tools.iter().any(|tool| tool == name) {
+        return Err(denied(
             match SYSCALLS.contains(&name) || caller.system.tools.contains_key(name) {
                 true => SyscallError::NotAllowed(name.to_string()),
                 false => SyscallError::Unknown(name.to_string()),
             },
-        );
+        ));
     }
-    Ok(())
+    let host;
+    let request = match call {
+        Syscall::FsRead { path } => Request::FileRead { path },
+        Syscall::FsList { path } => Request::FileList { path },
+        Syscall::FsWrite { path, .. } => Request::FileWrite { path },
+        Syscall::Exec { program, .. } => Request::Exec { program },
+        Syscall::NetFetch { url } => {
+            host = url_host(url).map_err(denied)?;
+            Request::Fetch { host: &host }
+        }
+        Syscall::SendMsg { to, .. } => Request::Message { to },
+        Syscall::Publish { .. } => Request::Publish,
+        Syscall::SpawnAgent { role, .. } => Request::Spawn {
+            role,
+            children: record.children.load(Ordering::SeqCst),
+        },
+        _ => Request::Call,
+    };
+    let admitted = match capability::check(&record.capabilities, name, request) {
+        Verdict::Allow { file } => Ok(Admitted {
+            decision: Decision::Allowed,
+            reason: "granted".into(),
+            file,
+        }),
+        Verdict::Deny(reason) => Err(denied(SyscallError::Denied(reason))),
+        Verdict::Approve { gate, file } => {
+            let Some(approver) = caller.system.approver() else {
+                return Err(denied(SyscallError::Denied(format!(
+                    "`{name}` needs approval ({gate:?}) and no approver is registered"
+                ))));
+            };
+            let request = ApprovalRequest {
+                agent: record.name.clone(),
+                call: name.to_string(),
+                arguments: serde_json::to_string(call).unwrap_or_default(),
+                gate,
+            };
+            let wait = caller.system.security.approval_timeout;
+            match tokio::time::timeout(wait, approver.decide(request)).await {
+                Ok(Approval::Approve) => Ok(Admitted {
+                    decision: Decision::Approved,
+                    reason: format!("approved ({gate:?})"),
+                    file,
+                }),
+                Ok(Approval::Deny(reason)) => Err((
+                    Decision::Refused,
+                    SyscallError::Denied(format!("the approver refused: {reason}")),
+                )),
+                Err(_) => Err((
+                    Decision::Refused,
+                    SyscallError::Denied(format!("no approval within {} ms", wait.as_millis())),
+                )),
+            }
+        }
+    }?;
+    if let Syscall::SpawnAgent { name: child, .. } = call {
+        if caller.system.name_reserved(child, record.pid) {
+            return Err(denied(SyscallError::Denied(format!(
+                "`{child}` is a name the policy or another agent's peers refer to; choose another"
+            ))));
+        }
+        // Counted once allowed, before the child starts, so concurrent calls cannot both pass
+        // (a start that fails later keeps its count: the limits are on attempts).
+        let limit = record.capabilities.spawn.max_children;
+        let mine = record
+            .children
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < limit).then_some(n + 1));
+        if mine.is_err() {
+            return Err(denied(SyscallError::Denied(format!(
+                "this agent may spawn at most {limit} agents"
+            ))));
+        }
+        let tree = record
+            .spawn_budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1));
+        if tree.is_err() {
+            return Err(denied(SyscallError::Denied(
+                "the agents this agent's tree may spawn are used up".into(),
+            )));
+        }
+    }
+    Ok(admitted)
 }
 
-async fn run(caller: &Caller<'_>, call: &Syscall) -> Result<Value, SyscallError> {
+/// The host `net_fetch` would contact first (lower case, without brackets), for the policy
+/// check; the fetch driver checks every hop again, resolved addresses included.
+fn url_host(url: &str) -> Result<String, SyscallError> {
+    let lower = url.trim_start().to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(SyscallError::Denied(format!(
+            "`{url}`: only http and https URLs are fetched"
+        )));
+    }
+    let uri: ureq::http::Uri = url.trim().parse().map_err(|e| SyscallError::Arguments {
+        name: "net_fetch".into(),
+        reason: format!("`{url}` is not a URL: {e}"),
+    })?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(SyscallError::Denied(format!(
+            "`{url}`: only http and https URLs are fetched"
+        )));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| SyscallError::Denied(format!("`{url}` names no host")))?;
+    Ok(host.trim_matches(|c| c == '[' || c == ']').to_ascii_lowercase())
+}
+
+/// The model-facing form of a driver's error.
+pub(crate) fn driver_error(e: agentos_security::DriverError) -> SyscallError {
+    use agentos_security::DriverError;
+    match e {
+        DriverError::Denied(m) => SyscallError::Denied(m),
+        DriverError::NotFound(m) => SyscallError::NotFound(m),
+        DriverError::Io(m) => SyscallError::Io(m),
+        DriverError::Timeout(ms) => SyscallError::Timeout(ms),
+        DriverError::Failed(m) => SyscallError::Failed(m),
+    }
+}
+
+async fn run(caller: &Caller<'_>, call: &Syscall, file: Option<Resolved>) -> Result<Value, SyscallError> {
     let config = &caller.system.syscalls;
+    let caps = &caller.record.capabilities;
     let handle = || AgentHandle::new(caller.record.clone(), caller.system.clone());
     match call {
         Syscall::Exit { result } => Ok(json!({ "result": result })),
@@ -150,7 +362,7 @@ async fn run(caller: &Caller<'_>, call: &Syscall) -> Result<Value, SyscallError>
                 .min(config.max_sleep);
             receive(caller, wait).await
         }
-        Syscall::NetFetch { url } => drivers::net_fetch(config, url).await,
+        Syscall::NetFetch { url } => drivers::net_fetch(config, &caps.net, url).await,
         Syscall::SendMsg { to, text } => {
             let target = caller
                 .system
@@ -163,14 +375,17 @@ async fn run(caller: &Caller<'_>, call: &Syscall) -> Result<Value, SyscallError>
             let task = handle().send(&target, text.clone()).await.map_err(failed)?;
             Ok(json!({ "sent_to": to, "task": task.0 }))
         }
-        Syscall::FsRead { path } => drivers::fs_read(config, path).await,
-        Syscall::FsWrite { path, content } => drivers::fs_write(config, path, content).await,
-        Syscall::FsList { path } => drivers::fs_list(config, path).await,
+        Syscall::FsRead { path } => drivers::fs_read(config, granted(file, path)?).await,
+        Syscall::FsWrite { path, content } => drivers::fs_write(config, granted(file, path)?, path, content).await,
+        Syscall::FsList { path } => drivers::fs_list(config, granted(file, path)?, path).await,
         Syscall::Exec {
             program,
             args,
             timeout_ms,
-        } => drivers::exec(config, program, args, *timeout_ms).await,
+        } => {
+            let limits = &caller.system.security.exec;
+            drivers::exec(config, limits, caps.work_dir(), program, args, *timeout_ms).await
+        }
         Syscall::MemWrite { text } => {
             let pages = handle().remember(text.clone()).await.map_err(failed)?;
             Ok(json!({ "pages": pages.len() }))
@@ -238,16 +453,28 @@ async fn run(caller: &Caller<'_>, call: &Syscall) -> Result<Value, SyscallError>
     }
 }
 
+/// The grant the policy check resolved a file call's path to.
+fn granted(file: Option<Resolved>, path: &str) -> Result<Resolved, SyscallError> {
+    file.ok_or_else(|| SyscallError::Denied(format!("`{path}` is under no file grant of this agent")))
+}
+
 /// `spawn_agent`: starts the child (supervised like every agent), journals its task, and
 /// forwards its answer to the caller as a message from the child once it is done.
 async fn spawn(caller: &Caller<'_>, role: &str, name: &str, task: &str) -> Result<Value, SyscallError> {
     let system = caller.system;
-    let start = system.roles.spawn(system, role, name.to_string()).ok_or_else(|| {
-        SyscallError::NotFound(format!(
-            "no role `{role}`; the roles are: {}",
-            system.roles.names().join(", ")
-        ))
-    })?;
+    let parent = Lineage {
+        ceiling: caller.record.capabilities.clone(),
+        spawn_budget: caller.record.spawn_budget.clone(),
+    };
+    let start = system
+        .roles
+        .spawn(system, role, name.to_string(), parent)
+        .ok_or_else(|| {
+            SyscallError::NotFound(format!(
+                "no role `{role}`; the roles are: {}",
+                system.roles.names().join(", ")
+            ))
+        })?;
     let child = start.await.map_err(|e| match e {
         RuntimeError::NameTaken(name) => SyscallError::Denied(format!("an agent named `{name}` exists already")),
         other => failed(other),

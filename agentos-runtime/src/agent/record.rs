@@ -17,6 +17,7 @@ use ractor::ActorRef;
 use tokio::sync::{mpsc, watch};
 
 use crate::agent::journal::{Completion, Journal};
+use agentos_security::capability::Capabilities;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentMsg, Response, StreamEvent, TaskFailure, TaskInput, TaskOutcome};
@@ -91,6 +92,13 @@ pub(crate) struct AgentRecord {
     pub role: String,
     /// The system calls and tools the agent may use (its role's `tools`).
     pub tools: Vec<String>,
+    /// What its calls may touch (fixed for its life: see [`security`](crate::security)).
+    pub capabilities: Arc<Capabilities>,
+    /// Agents it has started with `spawn_agent` (counted against its spawn grant).
+    pub children: AtomicU32,
+    /// Spawns left to the tree of agents it belongs to: shared with the agent the application
+    /// started at its root and every descendant, so a chain of children cannot multiply it.
+    pub spawn_budget: Arc<AtomicU32>,
     priority: AtomicU8,
     state: AtomicU8,
     pub turns: AtomicU64,
@@ -107,12 +115,23 @@ pub(crate) struct AgentRecord {
 }
 
 impl AgentRecord {
-    pub fn new(pid: Pid, name: String, role: String, tools: Vec<String>, priority: Priority) -> Self {
+    pub fn new(
+        pid: Pid,
+        name: String,
+        role: String,
+        tools: Vec<String>,
+        capabilities: Capabilities,
+        spawn_budget: Arc<AtomicU32>,
+        priority: Priority,
+    ) -> Self {
         AgentRecord {
             pid,
             name,
             role,
             tools,
+            capabilities: Arc::new(capabilities),
+            children: AtomicU32::new(0),
+            spawn_budget,
             priority: AtomicU8::new(priority as u8),
             state: AtomicU8::new(AgentState::Sleeping as u8),
             turns: AtomicU64::new(0),

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
 
 use futures::future::BoxFuture;
@@ -15,20 +16,44 @@ use crate::agent::record::{AgentRecord, SharedRecord, TaskReply};
 use crate::agent::{Agent, AgentSpec};
 use crate::error::{Result, RuntimeError};
 use crate::rpc;
+use crate::security::capabilities_for;
 use crate::supervisor::{ChildSpec, Restart, Shutdown, SupervisorMsg};
 use crate::system::System;
 use crate::types::{AgentState, Pid};
+use agentos_security::capability::Capabilities;
+
+/// What an agent started by another agent inherits from it.
+#[derive(Clone)]
+pub(crate) struct Lineage {
+    /// The parent's capabilities: the child gets at most these.
+    pub ceiling: Arc<Capabilities>,
+    /// The spawns left to the parent's tree, which the child draws from too.
+    pub spawn_budget: Arc<AtomicU32>,
+}
 
 /// Registers and starts an agent playing `role` under `name` (what `AgentOS::spawn` and the
-/// `spawn_agent` system call do).
+/// `spawn_agent` system call do). `parent` is set when another agent starts it (`None`: the
+/// application).
 pub(crate) async fn spawn_agent<R: Agent>(
     system: &Arc<System>,
     name: String,
     spec: AgentSpec,
     role: R,
+    parent: Option<Lineage>,
 ) -> Result<AgentHandle> {
     system.check_accepting()?;
-    let tools = describe_tools(&spec, system)?;
+    let capabilities = capabilities_for(
+        &spec,
+        &name,
+        &system.security.policy,
+        &system.syscalls,
+        parent.as_ref().map(|p| p.ceiling.as_ref()),
+    );
+    let spawn_budget = match &parent {
+        Some(parent) => parent.spawn_budget.clone(),
+        None => Arc::new(AtomicU32::new(capabilities.spawn.max_children)),
+    };
+    let tools = describe_tools(&spec, &capabilities, system)?;
     check_call_grammar(system, &name, &tools).await?;
     let initial =
         bincode::serde::encode_to_vec(&role, bincode::config::standard()).map_err(|e| RuntimeError::Start {
@@ -41,6 +66,8 @@ pub(crate) async fn spawn_agent<R: Agent>(
         name.clone(),
         spec.role.clone(),
         spec.tools.clone(),
+        capabilities,
+        spawn_budget,
         spec.priority,
     ));
     let memory = spec.memory;
@@ -121,7 +148,7 @@ fn agent_child_spec<R: Agent>(
     .with_shutdown(Shutdown::Kill)
 }
 
-type SpawnRole = Arc<dyn Fn(Arc<System>, String) -> BoxFuture<'static, Result<AgentHandle>> + Send + Sync>;
+type SpawnRole = Arc<dyn Fn(Arc<System>, String, Lineage) -> BoxFuture<'static, Result<AgentHandle>> + Send + Sync>;
 
 /// Roles a model may start agents of with the `spawn_agent` system call, by role name (the
 /// `role` of their `#[agent]`). Each child starts from the role's `Default` state.
@@ -135,9 +162,9 @@ impl RoleSet {
     pub fn add<R: Agent + Default>(&mut self) {
         let spec = Arc::new(R::spec());
         let template = spec.clone();
-        let spawn: SpawnRole = Arc::new(move |system, name| {
+        let spawn: SpawnRole = Arc::new(move |system, name, parent| {
             let spec = (*template).clone();
-            Box::pin(async move { spawn_agent(&system, name, spec, R::default()).await })
+            Box::pin(async move { spawn_agent(&system, name, spec, R::default(), Some(parent)).await })
         });
         self.roles.insert(spec.role.clone(), (spec, spawn));
     }
@@ -151,15 +178,17 @@ impl RoleSet {
         self.roles.get(role).map(|(spec, _)| spec.as_ref())
     }
 
-    /// Starts an agent of `role` named `name`; `None` when no such role is registered.
+    /// Starts an agent of `role` named `name` as a child of `parent`; `None` when no such role
+    /// is registered.
     pub(crate) fn spawn(
         &self,
         system: &Arc<System>,
         role: &str,
         name: String,
+        parent: Lineage,
     ) -> Option<BoxFuture<'static, Result<AgentHandle>>> {
         let (_, spawn) = self.roles.get(role)?;
-        Some(spawn(system.clone(), name))
+        Some(spawn(system.clone(), name, parent))
     }
 }
 

@@ -30,5 +30,7 @@ mod runtime_scheduler;
 mod runtime_supervisor;
 mod runtime_syscalls;
 mod runtime_tools;
+mod security_attacks;
+mod security_model;
 mod sync_board;
 mod sync_model;

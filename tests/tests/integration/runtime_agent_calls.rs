@@ -204,6 +204,7 @@ async fn net_fetch_reads_allowed_hosts_only_and_caps_what_it_reads() {
         .without_kernel()
         .syscalls(SyscallConfig {
             net_allow: vec!["127.0.0.1".into()],
+            net_allow_private: true,
             max_fetch_bytes: 1000,
             ..SyscallConfig::default()
         })

@@ -43,6 +43,40 @@ fn the_attributes_and_doc_comment_become_the_spec() {
     assert_eq!(spec.max_steps, 3);
 }
 
+/// You guard the archive.
+#[agent(name = "Archivist", tools = ["fs_read", "fs_write", "exec", "send_msg", "spawn_agent"],
+        read = ["/srv/archive"], write = ["scratch=/tmp/archivist"], exec = ["grep"], net = ["*.example.com"],
+        peers = ["Critic"], children = 2, child_roles = ["helper"], approve = ["exec", "spawn"])]
+#[derive(Default, Serialize, Deserialize)]
+struct Archivist;
+
+#[test]
+fn capability_keys_declare_the_roles_own_capabilities() {
+    use agentos_runtime::security::{Access, FileGrant, Gate, Peers};
+    let caps = Archivist::spec().capabilities.expect("declared");
+    assert_eq!(
+        caps.files,
+        vec![
+            FileGrant::work_dir("/srv/archive", Access::Read),
+            FileGrant {
+                mount: "scratch".into(),
+                path: "/tmp/archivist".into(),
+                access: Access::ReadWrite,
+                scratch: false,
+            },
+        ]
+    );
+    assert_eq!(caps.exec.iter().collect::<Vec<_>>(), vec!["grep"]);
+    assert_eq!(caps.net.hosts, vec!["*.example.com".to_string()]);
+    assert!(!caps.net.allow_private);
+    assert_eq!(caps.message, Peers::Only(["Critic".to_string()].into()));
+    assert_eq!(caps.spawn.max_children, 2);
+    assert_eq!(caps.spawn.roles, Some(["helper".to_string()].into()));
+    assert_eq!(caps.approval, [Gate::Exec, Gate::Spawn].into());
+    // Without capability keys the runtime's policy decides.
+    assert!(Researcher::spec().capabilities.is_none());
+}
+
 #[test]
 fn left_out_attributes_take_their_defaults() {
     let spec = Critic::spec();

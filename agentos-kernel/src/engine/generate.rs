@@ -965,7 +965,6 @@ impl Batcher {
                     self.stats.generated_tokens += 1;
                     let mut logits = out.logits.pop().expect("logits were requested");
                     r.forced.clear();
-                    let history: Vec<TokenId> = r.request.prompt.iter().chain(&r.generated).copied().collect();
                     if let Some(grammar) = &mut r.grammar {
                         let started = Instant::now();
                         self.stats.grammar_masks += grammar.active() as u64;
@@ -976,7 +975,7 @@ impl Batcher {
                             continue;
                         }
                     }
-                    let token = r.sampler.sample(&mut logits, &history);
+                    let token = r.sampler.sample(&mut logits, &[&r.request.prompt, &r.generated]);
                     r.next = Some(token);
                     let mut reason = Self::accept(engine, r, token, &mut self.stats);
                     // Tokens the grammar allows alone are appended without sampling and fed

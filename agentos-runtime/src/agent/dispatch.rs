@@ -145,23 +145,9 @@ pub(crate) async fn dispatch(caller: &Caller<'_>, call: &Syscall) -> Result<Valu
             (admitted.decision, admitted.reason, result)
         }
     };
-    let outcome = match &result {
-        Ok(_) => "ok".to_string(),
-        Err(e) => format!("error: {}", truncate(&e.to_string(), 200)),
-    };
-    let entry = AuditEntry {
-        agent: caller.record.name.clone(),
-        call: call.name().to_string(),
-        args_sha256: digest_args(&serde_json::to_value(call).unwrap_or(Value::Null)),
-        decision,
-        reason,
-        outcome,
-        duration_us: started.elapsed().as_micros() as u64,
-    };
-    if let Err(e) = caller.system.audit.append(entry).await {
-        tracing::error!(agent = %caller.record.name, call = call.name(), error = %e, "a system call could not be audited");
-        return Err(SyscallError::Io(format!("the audit log could not be written: {e}")));
-    }
+    let arguments = digest_args(&serde_json::to_value(call).unwrap_or(Value::Null));
+    let duration_us = started.elapsed().as_micros() as u64;
+    audit(caller, call.name(), arguments, decision, reason, &result, duration_us).await?;
     result
 }
 
@@ -173,24 +159,42 @@ pub(crate) async fn reject(
     raw: &str,
     error: SyscallError,
 ) -> Result<Value, SyscallError> {
+    let name = if name.is_empty() { "(malformed)" } else { name };
+    let arguments = digest_args(&Value::String(raw.to_string()));
+    let reason = truncate(&error.to_string(), 200);
+    let result = Err(error);
+    audit(caller, name, arguments, Decision::Denied, reason, &result, 0).await?;
+    result
+}
+
+/// Appends the record of one call. A record that cannot be written fails the call (and is
+/// logged): nothing is answered unaudited.
+async fn audit(
+    caller: &Caller<'_>,
+    call: &str,
+    args_sha256: String,
+    decision: Decision,
+    reason: String,
+    result: &Result<Value, SyscallError>,
+    duration_us: u64,
+) -> Result<(), SyscallError> {
+    let outcome = match result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("error: {}", truncate(&e.to_string(), 200)),
+    };
     let entry = AuditEntry {
         agent: caller.record.name.clone(),
-        call: if name.is_empty() {
-            "(malformed)".into()
-        } else {
-            name.to_string()
-        },
-        args_sha256: digest_args(&Value::String(raw.to_string())),
-        decision: Decision::Denied,
-        reason: truncate(&error.to_string(), 200),
-        outcome: format!("error: {}", truncate(&error.to_string(), 200)),
-        duration_us: 0,
+        call: call.to_string(),
+        args_sha256,
+        decision,
+        reason,
+        outcome,
+        duration_us,
     };
-    if let Err(e) = caller.system.audit.append(entry).await {
-        tracing::error!(agent = %caller.record.name, error = %e, "a malformed call could not be audited");
-        return Err(SyscallError::Io(format!("the audit log could not be written: {e}")));
-    }
-    Err(error)
+    caller.system.audit.append(entry).await.map_err(|e| {
+        tracing::error!(agent = %caller.record.name, call, error = %e, "a system call could not be audited");
+        SyscallError::Io(format!("the audit log could not be written: {e}"))
+    })
 }
 
 fn truncate(text: &str, chars: usize) -> String {

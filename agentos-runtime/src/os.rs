@@ -952,4 +952,28 @@ mod tests {
         assert!(os.quarantined("c").await.unwrap().is_empty());
         os.shutdown().await.unwrap();
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_that_did_not_parse_is_audited_as_denied() {
+        use crate::agent::dispatch::{Caller, reject};
+        use crate::security::Decision;
+        use crate::syscall::SyscallError;
+        let os = AgentOS::builder().without_kernel().start().await.unwrap();
+        let keeper = os.spawn(Keeper::default()).await.unwrap();
+        let caller = Caller {
+            record: keeper.record(),
+            system: &os.system,
+        };
+        let error = SyscallError::Malformed("expected a JSON object".into());
+        let result = reject(&caller, "", "{not json", error.clone()).await;
+        assert_eq!(result, Err(error));
+        let records = os.audit().await.unwrap();
+        let last = records.last().expect("the rejected call is recorded");
+        assert_eq!(last.entry.agent, "Keeper");
+        assert_eq!(last.entry.call, "(malformed)");
+        assert_eq!(last.entry.decision, Decision::Denied);
+        assert!(last.entry.outcome.starts_with("error: malformed call"), "{last:?}");
+        assert!(os.verify_audit().await.unwrap().first_broken.is_none());
+        os.shutdown().await.unwrap();
+    }
 }

@@ -1,9 +1,10 @@
 //! The kernel computes what the model computes: tokenization and teacher-forced greedy argmax
-//! equal llama.cpp's on the shared reference.
+//! equal llama.cpp's on the shared reference, in one forward per case and one token per step
+//! as the Batcher serves (single and batched decodes, chunked prefill mixed with decodes).
 
-use agentos_kernel::parity::{ParitySummary, check_case, read_reference};
+use agentos_kernel::parity::{ParitySummary, Schedule, StepwiseParity, check_case, check_stepwise, read_reference};
 
-use crate::support::{engine_f16, engine_f32, engine_quantized, reference_file};
+use crate::support::{engine_f16, engine_f32, engine_f32_burn_only, engine_quantized, reference_file};
 
 fn run(engine: &mut agentos_kernel::Engine) -> ParitySummary {
     let cases = read_reference(&reference_file()).expect("reference parses");
@@ -38,4 +39,96 @@ fn parity_quantized_weights_on_flex() {
     let summary = run(&mut engine);
     println!("{}", summary.line());
     assert!(summary.passes(97.0), "{}", summary.line());
+}
+
+fn stepwise(engine: &mut agentos_kernel::Engine, schedule: Schedule) -> StepwiseParity {
+    let cases = read_reference(&reference_file()).expect("reference parses");
+    let report = check_stepwise(engine, &cases, schedule).expect("cases run");
+    println!(
+        "{schedule:?}: {} in {} steps ({} mixed, up to {} decodes per step, {} continued chunks)",
+        report.summary.line(),
+        report.steps,
+        report.mixed_steps,
+        report.most_decodes,
+        report.continued_chunks
+    );
+    assert_eq!(report.summary.cases.len(), cases.len());
+    report
+}
+
+/// One sequence at a time: the prompt in one forward, then one reference token per step
+/// through the single-sequence decode path.
+#[test]
+fn stepwise_single_sequence_decode_quantized() {
+    let mut engine = engine_quantized();
+    let report = stepwise(
+        &mut engine,
+        Schedule {
+            prefill_chunk: 512,
+            concurrent: 1,
+        },
+    );
+    assert_eq!(report.most_decodes, 1);
+    assert!(report.summary.passes(97.0), "{}", report.summary.line());
+}
+
+/// Every case in every forward: eight single-token decodes batched in each step.
+#[test]
+fn stepwise_batched_decode_quantized() {
+    let mut engine = engine_quantized();
+    let report = stepwise(
+        &mut engine,
+        Schedule {
+            prefill_chunk: 512,
+            concurrent: 8,
+        },
+    );
+    assert_eq!(report.most_decodes, 8);
+    assert!(report.summary.passes(97.0), "{}", report.summary.line());
+}
+
+/// Prompts fed five tokens per step while other cases decode in the same forwards.
+#[test]
+fn stepwise_chunked_prefill_among_decodes_quantized() {
+    let mut engine = engine_quantized();
+    let report = stepwise(
+        &mut engine,
+        Schedule {
+            prefill_chunk: 5,
+            concurrent: 3,
+        },
+    );
+    assert!(report.mixed_steps > 0 && report.continued_chunks > 0, "{report:?}");
+    assert!(report.summary.passes(97.0), "{}", report.summary.line());
+}
+
+/// f32 weights, chunked prefill and batched decodes together, through the host kernels.
+#[test]
+fn stepwise_chunked_and_batched_f32() {
+    let mut engine = engine_f32();
+    let report = stepwise(
+        &mut engine,
+        Schedule {
+            prefill_chunk: 7,
+            concurrent: 4,
+        },
+    );
+    assert!(report.mixed_steps > 0 && report.most_decodes > 1, "{report:?}");
+    assert!(report.summary.passes(97.0), "{}", report.summary.line());
+}
+
+/// f32 weights with the host kernels off: decodes attend through burn's padded batch, as on a
+/// GPU.
+#[test]
+fn stepwise_chunked_and_batched_through_burn() {
+    let mut engine = engine_f32_burn_only();
+    let report = stepwise(
+        &mut engine,
+        Schedule {
+            prefill_chunk: 7,
+            concurrent: 4,
+        },
+    );
+    assert!(report.mixed_steps > 0 && report.most_decodes > 1, "{report:?}");
+    assert!(report.summary.passes(97.0), "{}", report.summary.line());
 }

@@ -4,7 +4,8 @@
 # llama-cpp-python==0.3.36 vendors, as ../shared/bench/llamacpp.sh does, native CPU features),
 # runs them (pp512, tg128, 2 threads, 3 repetitions; 1, 8 and 16 sequences), runs kernel_bench,
 # and prints one JSON object: {"llama_cpp": ..., "agentos": ..., "ratios": ...}, each ratio
-# agentos / llama.cpp (peak RSS: lower is better).
+# agentos / llama.cpp (peak RSS: lower is better). served_aggregate_N compares the Batcher's
+# generation phase (sampled, see kernel_bench) with llama-batched-bench's at N sequences.
 # Usage: benches/vs_llamacpp.sh [kernel_bench flags, e.g. --dtype f16]
 # PROFILE=dev runs kernel_bench from the dev profile (dependencies and the kernel optimised,
 # debug assertions on) where a release build of burn is not at hand.
@@ -71,5 +72,6 @@ ratios = {
 }
 for n in ("1", "8", "16"):
     ratios[f"aggregate_decode_{n}"] = ratio(ours["aggregate_decode_tps"].get(n), llama["aggregate_decode_tps"].get(n))
+    ratios[f"served_aggregate_{n}"] = ratio(ours["served_aggregate_tps"].get(n), llama["aggregate_decode_tps"].get(n))
 print(json.dumps({"llama_cpp": llama, "agentos": ours, "ratios": ratios}))
 PY

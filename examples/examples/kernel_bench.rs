@@ -4,8 +4,11 @@
 //! cargo run --release --example kernel_bench -- --json [--model PATH] [--dtype f16|f32|auto] [--device NAME]
 //! ```
 //! Prints one JSON object: device, dtype, prefill_tps (512-token prompt), decode_tps (one
-//! sequence, 128 tokens), aggregate_decode_tps (keyed by sequences decoding together),
-//! grammar (8 chat requests through the Batcher, JSON-Schema constrained against the same
+//! sequence, 128 tokens), aggregate_decode_tps (keyed by sequences decoding together, one
+//! `Engine::forward` per step), served_aggregate_tps (the same numbers of sequences as requests
+//! through the Batcher and the sampler: generated tokens per second once every request has its
+//! first token, as llama-batched-bench counts its generation phase), each the median of
+//! `--repeats` runs (3; every run's figure is kept under `runs`), grammar (8 chat requests through the Batcher, JSON-Schema constrained against the same
 //! requests free, in the same run: tokens/s of each and the mean mask time per constrained
 //! token), sampling (µs per token of the sampler on the model's own logits, partial selection
 //! against the full sort of the vocabulary it replaced, in the same run), peak_rss_bytes, plus
@@ -17,13 +20,16 @@ use agentos_examples::{ModelArgs, init_logging, peak_rss_bytes};
 use agentos_kernel::engine::generate::{Batcher, BatcherStats, prepare};
 use agentos_kernel::engine::sampling::argmax;
 use agentos_kernel::{
-    ChatMessage, Constraint, Engine, ForwardItem, GenerateRequest, GenerationEvent, Grammar, LogitsWanted, SequenceId,
-    TokenId,
+    ChatMessage, Constraint, Engine, ForwardItem, GenerateRequest, GenerationEvent, Grammar, LogitsWanted, Prompt,
+    SamplingParams, SequenceId, TokenId,
 };
 
 const PREFILL_TOKENS: usize = 512;
 const DECODE_TOKENS: usize = 128;
 const AGGREGATE_STEPS: usize = 32;
+/// Tokens each served request generates (after its first).
+const SERVED_TOKENS: usize = 64;
+const SEQUENCE_COUNTS: [usize; 5] = [1, 2, 4, 8, 16];
 
 /// Kernel speed: prefill, decode, batched decode, constrained against free generation, memory.
 #[derive(clap::Parser)]
@@ -31,6 +37,9 @@ struct Cli {
     /// Print one JSON object (default: pretty-printed)
     #[arg(long)]
     json: bool,
+    /// Runs of each figure; the median is reported
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    repeats: u32,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -61,42 +70,75 @@ fn main() -> agentos_kernel::Result<()> {
     decode(&mut engine, &[warm], 4)?;
     engine.release_sequence(warm);
 
+    let repeats = cli.repeats as usize;
+    let mut runs = serde_json::Map::new();
+
     // Prefill: one 512-token forward.
-    let seq = engine.create_sequence();
-    let t = Instant::now();
-    let out = engine.forward(&[ForwardItem::new(seq, prompt.clone())])?;
-    let prefill_seconds = t.elapsed().as_secs_f64();
-    let first = argmax(&out[0].logits[0]);
-    let sampling = sampling_cost(&out[0].logits[0], &prompt);
-    engine.release_sequence(seq);
+    let mut prefill_tps = Vec::new();
+    let mut first = 0;
+    let mut sampling = serde_json::Value::Null;
+    for _ in 0..repeats {
+        let seq = engine.create_sequence();
+        let t = Instant::now();
+        let out = engine.forward(&[ForwardItem::new(seq, prompt.clone())])?;
+        prefill_tps.push(PREFILL_TOKENS as f64 / t.elapsed().as_secs_f64());
+        first = argmax(&out[0].logits[0]);
+        if sampling.is_null() {
+            sampling = sampling_cost(&out[0].logits[0], &prompt);
+        }
+        engine.release_sequence(seq);
+    }
 
     // Decode: one sequence, 128 tokens after a short prompt.
-    let seq = engine.create_sequence();
-    engine.forward(&[ForwardItem::new(seq, prompt[..32].to_vec())])?;
-    let t = Instant::now();
-    decode_from(&mut engine, &[seq], &[first], DECODE_TOKENS)?;
-    let decode_seconds = t.elapsed().as_secs_f64();
-    engine.release_sequence(seq);
+    let mut decode_tps = Vec::new();
+    for _ in 0..repeats {
+        let seq = engine.create_sequence();
+        engine.forward(&[ForwardItem::new(seq, prompt[..32].to_vec())])?;
+        let t = Instant::now();
+        decode_from(&mut engine, &[seq], &[first], DECODE_TOKENS)?;
+        decode_tps.push(DECODE_TOKENS as f64 / t.elapsed().as_secs_f64());
+        engine.release_sequence(seq);
+    }
 
     // Aggregate: N sequences decoding together in one batched forward per step.
     let mut aggregate = serde_json::Map::new();
-    for n in [1usize, 2, 4, 8, 16] {
-        let seqs: Vec<SequenceId> = (0..n).map(|_| engine.create_sequence()).collect();
-        let items: Vec<ForwardItem> = seqs
-            .iter()
-            .enumerate()
-            .map(|(i, &s)| ForwardItem::new(s, prompt[i..i + 16].to_vec()))
-            .collect();
-        let outs = engine.forward(&items)?;
-        let next: Vec<TokenId> = outs.iter().map(|o| argmax(&o.logits[0]) % vocab).collect();
-        let t = Instant::now();
-        decode_from(&mut engine, &seqs, &next, AGGREGATE_STEPS)?;
-        let tps = (n * AGGREGATE_STEPS) as f64 / t.elapsed().as_secs_f64();
-        aggregate.insert(n.to_string(), serde_json::json!(round(tps)));
-        for s in seqs {
-            engine.release_sequence(s);
+    let mut aggregate_runs = serde_json::Map::new();
+    for n in SEQUENCE_COUNTS {
+        let mut tps = Vec::new();
+        for _ in 0..repeats {
+            let seqs: Vec<SequenceId> = (0..n).map(|_| engine.create_sequence()).collect();
+            let items: Vec<ForwardItem> = seqs
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| ForwardItem::new(s, prompt[i..i + 16].to_vec()))
+                .collect();
+            let outs = engine.forward(&items)?;
+            let next: Vec<TokenId> = outs.iter().map(|o| argmax(&o.logits[0]) % vocab).collect();
+            let t = Instant::now();
+            decode_from(&mut engine, &seqs, &next, AGGREGATE_STEPS)?;
+            tps.push((n * AGGREGATE_STEPS) as f64 / t.elapsed().as_secs_f64());
+            for s in seqs {
+                engine.release_sequence(s);
+            }
         }
+        aggregate.insert(n.to_string(), serde_json::json!(round(median(&tps))));
+        aggregate_runs.insert(n.to_string(), rounded(&tps));
     }
+
+    // Served: the same sequence counts as requests through the Batcher and the sampler.
+    let mut served = serde_json::Map::new();
+    let mut served_runs = serde_json::Map::new();
+    for n in SEQUENCE_COUNTS {
+        let tps = (0..repeats)
+            .map(|run| served_decode_tps(&mut engine, &prompt, n, run as u64))
+            .collect::<agentos_kernel::Result<Vec<f64>>>()?;
+        served.insert(n.to_string(), serde_json::json!(round(median(&tps))));
+        served_runs.insert(n.to_string(), rounded(&tps));
+    }
+    runs.insert("prefill_tps".into(), rounded(&prefill_tps));
+    runs.insert("decode_tps".into(), rounded(&decode_tps));
+    runs.insert("aggregate_decode_tps".into(), aggregate_runs.into());
+    runs.insert("served_aggregate_tps".into(), served_runs.into());
 
     let grammar = grammar_cost(&mut engine)?;
 
@@ -109,13 +151,15 @@ fn main() -> agentos_kernel::Result<()> {
         "weights": info.weights,
         "load_seconds": round(load_seconds),
         "prefill_tokens": PREFILL_TOKENS,
-        "prefill_seconds": round(prefill_seconds),
-        "prefill_tps": round(PREFILL_TOKENS as f64 / prefill_seconds),
+        "prefill_tps": round(median(&prefill_tps)),
         "decode_tokens": DECODE_TOKENS,
-        "decode_seconds": round(decode_seconds),
-        "decode_tps": round(DECODE_TOKENS as f64 / decode_seconds),
+        "decode_tps": round(median(&decode_tps)),
         "aggregate_decode_steps": AGGREGATE_STEPS,
         "aggregate_decode_tps": aggregate,
+        "served_tokens": SERVED_TOKENS,
+        "served_aggregate_tps": served,
+        "repeats": repeats,
+        "runs": runs,
         "grammar": grammar,
         "sampling": sampling,
         "peak_rss_bytes": peak_rss_bytes(),
@@ -258,6 +302,61 @@ fn grammar_cost(engine: &mut Engine) -> agentos_kernel::Result<serde_json::Value
         "forced_tokens": stats.grammar_forced_tokens,
         "mask_us_per_token": round(stats.grammar_us as f64 / stats.grammar_masks.max(1) as f64),
     }))
+}
+
+/// `n` requests of 16 prompt tokens each (different slices of `prompt`) through the Batcher,
+/// sampled at temperature 0.8, top-k 40, top-p 0.95, repetition penalty 1.1, each generating
+/// `1 + SERVED_TOKENS` tokens: the generated tokens per second from the step in which the last
+/// request got its first token until all are done.
+fn served_decode_tps(engine: &mut Engine, prompt: &[TokenId], n: usize, seed: u64) -> agentos_kernel::Result<f64> {
+    let mut batcher = Batcher::new();
+    let mut receivers = Vec::new();
+    for i in 0..n {
+        let mut request = GenerateRequest::new(Prompt::Tokens(prompt[i..i + 16].to_vec()))
+            .max_tokens(1 + SERVED_TOKENS)
+            .sampling(SamplingParams {
+                temperature: 0.8,
+                top_k: 40,
+                top_p: 0.95,
+                repetition_penalty: 1.1,
+                seed: seed * 1000 + i as u64,
+            });
+        request.ignore_eos = true;
+        let prepared = prepare(request, engine.tokenizer(), engine.template(), engine.model_config())?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        batcher.submit(prepared, Box::new(tx));
+        receivers.push(rx);
+    }
+    // Prefill until every request has sampled its first token.
+    while batcher.stats().generated_tokens < n as u64 && !batcher.is_idle() {
+        batcher.step(engine);
+    }
+    let from = batcher.stats().generated_tokens;
+    let t = Instant::now();
+    while !batcher.is_idle() {
+        batcher.step(engine);
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    for rx in receivers {
+        if let Some(GenerationEvent::Failed(e)) = rx.try_iter().find(|e| matches!(e, GenerationEvent::Failed(_))) {
+            return Err(e);
+        }
+    }
+    Ok((batcher.stats().generated_tokens - from) as f64 / seconds)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn rounded(values: &[f64]) -> serde_json::Value {
+    values.iter().map(|&v| round(v)).collect::<Vec<f64>>().into()
 }
 
 fn round(x: f64) -> f64 {

@@ -89,10 +89,23 @@ fn run_child(dir: &Path, kill_after: Option<Duration>) -> Vec<TaskId> {
         ])
         .env(CHILD_ENV, dir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    // The end of the child's stderr, kept to explain a child that dies before it is ready.
+    let stderr = child.stderr.take().unwrap();
+    let stderr_reader = std::thread::spawn(move || {
+        let mut tail = std::collections::VecDeque::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tail.len() == 40 {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        Vec::from(tail).join("\n")
+    });
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -129,13 +142,19 @@ fn run_child(dir: &Path, kill_after: Option<Duration>) -> Vec<TaskId> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    assert!(ready.is_some(), "the child never got ready");
+    if ready.is_none() {
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let stderr = stderr_reader.join().unwrap();
+        panic!("the child never got ready ({status}); its stderr ends:\n{stderr}");
+    }
     if !done {
         assert!(kill_after.is_some(), "the last run did not finish within 300 s");
         child.kill().unwrap(); // SIGKILL on Unix
     }
     child.wait().unwrap();
     reader.join().unwrap();
+    stderr_reader.join().unwrap();
     // What it printed before it died was acknowledged too.
     while let Ok(line) = rx.try_recv() {
         if let Some(id) = line.strip_prefix("ACK ").and_then(|n| n.trim().parse().ok()) {

@@ -624,7 +624,9 @@ impl Engine {
                 },
             })
             .collect();
-        let out = self.model.forward(&tokens, &slices, &mut self.kv);
+        let on_host = self.uses_host_matmul();
+        let (model, kv) = (&self.model, &mut self.kv);
+        let out = on_pool_if(on_host, || model.forward(&tokens, &slices, kv));
 
         // Rows of the flat batch whose logits are wanted.
         let mut logit_rows: Vec<i64> = Vec::new();
@@ -645,7 +647,8 @@ impl Engine {
                 TensorData::new(logit_rows.clone(), [logit_rows.len()]),
                 self.model.device(),
             );
-            let rows = self.model.logits(out.hidden.clone().select(0, idx));
+            let hidden = out.hidden.clone().select(0, idx);
+            let rows = on_pool_if(on_host, || model.logits(hidden));
             read_f32(rows)?
         };
 
@@ -864,4 +867,16 @@ fn chat_template(source: Option<&str>, tokenizer: &Tokenizer) -> Result<ChatTemp
         &text(tokenizer.bos_token),
         &text(tokenizer.eos_tokens.first().copied()),
     )
+}
+/// Runs `f` on a worker of rayon's pool when `on_pool` holds (the caller waits once), else
+/// here. The host kernels split every matmul and attention with rayon: called from a thread
+/// outside the pool, each of the ~150 parallel operations of a decode step would wake the pool
+/// and put this thread to sleep until it finishes (two futex round trips, and one core's worth
+/// of this thread idle); from inside, the worker computes one part itself and the other
+/// workers steal the rest.
+fn on_pool_if<R: Send>(on_pool: bool, f: impl FnOnce() -> R + Send) -> R {
+    if !on_pool || rayon::current_thread_index().is_some() {
+        return f();
+    }
+    rayon::scope(|_| f())
 }

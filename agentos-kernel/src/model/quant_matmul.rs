@@ -31,8 +31,11 @@ use crate::gguf::dequant::{half, scale_min_k4};
 /// Values per activation block (and per unpacked weight block).
 pub const QK: usize = 32;
 
-/// Activation rows that share one unpacked weight block.
+/// Activation rows that share one unpacked weight block (AVX2 and portable kernels).
 const ROW_TILE: usize = 4;
+
+/// The same for the AVX-512 kernel, whose 32 vector registers hold 8 rows' accumulators.
+const WIDE_ROW_TILE: usize = 8;
 
 /// The block encodings the kernel multiplies directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,12 +161,15 @@ impl QuantMatrix {
     /// `x @ wᵀ` for activations already quantised (one quantisation serves every matrix that
     /// reads the same input).
     pub fn matmul_quantized(&self, x: &Q8Rows) -> Vec<f32> {
+        self.matmul_with(Kernel::detect(), x)
+    }
+
+    fn matmul_with(&self, kernel: Kernel, x: &Q8Rows) -> Vec<f32> {
         assert_eq!(x.inputs, self.inputs, "activation width");
         let rows = x.rows;
         // Transposed output `[outputs][rows]`: each task owns whole output rows.
         let mut out_t = vec![0f32; self.outputs * rows];
         let per_task = (self.outputs / (rayon::current_num_threads() * 4)).max(16);
-        let kernel = Kernel::detect();
         out_t
             .par_chunks_mut(per_task * rows)
             .enumerate()
@@ -173,7 +179,7 @@ impl QuantMatrix {
                 let w = &self.data[first * self.row_bytes..(first + n) * self.row_bytes];
                 let mut r0 = 0;
                 while r0 < rows {
-                    let tile = ROW_TILE.min(rows - r0);
+                    let tile = kernel.row_tile(self.format).min(rows - r0);
                     kernel.dot_rows(self.format, w, self.row_bytes, x, r0, tile, out);
                     r0 += tile;
                 }
@@ -359,24 +365,75 @@ enum Kernel {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX-512 with VNNI for Q4_0, Q4_1 and Q8_0; AVX2 for the other formats.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
 }
 
 impl Kernel {
+    /// The fastest implementation this CPU supports, or the one `AGENTOS_QUANT_KERNEL` names
+    /// (`portable`, `avx2`, `avx512vnni`; to compare tiers on one machine) where this CPU
+    /// supports it. Detected once.
     fn detect() -> Self {
+        static DETECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            let supported = Self::supported();
+            let best = *supported.last().expect("the portable kernel runs anywhere");
+            let Ok(wanted) = std::env::var("AGENTOS_QUANT_KERNEL") else {
+                return best;
+            };
+            match supported.iter().find(|k| k.name() == wanted) {
+                Some(&kernel) => kernel,
+                None => {
+                    tracing::warn!(
+                        wanted,
+                        using = best.name(),
+                        "AGENTOS_QUANT_KERNEL names no kernel this CPU supports"
+                    );
+                    best
+                }
+            }
+        })
+    }
+
+    /// Rows [`Kernel::dot_rows`] takes at once for `format`.
+    fn row_tile(self, format: QuantFormat) -> usize {
+        match (self, format) {
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512Vnni, QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0) => WIDE_ROW_TILE,
+            _ => ROW_TILE,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    /// Every implementation this CPU supports, slowest first.
+    fn supported() -> Vec<Self> {
+        #[allow(unused_mut)]
+        let mut kernels = vec![Kernel::Portable];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-            {
-                return Kernel::Avx2;
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                kernels.push(Kernel::Avx2);
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
+                    kernels.push(Kernel::Avx512Vnni);
+                }
             }
         }
-        Kernel::Portable
+        kernels
     }
 
     /// For every weight row `j` of `w` (rows of `row_bytes`): `out[j][r0 + i] = w_j · x[r0 + i]`
-    /// for the `tile <= ROW_TILE` rows from `r0`, where `out` is `[w rows][x rows]`.
+    /// for the `tile <= self.row_tile(format)` rows from `r0`, where `out` is `[w rows][x rows]`.
     #[allow(clippy::too_many_arguments)]
     fn dot_rows(
         self,
@@ -396,8 +453,17 @@ impl Kernel {
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `detect` found AVX2, FMA and F16C.
+            // SAFETY: `supported` found AVX2, FMA and F16C.
             Kernel::Avx2 => unsafe { x86::dot_rows(format, w, row_bytes, x, r0, tile, out) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => match format {
+                // SAFETY: `supported` found AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C.
+                QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0 => unsafe {
+                    x86_vnni::dot_rows(format, w, row_bytes, x, r0, tile, out)
+                },
+                // SAFETY: as above (AVX2 is part of this tier).
+                _ => unsafe { x86::dot_rows(format, w, row_bytes, x, r0, tile, out) },
+            },
         }
     }
 
@@ -406,8 +472,8 @@ impl Kernel {
         match self {
             Kernel::Portable => quantize_block(x, q),
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `detect` found AVX2, FMA and F16C.
-            Kernel::Avx2 => unsafe { x86::quantize_block(x, q) },
+            // SAFETY: `supported` found AVX2, FMA and F16C (with AVX-512 in the second tier).
+            Kernel::Avx2 | Kernel::Avx512Vnni => unsafe { x86::quantize_block(x, q) },
         }
     }
 }
@@ -836,6 +902,215 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+// As in `x86`: row loops index accumulators and activation rows together and unroll.
+#[allow(clippy::needless_range_loop)]
+mod x86_vnni {
+    //! AVX-512 with VNNI: two 32-value blocks per 512-bit register. `vpdpbusd` multiplies 64
+    //! unsigned weight codes by 64 signed activation codes and sums each 4 into 16 `i32` lanes
+    //! in one instruction (AVX2 needs `maddubs` + `madd`, and saturates pairs at 16 bits):
+    //! lanes 0–7 belong to the first block, 8–15 to the second, so one vector of two scales
+    //! (each repeated 8 times) scales both. Q4_0, Q4_1 and Q8_0, the formats of the default
+    //! model; the others use the AVX2 kernel.
+    use std::arch::x86_64::*;
+
+    use super::{Q8Rows, QK, QuantFormat, WIDE_ROW_TILE};
+
+    /// See [`super::Kernel::dot_rows`], for Q4_0, Q4_1 and Q8_0.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dot_rows(
+        format: QuantFormat,
+        w: &[u8],
+        row_bytes: usize,
+        x: &Q8Rows,
+        r0: usize,
+        tile: usize,
+        out: &mut [f32],
+    ) {
+        match (format, tile) {
+            (QuantFormat::Q4_0, n) => rows_n::<0>(n, w, row_bytes, x, r0, out),
+            (QuantFormat::Q4_1, n) => rows_n::<1>(n, w, row_bytes, x, r0, out),
+            (QuantFormat::Q8_0, n) => rows_n::<2>(n, w, row_bytes, x, r0, out),
+            (other, _) => unreachable!("{other:?} has no VNNI kernel"),
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    fn rows_n<const F: u8>(n: usize, w: &[u8], row_bytes: usize, x: &Q8Rows, r0: usize, out: &mut [f32]) {
+        match n {
+            8 => rows::<F, 8>(w, row_bytes, x, r0, out),
+            7 => rows::<F, 7>(w, row_bytes, x, r0, out),
+            6 => rows::<F, 6>(w, row_bytes, x, r0, out),
+            5 => rows::<F, 5>(w, row_bytes, x, r0, out),
+            4 => rows::<F, 4>(w, row_bytes, x, r0, out),
+            3 => rows::<F, 3>(w, row_bytes, x, r0, out),
+            2 => rows::<F, 2>(w, row_bytes, x, r0, out),
+            1 => rows::<F, 1>(w, row_bytes, x, r0, out),
+            n => unreachable!("{n} rows in a tile of at most {WIDE_ROW_TILE}"),
+        }
+    }
+
+    /// Bytes per block and where its codes start: Q4_0 (`F = 0`), Q4_1 (1), Q8_0 (2).
+    const fn layout(f: u8) -> (usize, usize) {
+        match f {
+            0 => (18, 2),
+            1 => (20, 4),
+            _ => (34, 2),
+        }
+    }
+
+    /// The codes of blocks at `a` and `b` as 64 unsigned bytes in activation order, and for
+    /// Q8_0 the mask of negative codes (their activations are negated, the codes made
+    /// positive: `vpdpbusd` wants one unsigned side).
+    ///
+    /// # Safety
+    /// `a` and `b` point at whole blocks of the format.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn codes2<const F: u8>(a: *const u8, b: *const u8) -> (__m512i, __mmask64) {
+        let at = layout(F).1;
+        // SAFETY: the caller's contract: 16 (4-bit) or 32 (8-bit) code bytes from `at`.
+        unsafe {
+            if F == 2 {
+                let q = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(a.add(at) as *const __m256i)),
+                    _mm256_loadu_si256(b.add(at) as *const __m256i),
+                    1,
+                );
+                (_mm512_abs_epi8(q), _mm512_movepi8_mask(q))
+            } else {
+                // [a | b] → low nibbles [a 0-15 | b 0-15], high [a 16-31 | b 16-31], then the
+                // 128-bit lanes reordered to [a lo, a hi, b lo, b hi].
+                let v = _mm256_set_m128i(
+                    _mm_loadu_si128(b.add(at) as *const __m128i),
+                    _mm_loadu_si128(a.add(at) as *const __m128i),
+                );
+                let mask = _mm256_set1_epi8(0x0f);
+                let lo = _mm256_and_si256(v, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                (_mm512_shuffle_i64x2(z, z, 0b11_01_10_00), 0)
+            }
+        }
+    }
+
+    /// `[d_a, m_a, d_b, m_b]` of two blocks (Q8_0 and Q4_0 have no `m`: that lane is junk).
+    ///
+    /// # Safety
+    /// `a` and `b` point at whole blocks (at least 4 bytes each).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn scales2(a: *const u8, b: *const u8) -> __m128 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let ha = std::ptr::read_unaligned(a as *const i32);
+            let hb = std::ptr::read_unaligned(b as *const i32);
+            _mm_cvtph_ps(_mm_set_epi32(0, 0, hb, ha))
+        }
+    }
+
+    /// Two consecutive floats in lanes 0 and 1.
+    ///
+    /// # Safety
+    /// `at` points at two floats.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn pair(at: *const f32) -> __m128 {
+        // SAFETY: the caller's contract; an unaligned 8-byte read.
+        _mm_castsi128_ps(_mm_cvtsi64_si128(unsafe { std::ptr::read_unaligned(at as *const i64) }))
+    }
+
+    /// `R` rows from `r0` against every weight row of `w`; `out` is `[w rows][x rows]`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    fn rows<const F: u8, const R: usize>(w: &[u8], row_bytes: usize, x: &Q8Rows, r0: usize, out: &mut [f32]) {
+        let (size, _) = layout(F);
+        let blocks = x.blocks_per_row();
+        let inputs = blocks * QK;
+        assert!(row_bytes == blocks * size && r0 + R <= x.rows);
+        assert!(x.qs.len() >= x.rows * inputs && x.d.len() >= x.rows * blocks && x.s.len() >= x.rows * blocks);
+        // Lane i of a 2-scale vector [s_a, s_b] goes to lanes 0–7 (a) and 8–15 (b).
+        let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        let pairs = blocks / 2;
+        for (w, out) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(x.rows)) {
+            let mut acc = [_mm512_setzero_ps(); R];
+            // Offsets m·s of the affine formats, in lanes 0 and 1.
+            let mut offset = [_mm_setzero_ps(); R];
+            for p in 0..pairs {
+                let b = 2 * p;
+                // SAFETY: blocks b and b + 1 lie within this weight row (row_bytes asserted),
+                // and rows r0..r0 + R hold blocks b and b + 1 of codes, scales and offsets.
+                unsafe {
+                    let (wa, wb) = (w.as_ptr().add(b * size), w.as_ptr().add((b + 1) * size));
+                    let (q, negative) = codes2::<F>(wa, wb);
+                    let dm = scales2(wa, wb);
+                    // [d_a, d_b] and [m_a, m_b]
+                    let d = _mm_shuffle_ps(dm, dm, 0b10_00_10_00);
+                    let m = match F {
+                        0 => _mm_mul_ps(d, _mm_set1_ps(-8.0)),
+                        _ => _mm_shuffle_ps(dm, dm, 0b11_01_11_01),
+                    };
+                    for r in 0..R {
+                        let row = r0 + r;
+                        let at = row * blocks + b;
+                        let mut xv = _mm512_loadu_si512(x.qs.as_ptr().add(row * inputs + b * QK) as *const __m512i);
+                        if F == 2 {
+                            xv = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
+                        }
+                        let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, xv));
+                        let xd = pair(x.d.as_ptr().add(at));
+                        let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(d, xd)));
+                        acc[r] = _mm512_fmadd_ps(sums, scale, acc[r]);
+                        if F != 2 {
+                            let xs = pair(x.s.as_ptr().add(at));
+                            offset[r] = _mm_fmadd_ps(m, xs, offset[r]);
+                        }
+                    }
+                }
+            }
+            let mut sums = [0f32; R];
+            for r in 0..R {
+                let o = offset[r];
+                sums[r] = _mm512_reduce_add_ps(acc[r]) + _mm_cvtss_f32(o) + _mm_cvtss_f32(_mm_movehdup_ps(o));
+            }
+            if blocks % 2 == 1 {
+                // The last block alone: the same sums on 256 bits.
+                let b = blocks - 1;
+                // SAFETY: block b lies within the row and every row holds it (asserted above).
+                unsafe {
+                    let blk = w.as_ptr().add(b * size);
+                    let (q, negative) = codes2::<F>(blk, blk);
+                    let q = _mm512_castsi512_si256(q);
+                    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(blk as *const i32)));
+                    let d = _mm_cvtss_f32(dm);
+                    let m = match F {
+                        0 => -8.0 * d,
+                        _ => _mm_cvtss_f32(_mm_movehdup_ps(dm)),
+                    };
+                    for r in 0..R {
+                        let row = r0 + r;
+                        let at = row * blocks + b;
+                        let mut xv = _mm256_loadu_si256(x.qs.as_ptr().add(row * inputs + b * QK) as *const __m256i);
+                        if F == 2 {
+                            xv = _mm256_mask_sub_epi8(xv, negative as __mmask32, _mm256_setzero_si256(), xv);
+                        }
+                        let p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, xv);
+                        let total = _mm512_reduce_add_epi32(_mm512_zextsi256_si512(p)) as f32;
+                        sums[r] += total * d * *x.d.as_ptr().add(at);
+                        if F != 2 {
+                            sums[r] += m * *x.s.as_ptr().add(at);
+                        }
+                    }
+                }
+            }
+            out[r0..r0 + R].copy_from_slice(&sums);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -921,9 +1196,14 @@ mod tests {
 
     #[test]
     fn every_kernel_computes_the_dot_products_of_dequantised_weights_and_activations() {
-        let (outputs, inputs) = (37, 512);
-        for format in FORMATS {
-            let w = matrix(format, outputs, inputs, format as u64 + 1);
+        let outputs = 37;
+        // 17 blocks of 32: the kernels that take blocks in pairs finish on a single one.
+        let shapes = FORMATS
+            .into_iter()
+            .flat_map(|f| [(f, 512), (f, 544)])
+            .filter(|&(f, inputs)| inputs % f.block_elements() == 0);
+        for (format, inputs) in shapes {
+            let w = matrix(format, outputs, inputs, format as u64 + inputs as u64);
             for rows in [1, 2, 3, 4, 5, 9] {
                 let x: Vec<f32> = bytes(rows * inputs, rows as u64)
                     .iter()
@@ -942,22 +1222,25 @@ mod tests {
                     assert!((a - b).abs() <= 2.0 / 127.0 / 2.0 + 1e-6, "{a} quantised to {b}");
                 }
                 let (want, magnitude) = reference(&w, &xq, rows);
-                let got = w.matmul(&x, rows);
-                for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
-                    // f32 sums of 512 products: relative error of a few ulps of the magnitude.
-                    let tolerance = 1e-5 * magnitude[i].max(1e-3);
-                    assert!(
-                        (g as f64 - e).abs() <= tolerance,
-                        "{format:?} rows {rows} [{i}]: {g} vs {e}"
-                    );
-                    // The portable kernel computes the same sums.
-                    let (r, j) = (i / outputs, i % outputs);
-                    let mut p = [0f32];
-                    portable_dot_rows(format, w.row(j), &q, r, &mut p);
-                    assert!(
-                        (p[0] - g).abs() <= 1e-4 * g.abs().max(1.0),
-                        "{format:?} portable {p:?} vs {g}"
-                    );
+                for kernel in Kernel::supported() {
+                    let got = w.matmul_with(kernel, &q);
+                    let format_kernel = (format, kernel.name());
+                    for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
+                        // f32 sums of 512 products: relative error of a few ulps of the magnitude.
+                        let tolerance = 1e-5 * magnitude[i].max(1e-3);
+                        assert!(
+                            (g as f64 - e).abs() <= tolerance,
+                            "{format_kernel:?} rows {rows} [{i}]: {g} vs {e}"
+                        );
+                        // The portable kernel computes the same sums.
+                        let (r, j) = (i / outputs, i % outputs);
+                        let mut p = [0f32];
+                        portable_dot_rows(format, w.row(j), &q, r, &mut p);
+                        assert!(
+                            (p[0] - g).abs() <= 1e-4 * g.abs().max(1.0),
+                            "{format_kernel:?} portable {p:?} vs {g}"
+                        );
+                    }
                 }
             }
         }
@@ -969,12 +1252,14 @@ mod tests {
         // A block of zeros and one whose largest magnitude is negative.
         x[..QK].fill(0.0);
         x[QK] = -9.0;
-        let kernel = Kernel::detect();
-        for block in x.chunks_exact(QK) {
+        for (kernel, block) in Kernel::supported()
+            .into_iter()
+            .flat_map(|k| x.chunks_exact(QK).map(move |b| (k, b)))
+        {
             let (mut a, mut b) = ([0i8; QK], [0i8; QK]);
             let (da, sa) = quantize_block(block, &mut a);
             let (db, sb) = kernel.quantize_block(block, &mut b);
-            assert_eq!((a, da, sa), (b, db, sb));
+            assert_eq!((a, da, sa), (b, db, sb), "{}", kernel.name());
             assert!(a.iter().all(|&q| q > -128));
             assert_eq!(sa, a.iter().map(|&q| q as i32).sum::<i32>());
         }

@@ -104,6 +104,9 @@ fn flex(reason: String) -> SelectedDevice {
 fn resolve(choice: DeviceChoice) -> Result<SelectedDevice> {
     match choice {
         DeviceChoice::Flex => Ok(flex("AGENTOS_DEVICE/config asked for flex".into())),
+        DeviceChoice::Auto if !may_have_gpu() => Ok(flex(
+            "no GPU device node (/dev/dri, /dev/nvidia*, /dev/dxg), so no hardware adapter to probe".into(),
+        )),
         DeviceChoice::Auto => match hardware_adapter() {
             Some(info) => init_wgpu(
                 DeviceKind::DefaultDevice,
@@ -178,6 +181,28 @@ pub fn adapter_descriptions() -> Vec<String> {
 
 fn describe(a: &burn::tensor::wgpu::wgpu::AdapterInfo) -> String {
     format!("{} ({:?}, {:?})", a.name, a.device_type, a.backend)
+}
+
+/// Whether this machine may have a GPU that wgpu could use. On Linux every hardware Vulkan or
+/// GL driver works through a device node (a DRM card or render node, NVIDIA's `/dev/nvidia*`,
+/// WSL's `/dev/dxg`); where there is none, probing the adapters would only load the software
+/// drivers (Mesa's, some 60 MB resident for the life of the process) to find no GPU.
+fn may_have_gpu() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let has_entry = |dir: &str, prefixes: &[&str]| {
+            std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries.flatten().any(|entry| {
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    prefixes.iter().any(|prefix| name.starts_with(prefix))
+                })
+            })
+        };
+        has_entry("/dev/dri", &["renderD", "card"]) || has_entry("/dev", &["nvidia", "dxg"])
+    }
+    #[cfg(not(target_os = "linux"))]
+    true
 }
 
 /// A description of the first hardware (non-CPU) adapter, if any.

@@ -272,7 +272,30 @@ impl GgufFile {
         let bytes = self.tensor_bytes(info)?;
         let mut out = vec![0f32; info.n_elements() as usize];
         dequant::dequantize(info.ggml_type, bytes, &mut out);
+        self.release(info);
         Ok((out, info.dims.clone()))
+    }
+
+    /// Gives back the memory of a tensor's mapped pages (after its bytes were copied or
+    /// converted): otherwise a loaded model stays resident twice, as its copy and as the pages
+    /// of the file read to make it. A later read of the tensor faults its bytes back in from
+    /// the file. Best effort: where the advice is refused the pages just stay.
+    pub fn release(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        {
+            let start = (info.start as usize).min(self.map.len());
+            let len = (info.n_bytes as usize).min(self.map.len() - start);
+            // SAFETY: the map is a private read-only mapping of a file. After MADV_DONTNEED a
+            // read of these pages faults them in again from the file, so every reference into
+            // the map keeps seeing the same bytes (a file changed while it is mapped breaks
+            // that anyway: the contract of every memory-mapped loader, see `open`).
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = info;
     }
 }
 

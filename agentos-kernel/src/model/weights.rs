@@ -148,6 +148,7 @@ impl WeightSource for GgufWeights<'_> {
         };
         let (inputs, outputs) = (inputs as usize, outputs as usize);
         let mut data = self.gguf.tensor_bytes(info)?.to_vec();
+        self.gguf.release(info);
         // Rows hold whole blocks (the reader checked), so the permutation moves row bytes.
         if let Some(heads) = self.permuted_heads(weight, &name, outputs)? {
             let row_bytes = data.len() / outputs;

@@ -13,10 +13,15 @@
 //! - *scaled* (Q8_0, Q6_K): 32 signed codes with one scale per half of 16, so
 //!   `Σ w·x = dₓ·(d₀·Σ₀ q·qₓ + d₁·Σ₁ q·qₓ)`.
 //!
-//! A batch of rows reuses each unpacked weight block for a tile of up to [`ROW_TILE`] rows; with
-//! more rows, each further tile passes over the task's weight rows again (from cache for a
-//! layer's matrices, which are small; the output head's share of a task is larger than L2, so
-//! batched steps stream it once per tile: blocking the weight rows per tile is still to do).
+//! A batch of rows reuses each unpacked weight block for a tile of rows; with more rows, each
+//! further tile passes over the task's weight rows again (from cache for a layer's matrices,
+//! which are small; the output head's share of a task is larger than L2, so batched steps
+//! stream it once per tile).
+//!
+//! Kernels, chosen once per process by the CPU's features ([`Kernel`]): AVX-512 with VNNI, which
+//! keeps Q4_0 and Q4_1 matrices repacked in panels of 16 outputs ([`Layout::Panels`]) so that
+//! one `vpdpbusd` advances 16 outputs' sums; AVX2 on the file's layout; a portable fallback.
+//! `AGENTOS_QUANT_KERNEL` picks a slower tier where one is wanted for comparison.
 //!
 //! # Shapes
 //! weight: `[outputs, inputs]` (ggml order: one row of blocks per output); x: `[rows, inputs]`
@@ -88,8 +93,29 @@ pub struct QuantMatrix {
     inputs: usize,
     /// Bytes per output row.
     row_bytes: usize,
+    layout: Layout,
     data: Vec<u8>,
 }
+
+/// How a matrix's blocks lie in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// As in the file: one row of blocks per output.
+    File,
+    /// Q4_0 and Q4_1 repacked for the AVX-512 kernel, [`PANEL`] outputs interleaved: per
+    /// panel, per block of 32 inputs, 4 vectors of 64 code bytes (byte `4j + t` of vector `h`
+    /// is byte `4h + t` of output `j`'s block: values `4h + t` and `4h + t + 16` in its two
+    /// nibbles), then the 16 outputs' f16 scales `d`, then (Q4_1) their f16 offsets `m`. One
+    /// `vpdpbusd` then multiplies 4 inputs into all 16 outputs' sums, with no horizontal
+    /// adds; the bytes are the file's, only moved.
+    Panels,
+}
+
+/// Outputs per panel of [`Layout::Panels`]: one 512-bit register of `i32` or `f32` lanes.
+const PANEL: usize = 16;
+
+/// Activation rows that share one unpacked panel block.
+const PANEL_ROW_TILE: usize = 4;
 
 impl std::fmt::Debug for QuantMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,13 +143,35 @@ impl QuantMatrix {
                 data.len()
             )));
         }
-        Ok(QuantMatrix {
+        let layout = match Kernel::detect().panels(format) && outputs.is_multiple_of(PANEL) {
+            true => Layout::Panels,
+            false => Layout::File,
+        };
+        Ok(QuantMatrix::with_layout(
+            format, outputs, inputs, row_bytes, data, layout,
+        ))
+    }
+
+    fn with_layout(
+        format: QuantFormat,
+        outputs: usize,
+        inputs: usize,
+        row_bytes: usize,
+        data: Vec<u8>,
+        layout: Layout,
+    ) -> Self {
+        let data = match layout {
+            Layout::File => data,
+            Layout::Panels => repack_panels(format, outputs, inputs, &data),
+        };
+        QuantMatrix {
             format,
             outputs,
             inputs,
             row_bytes,
+            layout,
             data,
-        })
+        }
     }
 
     pub fn format(&self) -> QuantFormat {
@@ -143,14 +191,18 @@ impl QuantMatrix {
         self.data.len()
     }
 
-    fn row(&self, r: usize) -> &[u8] {
-        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    /// Output row `r`'s blocks in the file's layout.
+    fn row(&self, r: usize) -> std::borrow::Cow<'_, [u8]> {
+        match self.layout {
+            Layout::File => std::borrow::Cow::Borrowed(&self.data[r * self.row_bytes..(r + 1) * self.row_bytes]),
+            Layout::Panels => std::borrow::Cow::Owned(unpack_panel_row(self.format, self.inputs, &self.data, r)),
+        }
     }
 
     /// Output row `r` dequantised (bit for bit as [`crate::gguf`] dequantises), e.g. an
     /// embedding lookup.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        crate::gguf::dequant::dequantize(self.format.ggml_type(), self.row(r), out);
+        crate::gguf::dequant::dequantize(self.format.ggml_type(), &self.row(r), out);
     }
 
     /// `x @ wᵀ` for the `rows` rows of `x` (row-major `[rows, inputs]`) → `[rows, outputs]`.
@@ -166,6 +218,10 @@ impl QuantMatrix {
 
     fn matmul_with(&self, kernel: Kernel, x: &Q8Rows) -> Vec<f32> {
         assert_eq!(x.inputs, self.inputs, "activation width");
+        if self.layout == Layout::Panels {
+            assert!(kernel.panels(self.format), "a panel layout needs the AVX-512 kernel");
+            return self.matmul_panels(x);
+        }
         let rows = x.rows;
         // Transposed output `[outputs][rows]`: each task owns whole output rows.
         let mut out_t = vec![0f32; self.outputs * rows];
@@ -184,14 +240,108 @@ impl QuantMatrix {
                     r0 += tile;
                 }
             });
-        let mut y = vec![0f32; rows * self.outputs];
-        for j in 0..self.outputs {
-            for r in 0..rows {
-                y[r * self.outputs + j] = out_t[j * rows + r];
+        transpose_outputs(out_t, rows, self.outputs)
+    }
+
+    /// [`QuantMatrix::matmul_with`] on [`Layout::Panels`]: each task owns whole panels.
+    fn matmul_panels(&self, x: &Q8Rows) -> Vec<f32> {
+        let rows = x.rows;
+        let panels = self.outputs / PANEL;
+        let panel_bytes = self.row_bytes * PANEL;
+        let mut out_t = vec![0f32; self.outputs * rows];
+        let per_task = (panels / (rayon::current_num_threads() * 4)).max(1);
+        out_t
+            .par_chunks_mut(per_task * PANEL * rows)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let first = task * per_task;
+                let n = out.len() / (PANEL * rows);
+                let w = &self.data[first * panel_bytes..(first + n) * panel_bytes];
+                let mut r0 = 0;
+                while r0 < rows {
+                    let tile = PANEL_ROW_TILE.min(rows - r0);
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: matrices are repacked only where `Kernel::detect` found the
+                    // AVX-512 kernel's features (`Kernel::panels`).
+                    unsafe {
+                        x86_vnni::panel_rows(self.format, w, panel_bytes, x, r0, tile, out)
+                    };
+                    r0 += tile;
+                }
+            });
+        transpose_outputs(out_t, rows, self.outputs)
+    }
+}
+
+/// `[outputs][rows]` → `[rows][outputs]`.
+fn transpose_outputs(out_t: Vec<f32>, rows: usize, outputs: usize) -> Vec<f32> {
+    if rows == 1 {
+        return out_t;
+    }
+    let mut y = vec![0f32; rows * outputs];
+    for j in 0..outputs {
+        for r in 0..rows {
+            y[r * outputs + j] = out_t[j * rows + r];
+        }
+    }
+    y
+}
+
+/// Where a Q4_0 or Q4_1 block keeps its 16 code bytes, and its size.
+fn q4_layout(format: QuantFormat) -> (usize, usize) {
+    match format {
+        QuantFormat::Q4_0 => (2, 18),
+        QuantFormat::Q4_1 => (4, 20),
+        other => unreachable!("{other:?} is not repacked"),
+    }
+}
+
+/// The file's rows (`outputs` rows of `inputs / 32` Q4_0 or Q4_1 blocks) in [`Layout::Panels`]:
+/// the same bytes, moved; `outputs` is a multiple of [`PANEL`].
+fn repack_panels(format: QuantFormat, outputs: usize, inputs: usize, data: &[u8]) -> Vec<u8> {
+    let (qs_at, size) = q4_layout(format);
+    let blocks = inputs / QK;
+    let row_bytes = blocks * size;
+    let block_bytes = PANEL * size;
+    let mut out = vec![0u8; data.len()];
+    for p in 0..outputs / PANEL {
+        for b in 0..blocks {
+            let dst = &mut out[(p * blocks + b) * block_bytes..(p * blocks + b + 1) * block_bytes];
+            for j in 0..PANEL {
+                let at = (p * PANEL + j) * row_bytes + b * size;
+                let src = &data[at..at + size];
+                for h in 0..4 {
+                    dst[h * 64 + 4 * j..h * 64 + 4 * j + 4].copy_from_slice(&src[qs_at + 4 * h..qs_at + 4 * h + 4]);
+                }
+                dst[256 + 2 * j..256 + 2 * j + 2].copy_from_slice(&src[0..2]);
+                if format == QuantFormat::Q4_1 {
+                    dst[288 + 2 * j..288 + 2 * j + 2].copy_from_slice(&src[2..4]);
+                }
             }
         }
-        y
     }
+    out
+}
+
+/// Output row `r` of a [`Layout::Panels`] matrix back in the file's layout.
+fn unpack_panel_row(format: QuantFormat, inputs: usize, data: &[u8], r: usize) -> Vec<u8> {
+    let (qs_at, size) = q4_layout(format);
+    let blocks = inputs / QK;
+    let block_bytes = PANEL * size;
+    let (p, j) = (r / PANEL, r % PANEL);
+    let mut row = vec![0u8; blocks * size];
+    for b in 0..blocks {
+        let src = &data[(p * blocks + b) * block_bytes..(p * blocks + b + 1) * block_bytes];
+        let dst = &mut row[b * size..(b + 1) * size];
+        for h in 0..4 {
+            dst[qs_at + 4 * h..qs_at + 4 * h + 4].copy_from_slice(&src[h * 64 + 4 * j..h * 64 + 4 * j + 4]);
+        }
+        dst[0..2].copy_from_slice(&src[256 + 2 * j..256 + 2 * j + 2]);
+        if format == QuantFormat::Q4_1 {
+            dst[2..4].copy_from_slice(&src[288 + 2 * j..288 + 2 * j + 2]);
+        }
+    }
+    row
 }
 
 /// Rows of activations quantised per block of 32: `x ≈ d·q` with `q` in `-127..=127`.
@@ -394,6 +544,15 @@ impl Kernel {
                 }
             }
         })
+    }
+
+    /// Whether matrices of `format` are repacked into [`Layout::Panels`] for this kernel.
+    fn panels(self, format: QuantFormat) -> bool {
+        match (self, format) {
+            #[cfg(target_arch = "x86_64")]
+            (Kernel::Avx512Vnni, QuantFormat::Q4_0 | QuantFormat::Q4_1) => true,
+            _ => false,
+        }
     }
 
     /// Rows [`Kernel::dot_rows`] takes at once for `format`.
@@ -906,12 +1065,13 @@ mod x86 {
 // As in `x86`: row loops index accumulators and activation rows together and unroll.
 #[allow(clippy::needless_range_loop)]
 mod x86_vnni {
-    //! AVX-512 with VNNI: two 32-value blocks per 512-bit register. `vpdpbusd` multiplies 64
-    //! unsigned weight codes by 64 signed activation codes and sums each 4 into 16 `i32` lanes
-    //! in one instruction (AVX2 needs `maddubs` + `madd`, and saturates pairs at 16 bits):
-    //! lanes 0–7 belong to the first block, 8–15 to the second, so one vector of two scales
-    //! (each repeated 8 times) scales both. Q4_0, Q4_1 and Q8_0, the formats of the default
-    //! model; the others use the AVX2 kernel.
+    //! AVX-512 with VNNI. `vpdpbusd` multiplies 64 unsigned weight codes by 64 signed
+    //! activation codes and sums each 4 into 16 `i32` lanes in one instruction (AVX2 needs
+    //! `maddubs` + `madd`, and saturates pairs at 16 bits).
+    //! - [`panel_rows`]: Q4_0 and Q4_1 in [`super::Layout::Panels`], lanes = 16 outputs.
+    //! - [`dot_rows`]: Q4_0, Q4_1 and Q8_0 in the file's layout, two 32-value blocks per
+    //!   register: lanes 0–7 belong to the first block, 8–15 to the second, so one vector of
+    //!   two scales (each repeated 8 times) scales both. The other formats use the AVX2 kernel.
     use std::arch::x86_64::*;
 
     use super::{Q8Rows, QK, QuantFormat, WIDE_ROW_TILE};
@@ -1010,6 +1170,98 @@ mod x86_vnni {
             let ha = std::ptr::read_unaligned(a as *const i32);
             let hb = std::ptr::read_unaligned(b as *const i32);
             _mm_cvtph_ps(_mm_set_epi32(0, 0, hb, ha))
+        }
+    }
+
+    /// `R`-row tiles from `r0` against every panel of `w` (this task's panels of
+    /// [`super::Layout::Panels`], `panel_bytes` each); `out` is `[outputs][x rows]`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F, BW, VL and VNNI, AVX2, FMA and F16C.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn panel_rows(
+        format: QuantFormat,
+        w: &[u8],
+        panel_bytes: usize,
+        x: &Q8Rows,
+        r0: usize,
+        tile: usize,
+        out: &mut [f32],
+    ) {
+        match (format, tile) {
+            (QuantFormat::Q4_0, 4) => panels::<false, 4>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q4_0, 3) => panels::<false, 3>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q4_0, 2) => panels::<false, 2>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q4_0, 1) => panels::<false, 1>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q4_1, 4) => panels::<true, 4>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q4_1, 3) => panels::<true, 3>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q4_1, 2) => panels::<true, 2>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q4_1, 1) => panels::<true, 1>(w, panel_bytes, x, r0, out),
+            (format, tile) => unreachable!("no panel kernel for {format:?} x {tile} rows"),
+        }
+    }
+
+    /// Q4_0 (`Q4_1 = false`: `w = d·q - 8d`) or Q4_1 (`w = d·q + m`) panels against `R` rows:
+    /// per block, 8 `vpdpbusd` give the 16 outputs' integer sums for one row (4 inputs each,
+    /// the 4 activation bytes broadcast to every lane), scaled by the 16 weight scales and the
+    /// row's activation scale; the offsets `m·s` accumulate alongside.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    fn panels<const Q4_1: bool, const R: usize>(w: &[u8], panel_bytes: usize, x: &Q8Rows, r0: usize, out: &mut [f32]) {
+        let blocks = x.blocks_per_row();
+        let inputs = blocks * QK;
+        let block_bytes = if Q4_1 { 320 } else { 288 };
+        assert!(panel_bytes == blocks * block_bytes && r0 + R <= x.rows);
+        assert!(x.qs.len() >= x.rows * inputs && x.d.len() >= x.rows * blocks && x.s.len() >= x.rows * blocks);
+        let rows = x.rows;
+        let mask = _mm512_set1_epi8(0x0f);
+        for (wp, outp) in w
+            .chunks_exact(panel_bytes)
+            .zip(out.chunks_exact_mut(super::PANEL * rows))
+        {
+            let mut acc = [_mm512_setzero_ps(); R];
+            let mut offset = [_mm512_setzero_ps(); R];
+            for b in 0..blocks {
+                // SAFETY: block b of this panel lies within `wp` (panel_bytes asserted), and
+                // rows r0..r0 + R hold block b of codes, scales and offsets (asserted above).
+                unsafe {
+                    let base = wp.as_ptr().add(b * block_bytes);
+                    let raw: [__m512i; 4] =
+                        std::array::from_fn(|h| _mm512_loadu_si512(base.add(64 * h) as *const __m512i));
+                    let lo: [__m512i; 4] = std::array::from_fn(|h| _mm512_and_si512(raw[h], mask));
+                    let hi: [__m512i; 4] =
+                        std::array::from_fn(|h| _mm512_and_si512(_mm512_srli_epi16(raw[h], 4), mask));
+                    let d = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(256) as *const __m256i));
+                    let m = match Q4_1 {
+                        true => _mm512_cvtph_ps(_mm256_loadu_si256(base.add(288) as *const __m256i)),
+                        false => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+                    };
+                    for r in 0..R {
+                        let row = r0 + r;
+                        let xq = x.qs.as_ptr().add(row * inputs + b * QK) as *const i32;
+                        let group = |c: usize| _mm512_set1_epi32(std::ptr::read_unaligned(xq.add(c)));
+                        // Two chains of 4, so consecutive `vpdpbusd` do not wait on each other.
+                        let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[0], group(0));
+                        let mut s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi[0], group(4));
+                        for h in 1..4 {
+                            s0 = _mm512_dpbusd_epi32(s0, lo[h], group(h));
+                            s1 = _mm512_dpbusd_epi32(s1, hi[h], group(h + 4));
+                        }
+                        let sums = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                        let at = row * blocks + b;
+                        acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(sums, d), _mm512_set1_ps(*x.d.as_ptr().add(at)), acc[r]);
+                        offset[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(*x.s.as_ptr().add(at)), offset[r]);
+                    }
+                }
+            }
+            for r in 0..R {
+                let mut lanes = [0f32; 16];
+                // SAFETY: lanes holds 16 floats.
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_add_ps(acc[r], offset[r])) };
+                for (j, v) in lanes.into_iter().enumerate() {
+                    outp[j * rows + r0 + r] = v;
+                }
+            }
         }
     }
 
@@ -1128,6 +1380,10 @@ mod tests {
 
     /// Random blocks whose f16 scales are small finite numbers (random bytes would give NaNs).
     fn matrix(format: QuantFormat, outputs: usize, inputs: usize, seed: u64) -> QuantMatrix {
+        matrix_in(Layout::File, format, outputs, inputs, seed)
+    }
+
+    fn matrix_in(layout: Layout, format: QuantFormat, outputs: usize, inputs: usize, seed: u64) -> QuantMatrix {
         let mut data = bytes(outputs * inputs / format.block_elements() * format.block_bytes(), seed);
         let f16_at = |blk: &mut [u8], at: usize, v: f32| {
             blk[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
@@ -1143,7 +1399,8 @@ mod tests {
                 QuantFormat::Q6K => f16_at(blk, 208, v * 0.1),
             }
         }
-        QuantMatrix::new(format, outputs, inputs, data).unwrap()
+        let row_bytes = inputs / format.block_elements() * format.block_bytes();
+        QuantMatrix::with_layout(format, outputs, inputs, row_bytes, data, layout)
     }
 
     /// `x @ wᵀ` in f64 on the dequantised weights, and `|x| @ |w|ᵀ` (the scale of rounding).
@@ -1179,7 +1436,7 @@ mod tests {
                 w.dequantize_row(j, &mut want);
                 for b in 0..512 / QK {
                     for l in 0..QK {
-                        let got = match unpack(format, w.row(j), b) {
+                        let got = match unpack(format, &w.row(j), b) {
                             Block32::Affine { q, d, m } => d * q[l] as f32 + m,
                             Block32::Scaled { q, d } => d[l / 16] * q[l] as f32,
                         };
@@ -1196,14 +1453,21 @@ mod tests {
 
     #[test]
     fn every_kernel_computes_the_dot_products_of_dequantised_weights_and_activations() {
-        let outputs = 37;
-        // 17 blocks of 32: the kernels that take blocks in pairs finish on a single one.
+        // 17 blocks of 32: the kernels that take blocks in pairs finish on a single one. 48
+        // outputs: three panels of the repacked layout.
         let shapes = FORMATS
             .into_iter()
-            .flat_map(|f| [(f, 512), (f, 544)])
-            .filter(|&(f, inputs)| inputs % f.block_elements() == 0);
-        for (format, inputs) in shapes {
-            let w = matrix(format, outputs, inputs, format as u64 + inputs as u64);
+            .flat_map(|f| [(f, 37, 512), (f, 37, 544), (f, 48, 544)])
+            .filter(|&(f, _, inputs)| inputs % f.block_elements() == 0);
+        for (format, outputs, inputs) in shapes {
+            let seed = format as u64 + inputs as u64;
+            let w = matrix(format, outputs, inputs, seed);
+            // The same matrix repacked, for each kernel that computes on panels.
+            let paneled: Vec<(Kernel, QuantMatrix)> = Kernel::supported()
+                .into_iter()
+                .filter(|k| k.panels(format) && outputs % PANEL == 0)
+                .map(|k| (k, matrix_in(Layout::Panels, format, outputs, inputs, seed)))
+                .collect();
             for rows in [1, 2, 3, 4, 5, 9] {
                 let x: Vec<f32> = bytes(rows * inputs, rows as u64)
                     .iter()
@@ -1222,9 +1486,11 @@ mod tests {
                     assert!((a - b).abs() <= 2.0 / 127.0 / 2.0 + 1e-6, "{a} quantised to {b}");
                 }
                 let (want, magnitude) = reference(&w, &xq, rows);
-                for kernel in Kernel::supported() {
-                    let got = w.matmul_with(kernel, &q);
-                    let format_kernel = (format, kernel.name());
+                let file_runs = Kernel::supported().into_iter().map(|k| (k, &w, "file"));
+                let panel_runs = paneled.iter().map(|(k, m)| (*k, m, "panels"));
+                for (kernel, matrix, layout) in file_runs.chain(panel_runs) {
+                    let got = matrix.matmul_with(kernel, &q);
+                    let format_kernel = (format, kernel.name(), layout);
                     for (i, (&g, &e)) in got.iter().zip(&want).enumerate() {
                         // f32 sums of 512 products: relative error of a few ulps of the magnitude.
                         let tolerance = 1e-5 * magnitude[i].max(1e-3);
@@ -1235,7 +1501,7 @@ mod tests {
                         // The portable kernel computes the same sums.
                         let (r, j) = (i / outputs, i % outputs);
                         let mut p = [0f32];
-                        portable_dot_rows(format, w.row(j), &q, r, &mut p);
+                        portable_dot_rows(format, &w.row(j), &q, r, &mut p);
                         assert!(
                             (p[0] - g).abs() <= 1e-4 * g.abs().max(1.0),
                             "{format_kernel:?} portable {p:?} vs {g}"
@@ -1262,6 +1528,19 @@ mod tests {
             assert_eq!((a, da, sa), (b, db, sb), "{}", kernel.name());
             assert!(a.iter().all(|&q| q > -128));
             assert_eq!(sa, a.iter().map(|&q| q as i32).sum::<i32>());
+        }
+    }
+
+    #[test]
+    fn the_panel_layout_holds_the_files_blocks() {
+        for format in [QuantFormat::Q4_0, QuantFormat::Q4_1] {
+            let file = matrix_in(Layout::File, format, 48, 544, 5);
+            let panels = matrix_in(Layout::Panels, format, 48, 544, 5);
+            assert_eq!(file.bytes(), panels.bytes());
+            assert_ne!(file.data, panels.data, "{format:?}: repacking moves bytes");
+            for r in 0..48 {
+                assert_eq!(file.row(r), panels.row(r), "{format:?} row {r}");
+            }
         }
     }
 

@@ -13,8 +13,8 @@ pub struct ModelArgs {
     /// else SmolLM2-135M-Instruct Q4_1, fetched on first use]
     #[arg(long, value_name = "PATH")]
     pub model: Option<std::path::PathBuf>,
-    /// Weights in memory: f16, f32, or auto (on the CPU a GGUF file's quantised blocks, else
-    /// f16) [default: f16]
+    /// Weights in memory: auto (on the CPU a GGUF file's quantised blocks, else f16), f16 or
+    /// f32 [default: auto]
     #[arg(long, value_name = "DTYPE", value_parser = parse_with_from_str::<WeightDtype>)]
     pub dtype: Option<WeightDtype>,
     /// Compute device: auto, flex (cpu), wgpu (gpu), vulkan or wgpu-cpu [default: auto]

@@ -31,8 +31,8 @@ use crate::tokenizer::{TokenId, Tokenizer};
 /// Everything that tunes the engine, with documented defaults.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EngineConfig {
-    /// How weights are kept (default f16; `Auto` computes on a GGUF file's quantised blocks on
-    /// the CPU).
+    /// How weights are kept (default `Auto`: a GGUF file's quantised blocks computed on
+    /// directly on the CPU, f16 elsewhere).
     pub dtype: WeightDtype,
     /// Device to run on (default: `AGENTOS_DEVICE`, else auto).
     pub device: DeviceChoice,

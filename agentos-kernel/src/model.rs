@@ -24,17 +24,16 @@ pub use self::transformer::Transformer;
 /// except with `F32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum WeightDtype {
-    /// The file's own encoding where a kernel computes on it: on the CPU with the host kernels,
-    /// a GGUF file's quantised matrices (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) stay in their blocks and
-    /// are multiplied by the quantised kernel ([`quant_matmul`]), in about half the memory of
-    /// f16; float tensors, safetensors files and other devices use f16. Not the default yet: on
-    /// two AVX2 cores it decodes one sequence faster than f16 but batched steps and prefill are
-    /// slower (see the README's kernel figures).
+    /// The file's own encoding where a kernel computes on it (the default): on the CPU with the
+    /// host kernels, a GGUF file's quantised matrices (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) stay in
+    /// their blocks and are multiplied by the quantised kernel ([`quant_matmul`]), in about half
+    /// the memory of f16 and faster (see the README's kernel figures); float tensors,
+    /// safetensors files and other devices use f16.
+    #[default]
     Auto,
     /// Full precision: exact dequantised values, twice the memory traffic of f16.
     F32,
     /// Half precision: half the memory and bandwidth of f32; matmuls accumulate in f32.
-    #[default]
     F16,
 }
 

@@ -2,7 +2,7 @@
 //! use) and stream an answer to a question to the terminal.
 //!
 //! ```text
-//! cargo run --release --example kernel_chat -- ["your question"] [--model PATH] [--dtype f16|f32|auto] [--device NAME]
+//! cargo run --release --example kernel_chat -- ["your question"] [--model PATH] [--dtype auto|f16|f32] [--device NAME]
 //! ```
 
 use std::io::Write;

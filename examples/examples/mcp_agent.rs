@@ -6,7 +6,7 @@
 //! default question it lists a directory named `list_directory`); `--model` takes a larger one.
 //!
 //! ```text
-//! cargo run --release --example mcp_agent -- ["your question"] [--model PATH] [--dtype f16|f32|auto] [--device NAME]
+//! cargo run --release --example mcp_agent -- ["your question"] [--model PATH] [--dtype auto|f16|f32] [--device NAME]
 //! ```
 //! Needs Node.js; `npm ci` runs in `mcp/` first when the server is not installed there.
 

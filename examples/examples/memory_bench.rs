@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example memory_bench -- --json [--turns 200] [--kv-mib 512]
-//!     [--l2-pages 100000] [--model PATH] [--dtype f16|f32|auto] [--device NAME]
+//!     [--l2-pages 100000] [--model PATH] [--dtype auto|f16|f32] [--device NAME]
 //! ```
 //! One agent with memory (`#[agent(memory)]`, L1 budget 512 tokens) talks for `turns` turns:
 //! turns 1–10 plant 20 facts (two per turn), the middle turns are small talk on other topics, and

@@ -2,7 +2,7 @@
 //! argmax against llama.cpp's reference outputs.
 //!
 //! ```text
-//! cargo run --release --example parity -- --reference ../shared/reference/smollm2-135m-instruct-q4_1.greedy.jsonl [--model PATH] [--dtype f16|f32|auto] [--device flex|wgpu-cpu|...]
+//! cargo run --release --example parity -- --reference ../shared/reference/smollm2-135m-instruct-q4_1.greedy.jsonl [--model PATH] [--dtype auto|f16|f32] [--device flex|wgpu-cpu|...]
 //! ```
 //! Exits non-zero if tokenization differs anywhere or agreement is below 97 %.
 

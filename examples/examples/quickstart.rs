@@ -2,7 +2,7 @@
 //! (fetched on first use), streaming its reply to the terminal.
 //!
 //! ```text
-//! cargo run --release --example quickstart -- ["your question"] [--model PATH] [--dtype f16|f32|auto] [--device NAME]
+//! cargo run --release --example quickstart -- ["your question"] [--model PATH] [--dtype auto|f16|f32] [--device NAME]
 //! ```
 
 use std::io::Write;

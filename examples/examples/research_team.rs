@@ -5,7 +5,7 @@
 //! Prints every contribution. (`team_sync` does the same with sync pulses between rounds.)
 //!
 //! ```text
-//! cargo run --release --example research_team -- ["your question"] [--model PATH] [--dtype f16|f32|auto] [--device NAME]
+//! cargo run --release --example research_team -- ["your question"] [--model PATH] [--dtype auto|f16|f32] [--device NAME]
 //! ```
 
 use agentos_examples::{ModelArgs, init_logging};

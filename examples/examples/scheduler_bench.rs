@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example scheduler_bench -- --json [--agents 1,2,4,8,16] [--turns 4]
-//!     [--rounds 2] [--model PATH] [--dtype f16|f32|auto] [--device NAME]
+//!     [--rounds 2] [--model PATH] [--dtype auto|f16|f32] [--device NAME]
 //! ```
 //! Prints one JSON object:
 //! - `throughput_speedup` {"1".."16"}: N agents each answering `turns` turns of up to 64

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example serve_bench -- --json [--clients 1,8,16] [--turns 4]
 //!     [--max-tokens 64] [--rounds 3] [--external URL --external-model NAME]
-//!     [--model PATH] [--dtype f16|f32|auto] [--device NAME]
+//!     [--model PATH] [--dtype auto|f16|f32] [--device NAME]
 //! ```
 //! Multi-agent chat traffic: each client holds its own conversation (a system prompt, then
 //! `turns` questions, each answered in up to `max-tokens` tokens, greedy) and resends the

@@ -3,7 +3,7 @@
 //! running is redelivered once and completes. Prints each restart and the recovered state.
 //!
 //! ```text
-//! cargo run --release --example supervision -- [--model PATH] [--dtype f16|f32|auto] [--device NAME]
+//! cargo run --release --example supervision -- [--model PATH] [--dtype auto|f16|f32] [--device NAME]
 //! ```
 
 use std::collections::HashSet;

@@ -7,7 +7,7 @@
 //! contribution, each pulse (drift before → after, contradictions found) and the metrics.
 //!
 //! ```text
-//! cargo run --release --example team_sync -- ["your question"] [--rounds 2] [--model PATH] [--dtype f16|f32|auto]
+//! cargo run --release --example team_sync -- ["your question"] [--rounds 2] [--model PATH] [--dtype auto|f16|f32]
 //! ```
 
 use agentos_examples::{ModelArgs, init_logging};

@@ -9,7 +9,7 @@
 //! then has no answer). `--model` runs it on a larger one.
 //!
 //! ```text
-//! cargo run --release --example tool_agent -- ["your question"] [--model PATH] [--dtype f16|f32|auto] [--device NAME]
+//! cargo run --release --example tool_agent -- ["your question"] [--model PATH] [--dtype auto|f16|f32] [--device NAME]
 //! ```
 
 use agentos_examples::{ModelArgs, init_logging, print_turn};

@@ -3,7 +3,7 @@
 //! single-tool tasks the default model answers correctly.
 //!
 //! ```text
-//! cargo run --release --example tools_bench -- --json [--tasks N] [--seed S] [--set standard|other] [--model PATH] [--dtype f16|f32|auto] [--device NAME]
+//! cargo run --release --example tools_bench -- --json [--tasks N] [--seed S] [--set standard|other] [--model PATH] [--dtype auto|f16|f32] [--device NAME]
 //! ```
 //! Prints one JSON object:
 //! - `syscall_dispatch_us`: p50 and p99 of one call through `AgentHandle::call` (checkpoint,

@@ -66,7 +66,8 @@ async fn the_kernel_returns_pieces_that_rebuild_the_text_and_the_attention_of_ev
     os.shutdown().await.unwrap();
 
     // The same entropies as one forward over the whole text, read from its probabilities.
-    let mut engine = crate::support::engine_f16();
+    // The weight mode the runtime's kernel used (the default, `auto`).
+    let mut engine = crate::support::engine_quantized();
     let sequence = engine.create_sequence();
     let mut item = agentos_kernel::ForwardItem::new(sequence, analysis.tokens.clone());
     item.logits = agentos_kernel::LogitsWanted::None;

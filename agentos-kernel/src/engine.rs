@@ -868,11 +868,12 @@ fn chat_template(source: Option<&str>, tokenizer: &Tokenizer) -> Result<ChatTemp
         &text(tokenizer.eos_tokens.first().copied()),
     )
 }
+
 /// Runs `f` on a worker of rayon's pool when `on_pool` holds (the caller waits once), else
 /// here. The host kernels split every matmul and attention with rayon: called from a thread
-/// outside the pool, each of the ~150 parallel operations of a decode step would wake the pool
-/// and put this thread to sleep until it finishes (two futex round trips, and one core's worth
-/// of this thread idle); from inside, the worker computes one part itself and the other
+/// outside the pool, each parallel operation of a step (several per layer) would wake the pool
+/// and put this thread to sleep until it finishes (two futex round trips, and this thread's
+/// core idle meanwhile); from inside, the worker computes one part itself and the other
 /// workers steal the rest.
 fn on_pool_if<R: Send>(on_pool: bool, f: impl FnOnce() -> R + Send) -> R {
     if !on_pool || rayon::current_thread_index().is_some() {

@@ -291,11 +291,7 @@ fn grammar_cost(engine: &mut Engine) -> agentos_kernel::Result<serde_json::Value
             batcher.step(engine);
         }
         let seconds = t.elapsed().as_secs_f64();
-        for rx in receivers {
-            if let Some(GenerationEvent::Failed(e)) = rx.try_iter().find(|e| matches!(e, GenerationEvent::Failed(_))) {
-                return Err(e);
-            }
-        }
+        first_failure(receivers)?;
         let stats = batcher.stats();
         Ok((stats.generated_tokens as f64 / seconds, stats))
     };
@@ -344,12 +340,18 @@ fn served_decode_tps(engine: &mut Engine, prompt: &[TokenId], n: usize, seed: u6
         batcher.step(engine);
     }
     let seconds = t.elapsed().as_secs_f64();
+    first_failure(receivers)?;
+    Ok((batcher.stats().generated_tokens - from) as f64 / seconds)
+}
+
+/// The first generation that failed, as an error.
+fn first_failure(receivers: Vec<std::sync::mpsc::Receiver<GenerationEvent>>) -> agentos_kernel::Result<()> {
     for rx in receivers {
         if let Some(GenerationEvent::Failed(e)) = rx.try_iter().find(|e| matches!(e, GenerationEvent::Failed(_))) {
             return Err(e);
         }
     }
-    Ok((batcher.stats().generated_tokens - from) as f64 / seconds)
+    Ok(())
 }
 
 fn median(values: &[f64]) -> f64 {

@@ -27,7 +27,7 @@ pub enum WeightDtype {
     /// The file's own encoding where a kernel computes on it (the default): on the CPU with the
     /// host kernels, a GGUF file's quantised matrices (Q4_0, Q4_1, Q8_0, Q4_K, Q6_K) stay in
     /// their blocks and are multiplied by the quantised kernel ([`quant_matmul`]), in about half
-    /// the memory of f16 and faster (see the README's kernel figures); float tensors,
+    /// the memory of f16 (for speed, see the README's kernel figures); float tensors,
     /// safetensors files and other devices use f16.
     #[default]
     Auto,

@@ -147,19 +147,12 @@ impl QuantMatrix {
             true => Layout::Panels,
             false => Layout::File,
         };
-        Ok(QuantMatrix::with_layout(
-            format, outputs, inputs, row_bytes, data, layout,
-        ))
+        Ok(QuantMatrix::with_layout(format, outputs, inputs, data, layout))
     }
 
-    fn with_layout(
-        format: QuantFormat,
-        outputs: usize,
-        inputs: usize,
-        row_bytes: usize,
-        data: Vec<u8>,
-        layout: Layout,
-    ) -> Self {
+    /// `data` (checked by [`QuantMatrix::new`]) in `layout`.
+    fn with_layout(format: QuantFormat, outputs: usize, inputs: usize, data: Vec<u8>, layout: Layout) -> Self {
+        let row_bytes = inputs / format.block_elements() * format.block_bytes();
         let data = match layout {
             Layout::File => data,
             Layout::Panels => repack_panels(format, outputs, inputs, &data),
@@ -218,54 +211,39 @@ impl QuantMatrix {
 
     fn matmul_with(&self, kernel: Kernel, x: &Q8Rows) -> Vec<f32> {
         assert_eq!(x.inputs, self.inputs, "activation width");
-        if self.layout == Layout::Panels {
-            assert!(kernel.panels(self.format), "a panel layout needs the AVX-512 kernel");
-            return self.matmul_panels(x);
-        }
+        let format = self.format;
         let rows = x.rows;
-        // Transposed output `[outputs][rows]`: each task owns whole output rows.
+        // Outputs a task's unit holds (a row of blocks, or a panel) and rows per kernel call.
+        let (unit, tile) = match self.layout {
+            Layout::File => (1, kernel.row_tile(format)),
+            Layout::Panels => {
+                assert!(kernel.panels(format), "a panel layout needs the AVX-512 kernel");
+                (PANEL, PANEL_ROW_TILE)
+            }
+        };
+        let unit_bytes = self.row_bytes * unit;
+        // Transposed output `[outputs][rows]`: each task owns whole units, at least 16 outputs.
         let mut out_t = vec![0f32; self.outputs * rows];
-        let per_task = (self.outputs / (rayon::current_num_threads() * 4)).max(16);
+        let per_task = (self.outputs / unit / (rayon::current_num_threads() * 4)).max(16 / unit);
         out_t
-            .par_chunks_mut(per_task * rows)
+            .par_chunks_mut(per_task * unit * rows)
             .enumerate()
             .for_each(|(task, out)| {
                 let first = task * per_task;
-                let n = out.len() / rows;
-                let w = &self.data[first * self.row_bytes..(first + n) * self.row_bytes];
+                let n = out.len() / (unit * rows);
+                let w = &self.data[first * unit_bytes..(first + n) * unit_bytes];
                 let mut r0 = 0;
                 while r0 < rows {
-                    let tile = kernel.row_tile(self.format).min(rows - r0);
-                    kernel.dot_rows(self.format, w, self.row_bytes, x, r0, tile, out);
-                    r0 += tile;
-                }
-            });
-        transpose_outputs(out_t, rows, self.outputs)
-    }
-
-    /// [`QuantMatrix::matmul_with`] on [`Layout::Panels`]: each task owns whole panels.
-    fn matmul_panels(&self, x: &Q8Rows) -> Vec<f32> {
-        let rows = x.rows;
-        let panels = self.outputs / PANEL;
-        let panel_bytes = self.row_bytes * PANEL;
-        let mut out_t = vec![0f32; self.outputs * rows];
-        let per_task = (panels / (rayon::current_num_threads() * 4)).max(1);
-        out_t
-            .par_chunks_mut(per_task * PANEL * rows)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * per_task;
-                let n = out.len() / (PANEL * rows);
-                let w = &self.data[first * panel_bytes..(first + n) * panel_bytes];
-                let mut r0 = 0;
-                while r0 < rows {
-                    let tile = PANEL_ROW_TILE.min(rows - r0);
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: matrices are repacked only where `Kernel::detect` found the
-                    // AVX-512 kernel's features (`Kernel::panels`).
-                    unsafe {
-                        x86_vnni::panel_rows(self.format, w, panel_bytes, x, r0, tile, out)
-                    };
+                    let tile = tile.min(rows - r0);
+                    match self.layout {
+                        Layout::File => kernel.dot_rows(format, w, self.row_bytes, x, r0, tile, out),
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: matrices are in panels only where `Kernel::panels` holds for the
+                        // kernel (asserted above), whose CPU features `Kernel::supported` found.
+                        Layout::Panels => unsafe { x86_vnni::panel_rows(format, w, unit_bytes, x, r0, tile, out) },
+                        #[cfg(not(target_arch = "x86_64"))]
+                        Layout::Panels => unreachable!("panels are an x86_64 layout"),
+                    }
                     r0 += tile;
                 }
             });
@@ -287,11 +265,21 @@ fn transpose_outputs(out_t: Vec<f32>, rows: usize, outputs: usize) -> Vec<f32> {
     y
 }
 
-/// Where a Q4_0 or Q4_1 block keeps its 16 code bytes, and its size.
+/// Bytes per block and where its codes start, for Q4_0 (`f = 0`), Q4_1 (1) and Q8_0 (2): the
+/// formats whose SIMD kernels take the format as a const parameter.
+const fn small_block_layout(f: u8) -> (usize, usize) {
+    match f {
+        0 => (18, 2),
+        1 => (20, 4),
+        _ => (34, 2),
+    }
+}
+
+/// [`small_block_layout`] of the formats repacked into [`Layout::Panels`].
 fn q4_layout(format: QuantFormat) -> (usize, usize) {
     match format {
-        QuantFormat::Q4_0 => (2, 18),
-        QuantFormat::Q4_1 => (4, 20),
+        QuantFormat::Q4_0 => small_block_layout(0),
+        QuantFormat::Q4_1 => small_block_layout(1),
         other => unreachable!("{other:?} is not repacked"),
     }
 }
@@ -299,7 +287,7 @@ fn q4_layout(format: QuantFormat) -> (usize, usize) {
 /// The file's rows (`outputs` rows of `inputs / 32` Q4_0 or Q4_1 blocks) in [`Layout::Panels`]:
 /// the same bytes, moved; `outputs` is a multiple of [`PANEL`].
 fn repack_panels(format: QuantFormat, outputs: usize, inputs: usize, data: &[u8]) -> Vec<u8> {
-    let (qs_at, size) = q4_layout(format);
+    let (size, qs_at) = q4_layout(format);
     let blocks = inputs / QK;
     let row_bytes = blocks * size;
     let block_bytes = PANEL * size;
@@ -325,7 +313,7 @@ fn repack_panels(format: QuantFormat, outputs: usize, inputs: usize, data: &[u8]
 
 /// Output row `r` of a [`Layout::Panels`] matrix back in the file's layout.
 fn unpack_panel_row(format: QuantFormat, inputs: usize, data: &[u8], r: usize) -> Vec<u8> {
-    let (qs_at, size) = q4_layout(format);
+    let (size, qs_at) = q4_layout(format);
     let blocks = inputs / QK;
     let block_bytes = PANEL * size;
     let (p, j) = (r / PANEL, r % PANEL);
@@ -669,7 +657,7 @@ mod x86 {
     //! per half), converted to f32 and scaled once per block.
     use std::arch::x86_64::*;
 
-    use super::{Block32, Q8Rows, QK, QuantFormat, ROW_TILE, q4k_scales, unpack};
+    use super::{Block32, Q8Rows, QK, QuantFormat, ROW_TILE, q4k_scales, small_block_layout, unpack};
 
     /// See [`super::Kernel::dot_rows`].
     ///
@@ -953,11 +941,7 @@ mod x86 {
     /// once per row.
     #[target_feature(enable = "avx2,fma,f16c")]
     fn tile4<const F: u8>(w: &[u8], xs: &[XRow<'_>; 4], x: &Q8Rows, r0: usize, blocks: usize) -> __m128 {
-        let (size, qs_at) = match F {
-            0 => (18, 2),
-            1 => (20, 4),
-            _ => (34, 2),
-        };
+        let (size, qs_at) = small_block_layout(F);
         let rows = x.rows;
         assert!(w.len() >= blocks * size && r0 + 4 <= rows);
         assert!(x.d_t.len() >= blocks * rows && x.s_t.len() >= blocks * rows);
@@ -1074,7 +1058,7 @@ mod x86_vnni {
     //!   two scales (each repeated 8 times) scales both. The other formats use the AVX2 kernel.
     use std::arch::x86_64::*;
 
-    use super::{Q8Rows, QK, QuantFormat, WIDE_ROW_TILE};
+    use super::{Q8Rows, QK, QuantFormat, WIDE_ROW_TILE, small_block_layout};
 
     /// See [`super::Kernel::dot_rows`], for Q4_0, Q4_1 and Q8_0.
     ///
@@ -1114,15 +1098,6 @@ mod x86_vnni {
         }
     }
 
-    /// Bytes per block and where its codes start: Q4_0 (`F = 0`), Q4_1 (1), Q8_0 (2).
-    const fn layout(f: u8) -> (usize, usize) {
-        match f {
-            0 => (18, 2),
-            1 => (20, 4),
-            _ => (34, 2),
-        }
-    }
-
     /// The codes of blocks at `a` and `b` as 64 unsigned bytes in activation order, and for
     /// Q8_0 the mask of negative codes (their activations are negated, the codes made
     /// positive: `vpdpbusd` wants one unsigned side).
@@ -1132,7 +1107,7 @@ mod x86_vnni {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn codes2<const F: u8>(a: *const u8, b: *const u8) -> (__m512i, __mmask64) {
-        let at = layout(F).1;
+        let at = small_block_layout(F).1;
         // SAFETY: the caller's contract: 16 (4-bit) or 32 (8-bit) code bytes from `at`.
         unsafe {
             if F == 2 {
@@ -1279,7 +1254,7 @@ mod x86_vnni {
     /// `R` rows from `r0` against every weight row of `w`; `out` is `[w rows][x rows]`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     fn rows<const F: u8, const R: usize>(w: &[u8], row_bytes: usize, x: &Q8Rows, r0: usize, out: &mut [f32]) {
-        let (size, _) = layout(F);
+        let (size, _) = small_block_layout(F);
         let blocks = x.blocks_per_row();
         let inputs = blocks * QK;
         assert!(row_bytes == blocks * size && r0 + R <= x.rows);
@@ -1399,8 +1374,7 @@ mod tests {
                 QuantFormat::Q6K => f16_at(blk, 208, v * 0.1),
             }
         }
-        let row_bytes = inputs / format.block_elements() * format.block_bytes();
-        QuantMatrix::with_layout(format, outputs, inputs, row_bytes, data, layout)
+        QuantMatrix::with_layout(format, outputs, inputs, data, layout)
     }
 
     /// `x @ wᵀ` in f64 on the dequantised weights, and `|x| @ |w|ᵀ` (the scale of rounding).

@@ -624,10 +624,6 @@ impl Engine {
                 },
             })
             .collect();
-        let on_host = self.uses_host_matmul();
-        let (model, kv) = (&self.model, &mut self.kv);
-        let out = on_pool_if(on_host, || model.forward(&tokens, &slices, kv));
-
         // Rows of the flat batch whose logits are wanted.
         let mut logit_rows: Vec<i64> = Vec::new();
         let mut offset = 0;
@@ -640,16 +636,21 @@ impl Engine {
             }
             offset += n;
         }
-        let logits: Vec<f32> = if logit_rows.is_empty() {
-            Vec::new()
-        } else {
-            let idx = Tensor::<1, Int>::from_data(
-                TensorData::new(logit_rows.clone(), [logit_rows.len()]),
-                self.model.device(),
-            );
-            let hidden = out.hidden.clone().select(0, idx);
-            let rows = on_pool_if(on_host, || model.logits(hidden));
-            read_f32(rows)?
+        // The forward and its logits in one stay on the pool.
+        let on_host = self.uses_host_matmul();
+        let (model, kv) = (&self.model, &mut self.kv);
+        let (out, logit_tensor) = on_pool_if(on_host, || {
+            let out = model.forward(&tokens, &slices, kv);
+            let logits = (!logit_rows.is_empty()).then(|| {
+                let wanted = logit_rows.len();
+                let idx = Tensor::<1, Int>::from_data(TensorData::new(logit_rows, [wanted]), model.device());
+                model.logits(out.hidden.clone().select(0, idx))
+            });
+            (out, logits)
+        });
+        let logits: Vec<f32> = match logit_tensor {
+            Some(rows) => read_f32(rows)?,
+            None => Vec::new(),
         };
 
         let vocab = cfg.vocab_size;

@@ -190,19 +190,26 @@ fn describe(a: &burn::tensor::wgpu::wgpu::AdapterInfo) -> String {
 fn may_have_gpu() -> bool {
     #[cfg(target_os = "linux")]
     {
-        let has_entry = |dir: &str, prefixes: &[&str]| {
-            std::fs::read_dir(dir).is_ok_and(|entries| {
-                entries.flatten().any(|entry| {
-                    let name = entry.file_name();
-                    let name = name.to_string_lossy();
-                    prefixes.iter().any(|prefix| name.starts_with(prefix))
-                })
-            })
-        };
-        has_entry("/dev/dri", &["renderD", "card"]) || has_entry("/dev", &["nvidia", "dxg"])
+        has_gpu_device_node(std::path::Path::new("/dev"))
     }
     #[cfg(not(target_os = "linux"))]
     true
+}
+
+/// Whether `dev` (a `/dev` directory) holds a DRM card or render node, an NVIDIA device or
+/// WSL's `dxg`.
+#[cfg(any(target_os = "linux", test))]
+fn has_gpu_device_node(dev: &std::path::Path) -> bool {
+    let has_entry = |dir: &std::path::Path, prefixes: &[&str]| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|entry| {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                prefixes.iter().any(|prefix| name.starts_with(prefix))
+            })
+        })
+    };
+    has_entry(&dev.join("dri"), &["renderD", "card"]) || has_entry(dev, &["nvidia", "dxg"])
 }
 
 /// A description of the first hardware (non-CPU) adapter, if any.
@@ -225,4 +232,27 @@ fn software_adapter() -> Option<String> {
         .into_iter()
         .find(|a| a.device_type == DeviceType::Cpu)
         .map(|a| describe(&a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_gpu_device_node;
+
+    #[test]
+    fn a_gpu_is_assumed_only_where_a_gpu_device_node_exists() {
+        let dev = tempfile::tempdir().unwrap();
+        let touch = |name: &str| std::fs::write(dev.path().join(name), b"").unwrap();
+        touch("null");
+        touch("tty0");
+        assert!(!has_gpu_device_node(dev.path()));
+        std::fs::create_dir(dev.path().join("dri")).unwrap();
+        assert!(!has_gpu_device_node(dev.path()), "an empty /dev/dri has no GPU");
+        touch("dri/renderD128");
+        assert!(has_gpu_device_node(dev.path()));
+        for node in ["nvidia0", "dxg"] {
+            let other = tempfile::tempdir().unwrap();
+            std::fs::write(other.path().join(node), b"").unwrap();
+            assert!(has_gpu_device_node(other.path()), "{node}");
+        }
+    }
 }

@@ -660,6 +660,29 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_released_tensor_reads_the_same_bytes_again() {
+        // Several pages, so the advice covers whole pages of it.
+        let values: Vec<f32> = (0..5000).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let f = write(
+            &Builder::new()
+                .kv_str("general.architecture", "llama")
+                .tensor("big", &[5000], 0, f32_bytes(&values))
+                .tensor("after", &[3], 0, f32_bytes(&[1.0, 2.0, 3.0]))
+                .build(),
+        );
+        let g = GgufFile::open(f.path()).unwrap();
+        let info = g.tensor_info("big").unwrap().clone();
+        let before = g.tensor_bytes(&info).unwrap().to_vec();
+        g.release(&info);
+        assert_eq!(g.tensor_bytes(&info).unwrap(), &before[..]);
+        // tensor_f32 releases what it converted; reading again gives the same values, and the
+        // tensor sharing its last page is untouched.
+        assert_eq!(g.tensor_f32("big").unwrap().0, values);
+        assert_eq!(g.tensor_f32("big").unwrap().0, values);
+        assert_eq!(g.tensor_f32("after").unwrap().0, vec![1.0, 2.0, 3.0]);
+    }
+
+    #[test]
     fn every_truncation_is_a_typed_error() {
         let full = sample();
         for len in 0..full.len() - 1 {

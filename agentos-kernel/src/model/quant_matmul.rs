@@ -515,23 +515,28 @@ impl Kernel {
     fn detect() -> Self {
         static DETECTED: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *DETECTED.get_or_init(|| {
-            let supported = Self::supported();
-            let best = *supported.last().expect("the portable kernel runs anywhere");
-            let Ok(wanted) = std::env::var("AGENTOS_QUANT_KERNEL") else {
-                return best;
-            };
-            match supported.iter().find(|k| k.name() == wanted) {
-                Some(&kernel) => kernel,
-                None => {
-                    tracing::warn!(
-                        wanted,
-                        using = best.name(),
-                        "AGENTOS_QUANT_KERNEL names no kernel this CPU supports"
-                    );
-                    best
-                }
-            }
+            let wanted = std::env::var("AGENTOS_QUANT_KERNEL").ok();
+            Self::choose(&Self::supported(), wanted.as_deref())
         })
+    }
+
+    /// The last (fastest) of `supported`, or the one named `wanted` where it is among them.
+    fn choose(supported: &[Kernel], wanted: Option<&str>) -> Kernel {
+        let best = *supported.last().expect("the portable kernel runs anywhere");
+        let Some(wanted) = wanted else {
+            return best;
+        };
+        match supported.iter().find(|k| k.name() == wanted) {
+            Some(&kernel) => kernel,
+            None => {
+                tracing::warn!(
+                    wanted,
+                    using = best.name(),
+                    "AGENTOS_QUANT_KERNEL names no kernel this CPU supports"
+                );
+                best
+            }
+        }
     }
 
     /// Whether matrices of `format` are repacked into [`Layout::Panels`] for this kernel.
@@ -1516,6 +1521,22 @@ mod tests {
                 assert_eq!(file.row(r), panels.row(r), "{format:?} row {r}");
             }
         }
+    }
+
+    #[test]
+    fn the_kernel_is_the_fastest_supported_unless_one_is_named() {
+        let supported = Kernel::supported();
+        let best = supported.last().unwrap().name();
+        assert_eq!(Kernel::choose(&supported, None).name(), best);
+        for kernel in &supported {
+            assert_eq!(Kernel::choose(&supported, Some(kernel.name())).name(), kernel.name());
+        }
+        assert_eq!(
+            Kernel::choose(&supported, Some("sse9")).name(),
+            best,
+            "unknown names fall back"
+        );
+        assert_eq!(Kernel::choose(&[Kernel::Portable], Some("avx2")).name(), "portable");
     }
 
     #[test]

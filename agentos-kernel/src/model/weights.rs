@@ -101,7 +101,7 @@ impl GgufWeights<'_> {
             Weight::K(_) => self.config.n_kv_heads,
             _ => return Ok(None),
         };
-        if heads == 0 || !rows.is_multiple_of(heads) {
+        if heads == 0 || rows == 0 || !rows.is_multiple_of(heads) {
             return Err(KernelError::ModelFormat(format!(
                 "{name} has {rows} rows, which {heads} heads do not divide evenly"
             )));
@@ -165,6 +165,10 @@ impl WeightSource for GgufWeights<'_> {
 /// Inverse of llama.cpp's `permute` on rows of `row_len` items: GGUF row `(h, 2i + j)` holds
 /// HF row `(h, j * half + i)`. `values` holds whole rows and `n_heads` divides their count.
 fn unpermute_rope_rows<T: Copy>(values: &mut [T], row_len: usize, n_heads: usize) {
+    if row_len == 0 {
+        // No elements (a dimension of 0): nothing to move; the shape check refuses the tensor.
+        return;
+    }
     let rows = values.len() / row_len;
     let head_dim = rows / n_heads;
     let half = head_dim / 2;

@@ -47,4 +47,4 @@ pub use page::{CognitivePage, ContentHash, PageEntry, PageId, PageView, Tier};
 pub use slicing::{AttentionSpan, EntropySpan, SliceConfig};
 pub use tiers::l1::{ActiveContext, L1Actor, L1Args, L1Msg, L1Stats};
 pub use tiers::l2::{L2Actor, L2Args, L2Msg, L2Stats, Locate};
-pub use tiers::l3::{L3Actor, L3Msg, L3Store, OpenReport};
+pub use tiers::l3::{IndexChunk, L3Actor, L3Msg, L3Store, OpenReport};

@@ -316,7 +316,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let l2_scale = l2_scale::measure(&spec, &dir.join("l2-scale"))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("L2 at scale ({l2_pages} pages): {e}"))?;
     let _ = std::fs::remove_dir_all(&dir);
 
     let questions = FACTS.len() as f64;

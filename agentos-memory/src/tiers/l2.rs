@@ -7,9 +7,12 @@
 //! kept in the index, so a later query can still find them and fault them back in).
 //!
 //! **Start.** L2 loads the page table and the index records from L3 (no page body:
-//! [`L3Msg::LoadIndex`]), demotes L2 pages past its capacity (when the capacity was lowered), then
+//! [`L3Msg::LoadIndex`], in chunks of [`LOAD_CHUNK_PAGES`] pages, each request bounded work under
+//! the tier timeout), demotes L2 pages past its capacity (when the capacity was lowered), then
 //! reads the bodies of the L1 and L2 pages in one request, so they are resident from the start as
 //! they were before the restart; L3 pages stay on disk until a query faults them in.
+//!
+//! [`LOAD_CHUNK_PAGES`]: crate::tiers::l3::LOAD_CHUNK_PAGES
 //!
 //! **Cost per operation.** Nothing scans the page table: tier counts are kept as entries change,
 //! an owner's pages per tier are indexed ([`L2Msg::Owned`]), and demotion picks from the L2 pages
@@ -158,13 +161,26 @@ impl Actor for L2Actor {
 
     async fn pre_start(&self, _myself: ActorRef<L2Msg>, args: L2Args) -> Result<L2State, ActorProcessingErr> {
         let l3 = (args.l3)().ok_or(MemoryError::Unavailable("L3"))?;
-        let similarity_weight = args.config.similarity_weight;
         let timeout = args.config.tier_timeout;
-        let load = |reply| L3Msg::LoadIndex {
-            similarity_weight,
-            reply,
-        };
-        let (entries, index) = ask(&l3, "L3", timeout, load).await??;
+        // In chunks: each request is bounded work, so a large store is no timeout, and a timeout
+        // still means that L3 is stuck.
+        let mut index = PageIndex::new(args.config.similarity_weight);
+        let mut entries = Vec::new();
+        let mut after = None;
+        loop {
+            let load = move |reply| L3Msg::LoadIndex {
+                index: Box::new(index),
+                after,
+                reply,
+            };
+            let chunk = ask(&l3, "L3", timeout, load).await??;
+            entries.extend(chunk.entries);
+            index = chunk.index;
+            match chunk.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
         let mut state = L2State {
             index,
             config: args.config,

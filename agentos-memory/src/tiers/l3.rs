@@ -2,7 +2,9 @@
 //!
 //! It holds every page body, embedding and page-table entry, and for every page an index record
 //! (owner, words, f16 embedding: what [`PageIndex`] needs, under half a body's bytes), written in
-//! the same transaction as the page, so L2 builds its index at start without reading a body. A
+//! the same transaction as the page, so L2 builds its index at start without reading a body, in
+//! chunks of [`LOAD_CHUNK_PAGES`] pages ([`L3Msg::LoadIndex`]): each request is a bounded piece
+//! of work, so the tier timeout keeps meaning "L3 is stuck" whatever the store's size. A
 //! store written before it had index records gets them built from the pages once, at open, in one
 //! transaction ([`OpenReport::indexed`]); one written with a newer index format is an error that
 //! says so.
@@ -14,6 +16,7 @@
 //! SHA-256 of their bytes, and the file's integrity is checked on open: damage is a
 //! [`MemoryError::Corrupt`] that names the file, never a panic.
 
+use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +46,10 @@ const INDEX_FORMAT: u64 = 1;
 /// open and L2's start read it once; pages are read again only on faults and duplicate lookups,
 /// which the operating system's file cache serves as well.
 const CACHE_BYTES: usize = 64 << 20;
+
+/// Pages per [`L3Msg::LoadIndex`] request: tens of milliseconds of work in an optimised build,
+/// seconds in an unoptimised one, far from the tier timeout in both, whatever the store's size.
+pub const LOAD_CHUNK_PAGES: usize = 8192;
 
 /// The knowledge base file.
 pub struct L3Store {
@@ -236,23 +243,61 @@ impl L3Store {
     }
 
     /// Every page-table entry, and every page's index record added to `index` (in id order),
-    /// without reading a page body. An entry without a record is corruption (they are written
-    /// with the page, in one transaction).
+    /// without reading a page body: [`L3Store::read_index_chunk`] until the last chunk.
     pub fn read_index(&self, mut index: PageIndex) -> Result<(Vec<PageEntry>, PageIndex)> {
-        let entries = self.read_entries()?;
+        let mut entries = Vec::new();
+        let mut after = None;
+        loop {
+            let chunk = self.read_index_chunk(index, after, LOAD_CHUNK_PAGES)?;
+            entries.extend(chunk.entries);
+            index = chunk.index;
+            match chunk.next {
+                Some(next) => after = Some(next),
+                None => return Ok((entries, index)),
+            }
+        }
+    }
+
+    /// The index records of the next `limit` pages after `after` (from the first page when
+    /// `None`) added to `index` in id order, and the page-table entries of the same id range,
+    /// without reading a page body. Chunks read in turn, from `None` until `next` is `None`,
+    /// give what one pass over the whole store gives, as long as nothing is written between them
+    /// (L2, the store's only writer, loads before it writes). An entry without a record is
+    /// corruption (they are written with the page, in one transaction).
+    pub fn read_index_chunk(&self, mut index: PageIndex, after: Option<PageId>, limit: usize) -> Result<IndexChunk> {
+        let limit = limit.max(1);
         let txn = self.db.begin_read().map_err(|e| self.store_error(e))?;
-        let table = txn.open_table(INDEX).map_err(|e| self.store_error(e))?;
-        index.reserve(table.len().map_err(|e| self.store_error(e))? as usize);
-        for row in table.iter().map_err(|e| self.store_error(e))? {
+        let records = txn.open_table(INDEX).map_err(|e| self.store_error(e))?;
+        if after.is_none() {
+            index.reserve(records.len().map_err(|e| self.store_error(e))? as usize);
+        }
+        let lower = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.0));
+        let (mut read, mut last) = (0usize, None);
+        let range = records
+            .range::<u64>((lower, Bound::Unbounded))
+            .map_err(|e| self.store_error(e))?;
+        for row in range.take(limit) {
             let (id, value) = row.map_err(|e| self.store_error(e))?;
             let id = PageId(id.value());
             let record = self.read_index_record(value.value(), id)?;
             index.insert_words(id, record.owner, &record.words, &record.embedding);
+            read += 1;
+            last = Some(id);
         }
-        if let Some(e) = entries.iter().find(|e| !index.contains(e.id)) {
-            return Err(self.corrupt(format!("{} is in the page table but its page is missing", e.id)));
+        // Fewer records than asked for: this was the last chunk, and its entries run to the end.
+        let next = if read == limit { last } else { None };
+        let upper = next.map_or(Bound::Unbounded, |id| Bound::Included(id.0));
+        let table = txn.open_table(ENTRIES).map_err(|e| self.store_error(e))?;
+        let mut entries = Vec::new();
+        for row in table.range::<u64>((lower, upper)).map_err(|e| self.store_error(e))? {
+            let (_, value) = row.map_err(|e| self.store_error(e))?;
+            let entry: PageEntry = self.unseal(value.value(), "a page-table entry")?;
+            if !index.contains(entry.id) {
+                return Err(self.corrupt(format!("{} is in the page table but its page is missing", entry.id)));
+            }
+            entries.push(entry);
         }
-        Ok((entries, index))
+        Ok(IndexChunk { entries, index, next })
     }
 
     fn read_index_record<'a>(&self, bytes: &'a [u8], id: PageId) -> Result<IndexRecord<'a>> {
@@ -333,6 +378,16 @@ impl L3Store {
             detail,
         }
     }
+}
+
+/// One chunk of L2's start-up load ([`L3Store::read_index_chunk`]).
+pub struct IndexChunk {
+    /// The page-table entries of the chunk's id range.
+    pub entries: Vec<PageEntry>,
+    /// The index passed in, with the chunk's pages added.
+    pub index: PageIndex,
+    /// The id the next chunk starts after; `None` when this was the last chunk.
+    pub next: Option<PageId>,
 }
 
 /// The tables a write changes.
@@ -450,11 +505,14 @@ pub enum L3Msg {
         ids: Vec<PageId>,
         reply: RpcReplyPort<Result<Vec<CognitivePage>>>,
     },
-    /// Every entry, and an index (of this similarity weight) of every page, without reading a
-    /// body (L2 loads them at start): [`L3Store::read_index`].
+    /// The next [`LOAD_CHUNK_PAGES`] pages after `after` (from the first when `None`) added to
+    /// `index`, and their entries, without reading a body: [`L3Store::read_index_chunk`]. L2
+    /// loads the whole store at start by asking until `next` is `None`.
     LoadIndex {
-        similarity_weight: f32,
-        reply: RpcReplyPort<Result<(Vec<PageEntry>, PageIndex)>>,
+        /// Boxed: an index is large beside the other messages.
+        index: Box<PageIndex>,
+        after: Option<PageId>,
+        reply: RpcReplyPort<Result<IndexChunk>>,
     },
 }
 
@@ -500,11 +558,8 @@ impl Actor for L3Actor {
             L3Msg::Read { ids, reply } => {
                 let _ = reply.send(store.read_pages(&ids));
             }
-            L3Msg::LoadIndex {
-                similarity_weight,
-                reply,
-            } => {
-                let _ = reply.send(store.read_index(PageIndex::new(similarity_weight)));
+            L3Msg::LoadIndex { index, after, reply } => {
+                let _ = reply.send(store.read_index_chunk(*index, after, LOAD_CHUNK_PAGES));
             }
         }
         Ok(())
@@ -663,6 +718,42 @@ mod tests {
         assert_eq!(store.read_index(PageIndex::new(0.4)).unwrap().1.len(), 41);
         drop(store);
         assert_eq!(L3Store::open(&path).unwrap().1.indexed, 0);
+    }
+
+    #[test]
+    fn a_load_in_chunks_gives_what_one_pass_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kb.redb");
+        let (store, _) = L3Store::open(&path).unwrap();
+        let pages = numbered_pages(40);
+        let entries: Vec<PageEntry> = pages.iter().map(|p| PageEntry::new(p, Tier::L2)).collect();
+        store.write_pages(&pages, &entries).unwrap();
+        let none = HashSet::new();
+        let q = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0];
+        let (_, whole) = store.read_index(PageIndex::new(0.4)).unwrap();
+        let expected = whole.search(&q, "subject3 note", Some("a"), &none, 5, 0.0);
+        // Chunks that divide the store, that do not, of one page, and of more than the store.
+        for limit in [1, 7, 8, 40, 41] {
+            let (mut index, mut after, mut loaded, mut chunks) = (PageIndex::new(0.4), None, Vec::new(), 0);
+            loop {
+                let chunk = store.read_index_chunk(index, after, limit).unwrap();
+                loaded.extend(chunk.entries);
+                index = chunk.index;
+                chunks += 1;
+                match chunk.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            assert_eq!(loaded, entries, "limit {limit}");
+            assert_eq!(index.len(), 40, "limit {limit}");
+            assert_eq!(chunks, 40 / limit + 1, "limit {limit}");
+            assert_eq!(
+                index.search(&q, "subject3 note", Some("a"), &none, 5, 0.0),
+                expected,
+                "limit {limit}"
+            );
+        }
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub struct EngineConfig {
     #[serde(default = "default_time_slice")]
     pub time_slice_tokens: usize,
     /// On the CPU (flex), run the hot paths with the kernel's own host code instead of burn's:
-    /// the KV pools are host vectors and decode attention reads them in place (no per-layer
+    /// the KV pools are host memory and decode attention reads them in place (no per-layer
     /// gather), and with `auto` or f16 weights every matmul uses a host kernel instead of burn's
     /// gemm (which converts and repacks the weights on every call): the quantised kernel on a
     /// GGUF file's own blocks, else the f16 kernel. Default true. (Called
@@ -109,16 +109,17 @@ impl EngineConfig {
         self.uses_host_kv(device) && self.dtype != WeightDtype::F32
     }
 
-    /// Whether the KV pools are host vectors read in place by the host decode attention.
+    /// Whether the KV pools are host memory read in place by the host decode attention.
     pub fn uses_host_kv(&self, device: &str) -> bool {
         self.host_kernels && device == "flex"
     }
 
-    /// Where the KV pools live on the device named `device`: host vectors in the weights'
-    /// precision with the host kernels, else device tensors.
+    /// Where the KV pools live on the device named `device`: host memory with the host
+    /// kernels, else device tensors; f16 unless the weights are f32.
     pub fn kv_storage(&self, device: &str) -> KvStorage {
         match (self.uses_host_kv(device), self.dtype) {
-            (false, _) => KvStorage::Device,
+            (false, WeightDtype::F16 | WeightDtype::Auto) => KvStorage::DeviceF16,
+            (false, WeightDtype::F32) => KvStorage::DeviceF32,
             (true, WeightDtype::F16 | WeightDtype::Auto) => KvStorage::HostF16,
             (true, WeightDtype::F32) => KvStorage::HostF32,
         }
@@ -346,6 +347,7 @@ impl Engine {
     pub fn load(spec: &ModelSpec, config: EngineConfig) -> Result<Self> {
         let path = spec.resolve()?;
         let device = select_device(config.device)?;
+        let config = with_dtype_the_device_computes(config, &device)?;
         let started = Instant::now();
         let (model_config, tokenizer, template, model) = if path.is_dir() {
             load_hf_dir(&path, &config, &device)?
@@ -361,6 +363,7 @@ impl Engine {
             seconds = started.elapsed().as_secs_f64(),
             "model loaded"
         );
+        give_back_freed_heap();
         let kv = KvCache::new(
             config.kv_cache,
             &model_config,
@@ -770,6 +773,39 @@ impl Engine {
         rx.recv()
             .map_err(|_| KernelError::Compute("the job ended without a result".into()))?
     }
+}
+
+/// Returns the heap memory that loading freed (the file's metadata, f32 conversions, the
+/// tokenizer's intermediate tables: about 10 MB for the default model) to the operating system.
+/// glibc keeps freed memory for reuse, and these sizes are never asked for again; elsewhere the
+/// allocator decides.
+fn give_back_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory the allocator holds; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// f16 weights and KV pools need f16 arithmetic on the device, which some Vulkan adapters lack:
+/// there `auto` loads f32 weights instead (reported in [`ModelInfo::dtype`]) and an explicit
+/// `f16` is refused with a clear error rather than computing garbage.
+fn with_dtype_the_device_computes(mut config: EngineConfig, device: &SelectedDevice) -> Result<EngineConfig> {
+    if config.dtype == WeightDtype::F32 || device.device.supports_dtype(DType::F16) {
+        return Ok(config);
+    }
+    if config.dtype == WeightDtype::F16 {
+        return Err(KernelError::InvalidRequest(format!(
+            "{} ({}) has no f16 arithmetic: load with --dtype f32 (or auto, which picks f32 there)",
+            device.name, device.description
+        )));
+    }
+    tracing::warn!(
+        device = %device.description,
+        "the device has no f16 arithmetic: `--dtype auto` loads f32 weights and caches"
+    );
+    config.dtype = WeightDtype::F32;
+    Ok(config)
 }
 
 fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {

@@ -17,18 +17,23 @@
 //! cached, and cached blocks are evicted least recently used first, only when the budget leaves
 //! no free block.
 //!
-//! **Where the pools live** ([`KvStorage`]). On a GPU they are device tensors (f32), written by
-//! scatter and read by gather. On the CPU backend they are plain host vectors
-//! ([`KvCache::host_pools`]), so the kernel's decode attention reads each sequence's rows where
-//! they lie instead of gathering a padded copy of every context for every layer (that copy and
-//! the small batched matmuls after it took about 40% of an 8-sequence decode step at 300 tokens
-//! of context). Host pools hold f16 when the weights are f16, as llama.cpp's cache does by
-//! default: half the memory per token, so the same byte budget holds twice the context, and half
-//! the bytes decode attention streams per step.
+//! **Where the pools live** ([`KvStorage`]). On a GPU they are device tensors, written by
+//! scatter and read by gather, in f16 unless the weights are f32 (half the memory per token and
+//! half the bytes each step's gather reads; attention computes in f32 on the gathered rows).
+//! On the CPU backend they are host memory ([`KvCache::host_pools`]), so the kernel's decode
+//! attention reads each sequence's rows where they lie instead of gathering a padded copy of
+//! every context for every layer (that copy and the small batched matmuls after it took about
+//! 40% of an 8-sequence decode step at 300 tokens of context). Host pools hold f16 unless the
+//! weights are f32, as llama.cpp's cache does by default: half the memory per token, so the same
+//! byte budget holds twice the context, and half the bytes decode attention streams per step.
+//! Their pages are committed as rows are first written, so resident memory follows the blocks
+//! in use rather than the capacity the pools have grown to (see `host_memory`).
 //!
 //! # Shapes
 //! each layer's pool: `[capacity_blocks * block_size, kv_heads * head_dim]`; the token at
 //! position `p` of a sequence lives in row `blocks[p / block_size] * block_size + p % block_size`.
+
+mod host_memory;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -37,6 +42,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use serde::{Deserialize, Serialize};
 
+use self::host_memory::PoolMemory;
 use crate::error::{KernelError, Result};
 use crate::model::ModelConfig;
 use crate::tokenizer::TokenId;
@@ -106,42 +112,55 @@ pub struct KvCache {
 /// Where and in what precision the pools live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvStorage {
-    /// Burn tensors on the device, f32.
-    Device,
-    /// Host vectors of f32 (the CPU backend with f32 weights).
+    /// Burn tensors on the device, f32 (f32 weights).
+    DeviceF32,
+    /// Burn tensors on the device, f16 (f16 or `auto` weights).
+    DeviceF16,
+    /// Host memory of f32 (the CPU backend with f32 weights).
     HostF32,
-    /// Host vectors of f16 (the CPU backend with f16 weights).
+    /// Host memory of f16 (the CPU backend with f16 or `auto` weights).
     HostF16,
 }
 
 impl KvStorage {
     fn element_bytes(self) -> usize {
         match self {
-            KvStorage::Device | KvStorage::HostF32 => 4,
-            KvStorage::HostF16 => 2,
+            KvStorage::DeviceF32 | KvStorage::HostF32 => 4,
+            KvStorage::DeviceF16 | KvStorage::HostF16 => 2,
         }
+    }
+
+    /// Whether the pools are device tensors (as opposed to host memory).
+    pub fn on_device(self) -> bool {
+        matches!(self, KvStorage::DeviceF32 | KvStorage::DeviceF16)
     }
 }
 
 /// Every layer's key and value pools.
 enum Pools {
-    /// Device tensors `[rows, kv_dim]` per layer.
+    /// Device tensors `[rows, kv_dim]` per layer, all of `dtype`.
     Device {
         keys: Vec<Tensor<2>>,
         values: Vec<Tensor<2>>,
+        dtype: DType,
     },
     HostF32(HostPools<f32>),
     HostF16(HostPools<f16>),
 }
 
-/// Host row-major `[rows, kv_dim]` pools per layer.
+/// Host row-major `[rows, kv_dim]` pools per layer, in memory committed as rows are written
+/// ([`host_memory`]).
 struct HostPools<T> {
-    keys: Vec<Vec<T>>,
-    values: Vec<Vec<T>>,
+    keys: Vec<PoolMemory<T>>,
+    values: Vec<PoolMemory<T>>,
 }
 
 /// An element type of host pools.
-pub trait KvElement: Copy + Default + Send + Sync + 'static {
+///
+/// # Safety
+/// All-zero bytes must be a valid value (pools start as zero pages), and every bit pattern of
+/// the type's size must be one (pools are read as `&[Self]` from raw memory): plain numbers.
+pub unsafe trait KvElement: Copy + Default + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     /// `dst[i] = src[i]` rounded to this type.
     fn store(src: &[f32], dst: &mut [Self]);
@@ -149,7 +168,8 @@ pub trait KvElement: Copy + Default + Send + Sync + 'static {
     fn extend_f32(src: &[Self], dst: &mut Vec<f32>);
 }
 
-impl KvElement for f32 {
+// SAFETY: any bit pattern is an f32, and zero bytes are 0.0.
+unsafe impl KvElement for f32 {
     fn to_f32(self) -> f32 {
         self
     }
@@ -161,7 +181,8 @@ impl KvElement for f32 {
     }
 }
 
-impl KvElement for f16 {
+// SAFETY: any bit pattern is an f16, and zero bytes are 0.0.
+unsafe impl KvElement for f16 {
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
@@ -176,22 +197,25 @@ impl KvElement for f16 {
 }
 
 impl<T: KvElement> HostPools<T> {
-    fn new(layers: usize, len: usize) -> Self {
-        HostPools {
-            keys: (0..layers).map(|_| vec![T::default(); len]).collect(),
-            values: (0..layers).map(|_| vec![T::default(); len]).collect(),
-        }
+    fn new(layers: usize, len: usize) -> Result<Self> {
+        let pools = || (0..layers).map(|_| PoolMemory::zeroed(len)).collect::<Result<Vec<_>>>();
+        Ok(HostPools {
+            keys: pools()?,
+            values: pools()?,
+        })
     }
 
-    fn resize(&mut self, len: usize) {
+    fn grow(&mut self, len: usize) -> Result<()> {
         for pool in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            pool.resize(len, T::default());
+            pool.grow(len)?;
         }
+        Ok(())
     }
 
     fn write(&mut self, layer: usize, rows: &[usize], kv_dim: usize, k: Tensor<2>, v: Tensor<2>) {
         for (pool, src) in [(&mut self.keys[layer], k), (&mut self.values[layer], v)] {
             let src = host_values(src);
+            let pool = pool.as_mut_slice();
             for (&row, values) in rows.iter().zip(src.chunks_exact(kv_dim)) {
                 T::store(values, &mut pool[row * kv_dim..(row + 1) * kv_dim]);
             }
@@ -200,7 +224,8 @@ impl<T: KvElement> HostPools<T> {
 
     /// `[rows, kv_dim]` f32 copies of the keys and values of `rows`.
     fn gather(&self, layer: usize, rows: &[usize], kv_dim: usize) -> (Vec<f32>, Vec<f32>) {
-        let gather = |pool: &[T]| {
+        let gather = |pool: &PoolMemory<T>| {
+            let pool = pool.as_slice();
             let mut out = Vec::with_capacity(rows.len() * kv_dim);
             for &row in rows {
                 T::extend_f32(&pool[row * kv_dim..(row + 1) * kv_dim], &mut out);
@@ -246,7 +271,7 @@ struct BlockKey {
 }
 
 impl KvCache {
-    /// A cache for `model` on `device`, its pools kept as `storage` says (host vectors only on
+    /// A cache for `model` on `device`, its pools kept as `storage` says (host memory only on
     /// the CPU backend, where host memory is the device's).
     pub fn new(config: KvCacheConfig, model: &ModelConfig, device: &Device, storage: KvStorage) -> Result<Self> {
         if config.block_size == 0 {
@@ -264,13 +289,18 @@ impl KvCache {
         let rows = capacity_blocks * config.block_size;
         let len = rows * model.kv_dim();
         let pools = match storage {
-            KvStorage::HostF32 => Pools::HostF32(HostPools::new(model.n_layers, len)),
-            KvStorage::HostF16 => Pools::HostF16(HostPools::new(model.n_layers, len)),
-            KvStorage::Device => {
-                let zeros = || Tensor::<2>::zeros([rows, model.kv_dim()], (device, DType::F32));
+            KvStorage::HostF32 => Pools::HostF32(HostPools::new(model.n_layers, len)?),
+            KvStorage::HostF16 => Pools::HostF16(HostPools::new(model.n_layers, len)?),
+            KvStorage::DeviceF32 | KvStorage::DeviceF16 => {
+                let dtype = match storage {
+                    KvStorage::DeviceF16 => DType::F16,
+                    _ => DType::F32,
+                };
+                let zeros = || Tensor::<2>::zeros([rows, model.kv_dim()], (device, dtype));
                 Pools::Device {
                     keys: (0..model.n_layers).map(|_| zeros()).collect(),
                     values: (0..model.n_layers).map(|_| zeros()).collect(),
+                    dtype,
                 }
             }
         };
@@ -353,7 +383,7 @@ impl KvCache {
         }
         // Grow (within the budget) before evicting cached prefixes.
         if needed > self.free.len() && self.capacity_blocks < self.max_blocks {
-            self.grow(self.capacity_blocks + needed - self.free.len());
+            self.grow(self.capacity_blocks + needed - self.free.len())?;
         }
         for _ in 0..needed {
             let block = match self.free.pop() {
@@ -504,20 +534,20 @@ impl KvCache {
         }
     }
 
-    fn grow(&mut self, min_blocks: usize) {
+    fn grow(&mut self, min_blocks: usize) -> Result<()> {
         let new_capacity = (self.capacity_blocks * 2).max(min_blocks).min(self.max_blocks);
         let extra_rows = (new_capacity - self.capacity_blocks) * self.config.block_size;
         tracing::debug!(from = self.capacity_blocks, to = new_capacity, "growing the KV cache");
         match &mut self.pools {
-            Pools::Device { keys, values } => {
+            Pools::Device { keys, values, dtype } => {
                 for pool in keys.iter_mut().chain(values.iter_mut()) {
-                    let old = std::mem::replace(pool, Tensor::empty([0, self.kv_dim], (&self.device, DType::F32)));
-                    let zeros = Tensor::<2>::zeros([extra_rows, self.kv_dim], (&self.device, DType::F32));
+                    let old = std::mem::replace(pool, Tensor::empty([0, self.kv_dim], (&self.device, *dtype)));
+                    let zeros = Tensor::<2>::zeros([extra_rows, self.kv_dim], (&self.device, *dtype));
                     *pool = Tensor::cat(vec![old, zeros], 0);
                 }
             }
-            Pools::HostF32(pools) => pools.resize(new_capacity * self.config.block_size * self.kv_dim),
-            Pools::HostF16(pools) => pools.resize(new_capacity * self.config.block_size * self.kv_dim),
+            Pools::HostF32(pools) => pools.grow(new_capacity * self.config.block_size * self.kv_dim)?,
+            Pools::HostF16(pools) => pools.grow(new_capacity * self.config.block_size * self.kv_dim)?,
         }
         self.free
             .extend((self.capacity_blocks as u32..new_capacity as u32).rev());
@@ -526,6 +556,7 @@ impl KvCache {
         self.keys_of.resize(new_capacity, None);
         self.released_at.resize(new_capacity, 0);
         self.capacity_blocks = new_capacity;
+        Ok(())
     }
 
     /// Pool rows of positions `range` of `table`.
@@ -547,12 +578,12 @@ impl KvCache {
     pub fn write(&mut self, layer: usize, rows: &PoolRows, k: Tensor<2>, v: Tensor<2>) {
         let kv_dim = self.kv_dim;
         match &mut self.pools {
-            Pools::Device { keys, values } => {
+            Pools::Device { keys, values, dtype } => {
                 let index = rows.index.as_ref().expect("device pools get rows with an index");
                 for (pool, src) in [(&mut keys[layer], k), (&mut values[layer], v)] {
                     // Take the pool out so it is uniquely owned and the backend can write in place.
-                    let t = std::mem::replace(pool, Tensor::empty([0, kv_dim], (&self.device, DType::F32)));
-                    *pool = t.select_assign(0, index.clone(), src, IndexingUpdateOp::Assign);
+                    let t = std::mem::replace(pool, Tensor::empty([0, kv_dim], (&self.device, *dtype)));
+                    *pool = t.select_assign(0, index.clone(), src.cast(*dtype), IndexingUpdateOp::Assign);
                 }
             }
             Pools::HostF32(pools) => pools.write(layer, &rows.rows, kv_dim, k, v),
@@ -573,11 +604,11 @@ impl KvCache {
     /// rows: `[context]` → two `[context, kv_dim]`
     pub fn gather(&self, layer: usize, rows: &PoolRows) -> (Tensor<2>, Tensor<2>) {
         match &self.pools {
-            Pools::Device { keys, values } => {
+            Pools::Device { keys, values, .. } => {
                 let index = rows.index.as_ref().expect("device pools get rows with an index");
                 (
-                    keys[layer].clone().select(0, index.clone()),
-                    values[layer].clone().select(0, index.clone()),
+                    keys[layer].clone().select(0, index.clone()).cast(DType::F32),
+                    values[layer].clone().select(0, index.clone()).cast(DType::F32),
                 )
             }
             Pools::HostF32(pools) => self.host_tensors(pools.gather(layer, &rows.rows, self.kv_dim)),
@@ -591,16 +622,16 @@ impl KvCache {
         (tensor(keys), tensor(values))
     }
 
-    /// One layer's key and value pools when they are host vectors.
+    /// One layer's key and value pools when they are host memory.
     pub fn host_pools(&self, layer: usize) -> Option<HostLayer<'_>> {
         match &self.pools {
             Pools::HostF32(p) => Some(HostLayer::F32 {
-                keys: &p.keys[layer],
-                values: &p.values[layer],
+                keys: p.keys[layer].as_slice(),
+                values: p.values[layer].as_slice(),
             }),
             Pools::HostF16(p) => Some(HostLayer::F16 {
-                keys: &p.keys[layer],
-                values: &p.values[layer],
+                keys: p.keys[layer].as_slice(),
+                values: p.values[layer].as_slice(),
             }),
             Pools::Device { .. } => None,
         }
@@ -622,6 +653,11 @@ mod tests {
 
     /// A cache of `max_blocks` blocks of 4 tokens for a one-layer model with kv_dim 2.
     fn cache(max_blocks: usize) -> KvCache {
+        cache_of(max_blocks, max_blocks, KvStorage::DeviceF32)
+    }
+
+    /// The same model's cache in `storage`, starting with `initial_blocks`.
+    fn cache_of(max_blocks: usize, initial_blocks: usize, storage: KvStorage) -> KvCache {
         let model = ModelConfig {
             architecture: Architecture::Llama,
             hidden_size: 2,
@@ -637,14 +673,14 @@ mod tests {
             tie_embeddings: true,
             qkv_bias: false,
         };
-        let bytes_per_block = 4 * 2 * 4 * 2;
+        let bytes_per_block = 4 * 2 * storage.element_bytes() * 2;
         let config = KvCacheConfig {
             block_size: 4,
             max_bytes: max_blocks * bytes_per_block,
-            initial_blocks: max_blocks,
+            initial_blocks,
             prefix_cache: true,
         };
-        KvCache::new(config, &model, &Device::flex(), KvStorage::Device).unwrap()
+        KvCache::new(config, &model, &Device::flex(), storage).unwrap()
     }
 
     /// Fills `table` to `tokens.len()` and registers its full blocks, as the engine does.
@@ -768,5 +804,51 @@ mod tests {
         );
         // Everything is in use now: no room for more.
         assert!(!kv.can_grow(&BlockTable::default(), 1));
+    }
+
+    /// Every storage returns the rows written to it, through a growth of its pools, in its own
+    /// precision and size.
+    #[test]
+    fn every_storage_keeps_its_rows_through_growth() {
+        let storages = [
+            KvStorage::DeviceF32,
+            KvStorage::DeviceF16,
+            KvStorage::HostF32,
+            KvStorage::HostF16,
+        ];
+        for storage in storages {
+            let mut kv = cache_of(8, 1, storage);
+            assert_eq!(kv.bytes_per_token(), 2 * 2 * storage.element_bytes(), "{storage:?}");
+            let device = Device::flex();
+            // Row r holds keys (r + 0.1, -r) and values (r * 0.5, 1 / (r + 1)).
+            let keys = |rows: std::ops::Range<usize>| -> Vec<f32> {
+                rows.flat_map(|r| [r as f32 + 0.1, -(r as f32)]).collect()
+            };
+            let values = |rows: std::ops::Range<usize>| -> Vec<f32> {
+                rows.flat_map(|r| [r as f32 * 0.5, 1.0 / (r as f32 + 1.0)]).collect()
+            };
+            let tensor = |v: Vec<f32>| {
+                let n = v.len() / 2;
+                Tensor::<2>::from_data(TensorData::new(v, [n, 2]), &device)
+            };
+            let mut table = BlockTable::default();
+            let mut written = 0;
+            for len in [3, 4, 13, 16] {
+                // 13 and 16 tokens need 4 blocks: the pools grow from 1 block to 2, then 4.
+                kv.reserve(&mut table, len).unwrap();
+                let rows = kv.pool_rows(kv.rows(&table, written..len));
+                kv.write(0, &rows, tensor(keys(written..len)), tensor(values(written..len)));
+                table.len = len;
+                written = len;
+            }
+            assert_eq!(kv.allocated_bytes(), 4 * kv.bytes_per_token() * 4, "{storage:?}");
+            let (k, v) = kv.gather(0, &kv.pool_rows(kv.rows(&table, 0..16)));
+            let tolerance = if storage.element_bytes() == 2 { 1e-2 } else { 0.0 };
+            for (got, want) in [(host_values(k), keys(0..16)), (host_values(v), values(0..16))] {
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= tolerance * w.abs().max(1.0), "{storage:?}: {g} vs {w}");
+                }
+            }
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! Decode attention on the CPU, reading each sequence's keys and values where they lie in the
-//! host KV pools.
+//! Attention on the CPU, reading each sequence's keys and values where they lie in the host KV
+//! pools: decode steps, and prompt chunks (each query of a chunk is a context of its own, the
+//! rows up to its position, so the causal mask is the list of rows and no `[queries, context]`
+//! score matrix is ever built for the whole chunk).
 //!
 //! Why it exists: through burn, a decode step first gathers every sequence's context into a
 //! padded copy for each layer, then runs many tiny batched matmuls (`[group, head_dim]` ×
@@ -10,7 +12,7 @@
 //! # Shapes
 //! q: `[batch, heads * head_dim]`; keys, values: a pool `[pool_rows, kv_heads * head_dim]` (f32
 //! or f16);
-//! `contexts[b]`: the pool rows of sequence `b`'s context, its new token last
+//! `contexts[b]`: the pool rows query `b` attends to, its own token last
 //! → out `[batch, heads * head_dim]`; probabilities, when asked, `[batch][heads * context_b]`
 
 use rayon::prelude::*;
@@ -26,13 +28,14 @@ pub struct HeadShape {
     pub head_dim: usize,
 }
 
-/// The attention output of every sequence's one new token and, with `want_probs`, its
-/// probabilities per head.
-pub fn decode_attention<T: Lanes>(
+/// The attention output of every query over its own context rows (a decode step's new token of
+/// each sequence, or each token of a prompt chunk) and, with `want_probs`, its probabilities per
+/// head.
+pub fn pool_attention<T: Lanes>(
     q: &[f32],
     keys: &[T],
     values: &[T],
-    contexts: &[Vec<usize>],
+    contexts: &[&[usize]],
     shape: HeadShape,
     want_probs: bool,
 ) -> (Vec<f32>, Option<Vec<Vec<f32>>>) {
@@ -75,7 +78,7 @@ pub fn decode_attention<T: Lanes>(
                 let rows = PoolRows {
                     keys,
                     values,
-                    context: &contexts[b],
+                    context: contexts[b],
                     offset: kv_head * head_dim,
                     row_len: kv_heads * head_dim,
                 };
@@ -527,10 +530,11 @@ mod tests {
         };
         let ((keys_t, keys), (values_t, values)) = (pool(7919), pool(104729));
         // Three sequences with scattered, differently sized contexts (one of a single row).
-        let contexts = vec![vec![3, 4, 5, 20, 21], vec![39], (0..30).rev().collect::<Vec<_>>()];
+        let contexts = [vec![3, 4, 5, 20, 21], vec![39], (0..30).rev().collect::<Vec<_>>()];
         let q_dim = shape.heads * shape.head_dim;
         let q: Vec<f32> = (0..contexts.len() * q_dim).map(|i| value(i, 31)).collect();
-        let (out, probs) = decode_attention(&q, &keys_t, &values_t, &contexts, shape, true);
+        let context_rows: Vec<&[usize]> = contexts.iter().map(Vec::as_slice).collect();
+        let (out, probs) = pool_attention(&q, &keys_t, &values_t, &context_rows, shape, true);
         let probs = probs.expect("asked for");
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         for (b, context) in contexts.iter().enumerate() {

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
-use super::attention::{attend, attend_decode_batch};
+use super::attention::{attend, attend_decode_batch, causal_mask, padding_mask};
 use super::config::ModelConfig;
-use super::host_attention::{HeadShape, decode_attention};
+use super::host_attention::{HeadShape, pool_attention};
 use super::mlp::Mlp;
 use super::quant_matmul::QuantMatrix;
 use super::rms_norm::RmsNorm;
@@ -18,7 +18,7 @@ use super::rope::Rope;
 use super::weights::{Weight, WeightSource};
 use super::{Linear, WeightDtype, upload};
 use crate::error::{KernelError, Result};
-use crate::kv_cache::{BlockTable, HostLayer, KvCache, KvStorage, PoolRows, host_values};
+use crate::kv_cache::{BlockTable, HostLayer, KvCache, PoolRows, host_values};
 
 struct DecoderLayer {
     attn_norm: RmsNorm,
@@ -358,20 +358,8 @@ impl Transformer {
                         (out, probs)
                     }
                     DecodeContexts::Host(contexts) => {
-                        let shape = HeadShape {
-                            heads: cfg.n_heads,
-                            kv_heads: cfg.n_kv_heads,
-                            head_dim: cfg.head_dim,
-                        };
-                        let q = host_values(q_g);
-                        let (out, probs) = match kv.host_pools(li).expect("host contexts come with host pools") {
-                            HostLayer::F32 { keys, values } => {
-                                decode_attention(&q, keys, values, contexts, shape, want)
-                            }
-                            HostLayer::F16 { keys, values } => {
-                                decode_attention(&q, keys, values, contexts, shape, want)
-                            }
-                        };
+                        let rows: Vec<&[usize]> = contexts.iter().map(Vec::as_slice).collect();
+                        let (out, probs) = self.attend_in_pools(kv, li, &host_values(q_g), &rows, want);
                         let out = Tensor::from_data(TensorData::new(out, [contexts.len(), q_dim]), &self.device);
                         let probs = probs.map(|probs| {
                             probs
@@ -394,24 +382,21 @@ impl Transformer {
                     }
                 }
             }
-            for (m, context_rows) in &plan.others {
-                let s = &slices[*m];
-                let (keys, values) = kv.gather(li, context_rows);
-                let start = plan.offsets[*m];
+            for other in &plan.others {
+                let s = &slices[other.member];
+                let start = plan.offsets[other.member];
                 let q_s = q
                     .clone()
                     .slice([start..start + s.n_new, 0..cfg.n_heads, 0..cfg.head_dim]);
-                let (out, probs) = attend(
-                    q_s,
-                    keys,
-                    values,
-                    s.start_pos,
-                    cfg.n_kv_heads,
-                    s.attention != AttentionWanted::None,
-                    &self.device,
-                );
+                let want = s.attention != AttentionWanted::None;
+                let (out, probs) = if kv.storage().on_device() {
+                    let (keys, values) = kv.gather(li, &other.context_rows);
+                    attend(q_s, keys, values, other.mask.as_ref(), cfg.n_kv_heads, want)
+                } else {
+                    self.attend_chunk_in_pools(kv, li, q_s, s, other.context_rows.rows(), want)
+                };
                 outs.push(out);
-                if let (Some(p), Some(maps)) = (probs, attention[*m].as_mut()) {
+                if let (Some(p), Some(maps)) = (probs, attention[other.member].as_mut()) {
                     maps.push(keep(s.attention, p));
                 }
             }
@@ -435,6 +420,64 @@ impl Transformer {
         }
     }
 
+    /// The host attention ([`pool_attention`]) of `queries.len()` queries over their own context
+    /// rows in layer `layer`'s host pools.
+    ///
+    /// # Shapes
+    /// q: `[queries, q_dim]` → `[queries, q_dim]`; probabilities, when asked,
+    /// `[queries][heads * context_i]`
+    fn attend_in_pools(
+        &self,
+        kv: &KvCache,
+        layer: usize,
+        q: &[f32],
+        queries: &[&[usize]],
+        want_probs: bool,
+    ) -> (Vec<f32>, Option<Vec<Vec<f32>>>) {
+        let cfg = &self.config;
+        let shape = HeadShape {
+            heads: cfg.n_heads,
+            kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+        };
+        match kv.host_pools(layer).expect("attention in pools needs host pools") {
+            HostLayer::F32 { keys, values } => pool_attention(q, keys, values, queries, shape, want_probs),
+            HostLayer::F16 { keys, values } => pool_attention(q, keys, values, queries, shape, want_probs),
+        }
+    }
+
+    /// A prompt chunk's causal attention in the host pools: query `i` of the slice reads the
+    /// rows of positions `0..=start_pos + i` (of `context_rows`, the slice's whole context).
+    ///
+    /// # Shapes
+    /// q: `[n_new, heads, head_dim]` → `[n_new, q_dim]`; probabilities, when asked,
+    /// `[heads, n_new, start_pos + n_new]` (zero past each query's position)
+    fn attend_chunk_in_pools(
+        &self,
+        kv: &KvCache,
+        layer: usize,
+        q: Tensor<3>,
+        slice: &SequenceSlice<'_>,
+        context_rows: &[usize],
+        want_probs: bool,
+    ) -> (Tensor<2>, Option<Tensor<3>>) {
+        let (heads, n_new, context) = (self.config.n_heads, slice.n_new, slice.start_pos + slice.n_new);
+        let queries: Vec<&[usize]> = (0..n_new).map(|i| &context_rows[..slice.start_pos + i + 1]).collect();
+        let (out, probs) = self.attend_in_pools(kv, layer, &host_values(q), &queries, want_probs);
+        let out = Tensor::from_data(TensorData::new(out, [n_new, self.config.q_dim()]), &self.device);
+        let probs = probs.map(|per_query| {
+            let mut full = vec![0f32; heads * n_new * context];
+            for (i, p) in per_query.iter().enumerate() {
+                let seen = queries[i].len();
+                for h in 0..heads {
+                    full[(h * n_new + i) * context..][..seen].copy_from_slice(&p[h * seen..(h + 1) * seen]);
+                }
+            }
+            Tensor::from_data(TensorData::new(full, [heads, n_new, context]), &self.device)
+        });
+        (out, probs)
+    }
+
     /// Output logits for the given final-normed hidden rows.
     ///
     /// # Shapes
@@ -452,8 +495,8 @@ struct BatchPlan {
     offsets: Vec<usize>,
     /// Single-token slices attended together: every one with host pools, at least two otherwise.
     decode: Option<DecodeGroup>,
-    /// The remaining slices with the pool rows of their context.
-    others: Vec<(usize, PoolRows)>,
+    /// The remaining slices, each attended alone.
+    others: Vec<OtherSlice>,
     /// Maps token order to plan order when the decode group is not already first.
     to_token_order: Option<Tensor<1, Int>>,
 }
@@ -463,6 +506,16 @@ struct DecodeGroup {
     /// Token rows of the members in the flat batch: `[batch]`.
     token_rows: Tensor<1, Int>,
     contexts: DecodeContexts,
+}
+
+/// A slice attended alone (a prompt chunk, or a single token the decode group does not take).
+struct OtherSlice {
+    member: usize,
+    /// Pool rows of its whole context: `[start_pos + n_new]`.
+    context_rows: PoolRows,
+    /// With device pools, its causal mask, built once for every layer (see [`causal_mask`]);
+    /// host pools need none (each query reads only its own rows).
+    mask: Option<Tensor<4>>,
 }
 
 struct PaddedContexts {
@@ -490,7 +543,7 @@ impl BatchPlan {
             new_rows.extend(kv.rows(s.table, s.start_pos..s.start_pos + s.n_new));
             offset += s.n_new;
         }
-        let host = kv.storage() != KvStorage::Device;
+        let host = !kv.storage().on_device();
         let decode_members: Vec<usize> = (0..slices.len()).filter(|&i| slices[i].n_new == 1).collect();
         let contexts: Vec<Vec<usize>> = decode_members
             .iter()
@@ -502,18 +555,16 @@ impl BatchPlan {
                 DecodeContexts::Host(contexts)
             } else {
                 let max_context = contexts.iter().map(Vec::len).max().expect("at least two");
-                let batch = contexts.len();
-                let mut rows = Vec::with_capacity(batch * max_context);
-                let mut mask = vec![0f32; batch * max_context];
-                for (b, own) in contexts.iter().enumerate() {
+                let mut rows = Vec::with_capacity(contexts.len() * max_context);
+                for own in &contexts {
                     rows.extend(own);
                     rows.extend(std::iter::repeat_n(own[0], max_context - own.len()));
-                    mask[b * max_context + own.len()..(b + 1) * max_context].fill(f32::NEG_INFINITY);
                 }
-                let padded = contexts.iter().any(|c| c.len() != max_context);
+                let lens: Vec<usize> = contexts.iter().map(Vec::len).collect();
+                let padded = lens.iter().any(|&l| l != max_context);
                 DecodeContexts::Padded(Box::new(PaddedContexts {
                     rows: kv.pool_rows(rows),
-                    mask: padded.then(|| upload(mask, [batch, 1, 1, max_context], DType::F32, device)),
+                    mask: padded.then(|| padding_mask(&lens, max_context, device)),
                 }))
             };
             let group = DecodeGroup {
@@ -530,7 +581,15 @@ impl BatchPlan {
             .iter()
             .map(|&m| {
                 let s = &slices[m];
-                (m, kv.pool_rows(kv.rows(s.table, 0..s.start_pos + s.n_new)))
+                OtherSlice {
+                    member: m,
+                    context_rows: kv.pool_rows(kv.rows(s.table, 0..s.start_pos + s.n_new)),
+                    mask: if host {
+                        None
+                    } else {
+                        causal_mask(s.n_new, s.start_pos, device)
+                    },
+                }
             })
             .collect();
         // Plan order: decode members, then the others; each slice contributes its token rows.

@@ -94,7 +94,7 @@ fn batched_decode_steps_equal_separate_steps() {
     batched_decode_equals_separate(&mut engine, 1e-3);
     drop(engine);
     let mut engine = engine_f32_burn_only();
-    assert_eq!(engine.kv_storage(), KvStorage::Device);
+    assert_eq!(engine.kv_storage(), KvStorage::DeviceF32);
     batched_decode_equals_separate(&mut engine, 1e-3);
     drop(engine);
     // f16 pools round every key and value: a last-bit difference in a row computed alone or in

@@ -2,9 +2,12 @@
 //! equal llama.cpp's on the shared reference, in one forward per case and one token per step
 //! as the Batcher serves (single and batched decodes, chunked prefill mixed with decodes).
 
+use agentos_kernel::KvStorage;
 use agentos_kernel::parity::{ParitySummary, Schedule, StepwiseParity, check_case, check_stepwise, read_reference};
 
-use crate::support::{engine_f16, engine_f32, engine_f32_burn_only, engine_quantized, reference_file};
+use crate::support::{
+    engine_f16, engine_f16_burn_only, engine_f32, engine_f32_burn_only, engine_quantized, reference_file,
+};
 
 fn run(engine: &mut agentos_kernel::Engine) -> ParitySummary {
     let cases = read_reference(&reference_file()).expect("reference parses");
@@ -126,4 +129,13 @@ fn stepwise_chunked_and_batched_f32() {
 #[test]
 fn stepwise_chunked_and_batched_through_burn() {
     chunked_and_batched(&mut engine_f32_burn_only());
+}
+
+/// f16 weights with the host kernels off: burn's f16 matmuls, f16 device KV pools, causal and
+/// padding masks built on the device (the GPU's default configuration, computed on flex).
+#[test]
+fn stepwise_chunked_and_batched_through_burn_f16() {
+    let mut engine = engine_f16_burn_only();
+    assert_eq!(engine.kv_storage(), KvStorage::DeviceF16);
+    chunked_and_batched(&mut engine);
 }

@@ -3,8 +3,8 @@
 //! Needs a software Vulkan driver (`apt-get install mesa-vulkan-drivers`; `.ci/run` installs
 //! it). Software Vulkan is slow, so this checks the first two reference prompts.
 
-use agentos_kernel::parity::{ParitySummary, check_case, read_reference};
-use agentos_kernel::{DeviceChoice, Engine, EngineConfig, ModelSpec, WeightDtype, adapter_descriptions};
+use agentos_kernel::parity::{ParitySummary, Schedule, check_case, check_stepwise, read_reference};
+use agentos_kernel::{DeviceChoice, Engine, EngineConfig, KvStorage, ModelSpec, WeightDtype, adapter_descriptions};
 
 use crate::support::{default_model_path, reference_file};
 
@@ -29,6 +29,55 @@ fn parity_on_software_vulkan() {
     let summary = ParitySummary { cases };
     println!("wgpu-cpu {}", summary.line());
     assert!(summary.passes(97.0), "{}", summary.line());
+}
+
+/// The default dtype on wgpu: f16 weights and f16 KV pools where the adapter computes in f16
+/// (f32 where it does not), served as the Batcher composes steps: prompts in chunks of 7
+/// attending over cached keys (the causal mask built on the device), beside batched decodes of
+/// contexts of different lengths (the padding mask built on the device).
+#[test]
+fn stepwise_parity_of_the_default_dtype_on_software_vulkan() {
+    let config = EngineConfig {
+        device: DeviceChoice::WgpuCpu,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::load(&ModelSpec::Gguf(default_model_path()), config).unwrap();
+    // `auto` stays `auto` (f16 weights off the host kernels) unless the adapter lacks f16.
+    let expected = match engine.info().dtype {
+        WeightDtype::F32 => KvStorage::DeviceF32,
+        WeightDtype::Auto | WeightDtype::F16 => KvStorage::DeviceF16,
+    };
+    assert_eq!(engine.kv_storage(), expected);
+    // Software Vulkan takes seconds per forward: the first 8 reference tokens of two cases.
+    let cases: Vec<_> = read_reference(&reference_file())
+        .unwrap()
+        .into_iter()
+        .take(2)
+        .map(|mut c| {
+            c.greedy_ids.truncate(8);
+            c.top1_margins.truncate(8);
+            c
+        })
+        .collect();
+    let report = check_stepwise(
+        &mut engine,
+        &cases,
+        Schedule {
+            prefill_chunk: 7,
+            concurrent: 2,
+        },
+    )
+    .unwrap();
+    println!(
+        "wgpu-cpu {}: {} in {} steps ({} mixed, up to {} decodes)",
+        engine.info().dtype.name(),
+        report.summary.line(),
+        report.steps,
+        report.mixed_steps,
+        report.most_decodes
+    );
+    assert!(report.mixed_steps > 0 && report.most_decodes == 2, "{report:?}");
+    assert!(report.summary.passes(97.0), "{}", report.summary.line());
 }
 
 /// Listing adapters starts a small runtime of its own; from async code (an engine loaded inside

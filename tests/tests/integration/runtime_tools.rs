@@ -217,12 +217,17 @@ async fn a_task_redelivered_after_a_crash_replays_its_recorded_call_instead_of_c
 #[derive(Default, Serialize, Deserialize)]
 struct Geographer;
 
-/// What `ask_json` must produce (its schema comes from the derive, with integer formats).
+/// What `ask_json` must produce (its schema comes from the derive, with integer formats). The
+/// strings and the list are bounded, as a caller with a token budget bounds them: unbounded, the
+/// 135M model can write one landmark past the role's 96 tokens, and the honest answer to that is
+/// the `BadJson` "cut at max_tokens" error, not a value.
 #[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 struct City {
+    #[schemars(length(max = 32))]
     name: String,
     population_millions: u32,
     coastal: bool,
+    #[schemars(length(max = 2), inner(length(max = 32)))]
     landmarks: Vec<String>,
 }
 

@@ -111,6 +111,22 @@ pub fn engine_f32_burn_only() -> MutexGuard<'static, Engine> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
+/// f16 weights with the host kernels off: burn's matmuls and f16 device KV pools on flex, the
+/// precision a GPU computes in.
+pub fn engine_f16_burn_only() -> MutexGuard<'static, Engine> {
+    static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            load_with(EngineConfig {
+                dtype: WeightDtype::F16,
+                host_kernels: false,
+                ..EngineConfig::default()
+            })
+        })
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 /// Kernel settings for runtime tests: the default model on flex.
 pub fn kernel_args() -> agentos_kernel::KernelArgs {
     agentos_kernel::KernelArgs {

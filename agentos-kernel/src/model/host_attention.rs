@@ -6,8 +6,10 @@
 //! Why it exists: through burn, a decode step first gathers every sequence's context into a
 //! padded copy for each layer, then runs many tiny batched matmuls (`[group, head_dim]` ×
 //! `[head_dim, context]`) whose per-call overhead dominates their arithmetic. Here each
-//! (sequence, kv head) pair is one task that streams that sequence's rows once for all the query
-//! heads sharing them: scores, softmax, weighted sum. Sequences of different lengths need no padding or mask.
+//! (query, kv head) pair is one task that streams that query's rows once for all the query heads
+//! sharing them: scores, softmax, weighted sum (with fewer such tasks than two per thread, as in
+//! one sequence's decode, each query head is a task, so every core works). Contexts of different
+//! lengths need no padding or mask.
 //!
 //! # Shapes
 //! q: `[batch, heads * head_dim]`; keys, values: a pool `[pool_rows, kv_heads * head_dim]` (f32
@@ -54,27 +56,38 @@ pub fn pool_attention<T: Lanes>(
     };
     let group = heads / kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    // One task per (sequence, kv head): the `group` query heads sharing that kv head read each
-    // key and value row once. Their output rows `[group * head_dim]` and probability rows
-    // `[group * context]` are contiguous, so each task gets its own chunks.
+    // One task per (query, kv head): the `group` query heads sharing that kv head read each key
+    // and value row once. With fewer such tasks than two per thread (one sequence's decode has
+    // as many as kv heads, 3 for the default model, over 2 cores: one core would do twice the
+    // other's work), each query head is a task of its own instead, reading its kv head's rows
+    // itself. Either way a task's heads are consecutive, so its output rows
+    // `[heads_per_task * head_dim]` and probability rows `[heads_per_task * context]` are
+    // contiguous chunks.
+    let heads_per_task = if contexts.len() * kv_heads < 2 * rayon::current_num_threads() {
+        1
+    } else {
+        group
+    };
+    let tasks_per_query = heads / heads_per_task;
     let mut prob_chunks: Vec<Option<&mut [f32]>> = if want_probs {
         probs
             .iter_mut()
             .zip(contexts)
-            .flat_map(|(p, c)| p.chunks_mut(group * c.len().max(1)).map(Some))
+            .flat_map(|(p, c)| p.chunks_mut(heads_per_task * c.len().max(1)).map(Some))
             .collect()
     } else {
-        (0..contexts.len() * kv_heads).map(|_| None).collect()
+        (0..contexts.len() * tasks_per_query).map(|_| None).collect()
     };
-    out.par_chunks_mut(group * head_dim)
+    out.par_chunks_mut(heads_per_task * head_dim)
         .zip(prob_chunks.par_iter_mut())
         .enumerate()
         .for_each(|(task, (out, prob))| {
             // Scratch per worker thread, not per rayon split: splits are many and small, and
             // fresh scratch for each would be fresh pages to fault in.
             SCRATCH.with_borrow_mut(|scratch| {
-                let (b, kv_head) = (task / kv_heads, task % kv_heads);
-                let q_start = b * q_dim + kv_head * group * head_dim;
+                let (b, first_head) = (task / tasks_per_query, task % tasks_per_query * heads_per_task);
+                let kv_head = first_head / group;
+                let q_start = b * q_dim + first_head * head_dim;
                 let rows = PoolRows {
                     keys,
                     values,
@@ -83,7 +96,7 @@ pub fn pool_attention<T: Lanes>(
                     row_len: kv_heads * head_dim,
                 };
                 group_attention(
-                    &q[q_start..q_start + group * head_dim],
+                    &q[q_start..q_start + heads_per_task * head_dim],
                     rows,
                     head_dim,
                     scale,
@@ -503,6 +516,12 @@ mod tests {
         // 12: the portable code; 16 and 72 (two 32-column passes of the weighted sum and an
         // 8-column one): AVX2 where the machine has it. Groups of 3 and of 5 query heads per kv
         // head (the weighted sum takes at most 4 heads at once, then the rest).
+        // Three sequences with scattered, differently sized contexts (one of a single row): 6
+        // (sequence, kv head) tasks on 2 threads, each for its group of heads. One sequence
+        // alone: 2 such tasks, fewer than two per thread, so every query head is a task.
+        let three = [vec![3, 4, 5, 20, 21], vec![39], (0..30).rev().collect::<Vec<_>>()];
+        let one = [(0..30).rev().collect::<Vec<_>>()];
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         for head_dim in [12, 16, 72] {
             for heads in [6, 10] {
                 let shape = HeadShape {
@@ -510,14 +529,18 @@ mod tests {
                     kv_heads: 2,
                     head_dim,
                 };
-                check_against_plain_attention::<f32>(shape);
-                check_against_plain_attention::<half::f16>(shape);
+                for contexts in [&three[..], &one[..]] {
+                    pool.install(|| {
+                        check_against_plain_attention::<f32>(shape, contexts);
+                        check_against_plain_attention::<half::f16>(shape, contexts);
+                    });
+                }
             }
         }
     }
 
     /// Pools of `T`; the reference reads the same (rounded) values as f32.
-    fn check_against_plain_attention<T: Lanes>(shape: HeadShape) {
+    fn check_against_plain_attention<T: Lanes>(shape: HeadShape, contexts: &[Vec<usize>]) {
         let row_len = shape.kv_heads * shape.head_dim;
         let pool_rows = 40;
         let value = |i: usize, m: usize| ((i * m) % 101) as f32 / 101.0 - 0.5;
@@ -529,8 +552,6 @@ mod tests {
             (stored, read)
         };
         let ((keys_t, keys), (values_t, values)) = (pool(7919), pool(104729));
-        // Three sequences with scattered, differently sized contexts (one of a single row).
-        let contexts = [vec![3, 4, 5, 20, 21], vec![39], (0..30).rev().collect::<Vec<_>>()];
         let q_dim = shape.heads * shape.head_dim;
         let q: Vec<f32> = (0..contexts.len() * q_dim).map(|i| value(i, 31)).collect();
         let context_rows: Vec<&[usize]> = contexts.iter().map(Vec::as_slice).collect();

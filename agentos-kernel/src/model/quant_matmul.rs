@@ -19,8 +19,8 @@
 //! stream it once per tile).
 //!
 //! Kernels, chosen once per process by the CPU's features ([`Kernel`]): AVX-512 with VNNI, which
-//! keeps Q4_0 and Q4_1 matrices repacked in panels of 16 outputs ([`Layout::Panels`]) so that
-//! one `vpdpbusd` advances 16 outputs' sums; AVX2 on the file's layout; a portable fallback.
+//! keeps Q4_0, Q4_1 and Q8_0 matrices repacked in panels of 16 outputs ([`Layout::Panels`]) so
+//! that one `vpdpbusd` advances 16 outputs' sums; AVX2 on the file's layout; a portable fallback.
 //! `AGENTOS_QUANT_KERNEL` picks a slower tier where one is wanted for comparison.
 //!
 //! # Shapes
@@ -102,12 +102,14 @@ pub struct QuantMatrix {
 enum Layout {
     /// As in the file: one row of blocks per output.
     File,
-    /// Q4_0 and Q4_1 repacked for the AVX-512 kernel, [`PANEL`] outputs interleaved: per
-    /// panel, per block of 32 inputs, 4 vectors of 64 code bytes (byte `4j + t` of vector `h`
-    /// is byte `4h + t` of output `j`'s block: values `4h + t` and `4h + t + 16` in its two
-    /// nibbles), then the 16 outputs' f16 scales `d`, then (Q4_1) their f16 offsets `m`. One
-    /// `vpdpbusd` then multiplies 4 inputs into all 16 outputs' sums, with no horizontal
-    /// adds; the bytes are the file's, only moved.
+    /// Q4_0, Q4_1 and Q8_0 repacked for the AVX-512 kernel, [`PANEL`] outputs interleaved: per
+    /// panel, per block of 32 inputs, the code vectors of 64 bytes (byte `4j + t` of vector
+    /// `h` is code byte `4h + t` of output `j`'s block: for Q4_0/Q4_1, 4 vectors whose bytes
+    /// hold values `4h + t` and `4h + t + 16` in their two nibbles; for Q8_0, 8 vectors of
+    /// value `4h + t`, stored plus 128 so that they are unsigned), then the 16 outputs' f16
+    /// scales `d`, then (Q4_1) their f16 offsets `m`. One `vpdpbusd` then multiplies 4 inputs
+    /// into all 16 outputs' sums, with no horizontal adds. The file's bytes, moved (and Q8_0's
+    /// codes offset by 128); the same size.
     Panels,
 }
 
@@ -275,19 +277,45 @@ const fn small_block_layout(f: u8) -> (usize, usize) {
     }
 }
 
-/// [`small_block_layout`] of the formats repacked into [`Layout::Panels`].
-fn q4_layout(format: QuantFormat) -> (usize, usize) {
-    match format {
-        QuantFormat::Q4_0 => small_block_layout(0),
-        QuantFormat::Q4_1 => small_block_layout(1),
-        other => unreachable!("{other:?} is not repacked"),
+/// How one block of a format repacked into [`Layout::Panels`] is laid out: its bytes in the
+/// file, where its codes start there, its code vectors of 64 bytes per panel block, and what is
+/// added to each code byte (Q8_0's signed codes become unsigned for `vpdpbusd`).
+struct PanelBlock {
+    size: usize,
+    qs_at: usize,
+    vectors: usize,
+    code_offset: u8,
+}
+
+impl PanelBlock {
+    fn of(format: QuantFormat) -> Self {
+        let (f, vectors, code_offset) = match format {
+            QuantFormat::Q4_0 => (0, 4, 0),
+            QuantFormat::Q4_1 => (1, 4, 0),
+            QuantFormat::Q8_0 => (2, 8, 128),
+            other => unreachable!("{other:?} is not repacked"),
+        };
+        let (size, qs_at) = small_block_layout(f);
+        PanelBlock {
+            size,
+            qs_at,
+            vectors,
+            code_offset,
+        }
+    }
+
+    /// Where the 16 scales start in a panel block (the offsets `m` of Q4_1 follow them).
+    fn scales_at(&self) -> usize {
+        64 * self.vectors
     }
 }
 
-/// The file's rows (`outputs` rows of `inputs / 32` Q4_0 or Q4_1 blocks) in [`Layout::Panels`]:
-/// the same bytes, moved; `outputs` is a multiple of [`PANEL`].
+/// The file's rows (`outputs` rows of `inputs / 32` Q4_0, Q4_1 or Q8_0 blocks) in
+/// [`Layout::Panels`]: the same bytes, moved (Q8_0's codes offset by 128); `outputs` is a
+/// multiple of [`PANEL`].
 fn repack_panels(format: QuantFormat, outputs: usize, inputs: usize, data: &[u8]) -> Vec<u8> {
-    let (size, qs_at) = q4_layout(format);
+    let layout = PanelBlock::of(format);
+    let (size, qs_at, d_at) = (layout.size, layout.qs_at, layout.scales_at());
     let blocks = inputs / QK;
     let row_bytes = blocks * size;
     let block_bytes = PANEL * size;
@@ -298,12 +326,14 @@ fn repack_panels(format: QuantFormat, outputs: usize, inputs: usize, data: &[u8]
             for j in 0..PANEL {
                 let at = (p * PANEL + j) * row_bytes + b * size;
                 let src = &data[at..at + size];
-                for h in 0..4 {
-                    dst[h * 64 + 4 * j..h * 64 + 4 * j + 4].copy_from_slice(&src[qs_at + 4 * h..qs_at + 4 * h + 4]);
+                for h in 0..layout.vectors {
+                    for t in 0..4 {
+                        dst[h * 64 + 4 * j + t] = src[qs_at + 4 * h + t].wrapping_add(layout.code_offset);
+                    }
                 }
-                dst[256 + 2 * j..256 + 2 * j + 2].copy_from_slice(&src[0..2]);
+                dst[d_at + 2 * j..d_at + 2 * j + 2].copy_from_slice(&src[0..2]);
                 if format == QuantFormat::Q4_1 {
-                    dst[288 + 2 * j..288 + 2 * j + 2].copy_from_slice(&src[2..4]);
+                    dst[d_at + 32 + 2 * j..d_at + 32 + 2 * j + 2].copy_from_slice(&src[2..4]);
                 }
             }
         }
@@ -313,7 +343,8 @@ fn repack_panels(format: QuantFormat, outputs: usize, inputs: usize, data: &[u8]
 
 /// Output row `r` of a [`Layout::Panels`] matrix back in the file's layout.
 fn unpack_panel_row(format: QuantFormat, inputs: usize, data: &[u8], r: usize) -> Vec<u8> {
-    let (size, qs_at) = q4_layout(format);
+    let layout = PanelBlock::of(format);
+    let (size, qs_at, d_at) = (layout.size, layout.qs_at, layout.scales_at());
     let blocks = inputs / QK;
     let block_bytes = PANEL * size;
     let (p, j) = (r / PANEL, r % PANEL);
@@ -321,12 +352,14 @@ fn unpack_panel_row(format: QuantFormat, inputs: usize, data: &[u8], r: usize) -
     for b in 0..blocks {
         let src = &data[(p * blocks + b) * block_bytes..(p * blocks + b + 1) * block_bytes];
         let dst = &mut row[b * size..(b + 1) * size];
-        for h in 0..4 {
-            dst[qs_at + 4 * h..qs_at + 4 * h + 4].copy_from_slice(&src[h * 64 + 4 * j..h * 64 + 4 * j + 4]);
+        for h in 0..layout.vectors {
+            for t in 0..4 {
+                dst[qs_at + 4 * h + t] = src[h * 64 + 4 * j + t].wrapping_sub(layout.code_offset);
+            }
         }
-        dst[0..2].copy_from_slice(&src[256 + 2 * j..256 + 2 * j + 2]);
+        dst[0..2].copy_from_slice(&src[d_at + 2 * j..d_at + 2 * j + 2]);
         if format == QuantFormat::Q4_1 {
-            dst[2..4].copy_from_slice(&src[288 + 2 * j..288 + 2 * j + 2]);
+            dst[2..4].copy_from_slice(&src[d_at + 32 + 2 * j..d_at + 32 + 2 * j + 2]);
         }
     }
     row
@@ -543,7 +576,7 @@ impl Kernel {
     fn panels(self, format: QuantFormat) -> bool {
         match (self, format) {
             #[cfg(target_arch = "x86_64")]
-            (Kernel::Avx512Vnni, QuantFormat::Q4_0 | QuantFormat::Q4_1) => true,
+            (Kernel::Avx512Vnni, QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0) => true,
             _ => false,
         }
     }
@@ -1057,8 +1090,9 @@ mod x86_vnni {
     //! AVX-512 with VNNI. `vpdpbusd` multiplies 64 unsigned weight codes by 64 signed
     //! activation codes and sums each 4 into 16 `i32` lanes in one instruction (AVX2 needs
     //! `maddubs` + `madd`, and saturates pairs at 16 bits).
-    //! - [`panel_rows`]: Q4_0 and Q4_1 in [`super::Layout::Panels`], lanes = 16 outputs.
-    //! - [`dot_rows`]: Q4_0, Q4_1 and Q8_0 in the file's layout, two 32-value blocks per
+    //! - [`panel_rows`]: Q4_0, Q4_1 and Q8_0 in [`super::Layout::Panels`], lanes = 16 outputs.
+    //! - [`dot_rows`]: Q4_0, Q4_1 and Q8_0 in the file's layout (a matrix whose outputs are not
+    //!   a multiple of 16), two 32-value blocks per
     //!   register: lanes 0–7 belong to the first block, 8–15 to the second, so one vector of
     //!   two scales (each repeated 8 times) scales both. The other formats use the AVX2 kernel.
     use std::arch::x86_64::*;
@@ -1170,27 +1204,36 @@ mod x86_vnni {
         out: &mut [f32],
     ) {
         match (format, tile) {
-            (QuantFormat::Q4_0, 4) => panels::<false, 4>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q4_0, 3) => panels::<false, 3>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q4_0, 2) => panels::<false, 2>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q4_0, 1) => panels::<false, 1>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q4_1, 4) => panels::<true, 4>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q4_1, 3) => panels::<true, 3>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q4_1, 2) => panels::<true, 2>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q4_1, 1) => panels::<true, 1>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q4_0, 4) => panels::<0, 4>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q4_0, 3) => panels::<0, 3>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q4_0, 2) => panels::<0, 2>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q4_0, 1) => panels::<0, 1>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q4_1, 4) => panels::<1, 4>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q4_1, 3) => panels::<1, 3>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q4_1, 2) => panels::<1, 2>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q4_1, 1) => panels::<1, 1>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q8_0, 4) => panels::<2, 4>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q8_0, 3) => panels::<2, 3>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q8_0, 2) => panels::<2, 2>(w, panel_bytes, x, r0, out),
+            (QuantFormat::Q8_0, 1) => panels::<2, 1>(w, panel_bytes, x, r0, out),
             (format, tile) => unreachable!("no panel kernel for {format:?} x {tile} rows"),
         }
     }
 
-    /// Q4_0 (`Q4_1 = false`: `w = d·q - 8d`) or Q4_1 (`w = d·q + m`) panels against `R` rows:
-    /// per block, 8 `vpdpbusd` give the 16 outputs' integer sums for one row (4 inputs each,
-    /// the 4 activation bytes broadcast to every lane), scaled by the 16 weight scales and the
-    /// row's activation scale; the offsets `m·s` accumulate alongside.
+    /// Panels of Q4_0 (`F = 0`: `w = d·q - 8d`), Q4_1 (1: `w = d·q + m`) or Q8_0 (2: codes
+    /// stored as `q + 128`, so `w = d·(q + 128) - 128d`) against `R` rows: per block, 8
+    /// `vpdpbusd` give the 16 outputs' integer sums for one row (4 inputs each, the 4
+    /// activation bytes broadcast to every lane), scaled by the 16 weight scales and the row's
+    /// activation scale; the offsets `m·s` accumulate alongside.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    fn panels<const Q4_1: bool, const R: usize>(w: &[u8], panel_bytes: usize, x: &Q8Rows, r0: usize, out: &mut [f32]) {
+    fn panels<const F: u8, const R: usize>(w: &[u8], panel_bytes: usize, x: &Q8Rows, r0: usize, out: &mut [f32]) {
         let blocks = x.blocks_per_row();
         let inputs = blocks * QK;
-        let block_bytes = if Q4_1 { 320 } else { 288 };
+        let (block_bytes, scales_at) = match F {
+            0 => (288, 256),
+            1 => (320, 256),
+            _ => (544, 512),
+        };
         assert!(panel_bytes == blocks * block_bytes && r0 + R <= x.rows);
         assert!(x.qs.len() >= x.rows * inputs && x.d.len() >= x.rows * blocks && x.s.len() >= x.rows * blocks);
         let rows = x.rows;
@@ -1206,26 +1249,35 @@ mod x86_vnni {
                 // rows r0..r0 + R hold block b of codes, scales and offsets (asserted above).
                 unsafe {
                     let base = wp.as_ptr().add(b * block_bytes);
-                    let raw: [__m512i; 4] =
-                        std::array::from_fn(|h| _mm512_loadu_si512(base.add(64 * h) as *const __m512i));
-                    let lo: [__m512i; 4] = std::array::from_fn(|h| _mm512_and_si512(raw[h], mask));
-                    let hi: [__m512i; 4] =
-                        std::array::from_fn(|h| _mm512_and_si512(_mm512_srli_epi16(raw[h], 4), mask));
-                    let d = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(256) as *const __m256i));
-                    let m = match Q4_1 {
-                        true => _mm512_cvtph_ps(_mm256_loadu_si256(base.add(288) as *const __m256i)),
-                        false => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+                    // Code vector `c` multiplies activation bytes `4c..4c + 4`: Q4's low
+                    // nibbles are values 0..16 and its high nibbles 16..32; Q8_0's 8 vectors
+                    // are values 0..32 in order.
+                    let codes: [__m512i; 8] = if F == 2 {
+                        std::array::from_fn(|c| _mm512_loadu_si512(base.add(64 * c) as *const __m512i))
+                    } else {
+                        let raw: [__m512i; 4] =
+                            std::array::from_fn(|h| _mm512_loadu_si512(base.add(64 * h) as *const __m512i));
+                        std::array::from_fn(|c| match c {
+                            0..4 => _mm512_and_si512(raw[c], mask),
+                            _ => _mm512_and_si512(_mm512_srli_epi16(raw[c - 4], 4), mask),
+                        })
+                    };
+                    let d = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(scales_at) as *const __m256i));
+                    let m = match F {
+                        0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+                        1 => _mm512_cvtph_ps(_mm256_loadu_si256(base.add(scales_at + 32) as *const __m256i)),
+                        _ => _mm512_mul_ps(d, _mm512_set1_ps(-128.0)),
                     };
                     for r in 0..R {
                         let row = r0 + r;
                         let xq = x.qs.as_ptr().add(row * inputs + b * QK) as *const i32;
                         let group = |c: usize| _mm512_set1_epi32(std::ptr::read_unaligned(xq.add(c)));
                         // Two chains of 4, so consecutive `vpdpbusd` do not wait on each other.
-                        let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[0], group(0));
-                        let mut s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi[0], group(4));
+                        let mut s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes[0], group(0));
+                        let mut s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes[4], group(4));
                         for h in 1..4 {
-                            s0 = _mm512_dpbusd_epi32(s0, lo[h], group(h));
-                            s1 = _mm512_dpbusd_epi32(s1, hi[h], group(h + 4));
+                            s0 = _mm512_dpbusd_epi32(s0, codes[h], group(h));
+                            s1 = _mm512_dpbusd_epi32(s1, codes[h + 4], group(h + 4));
                         }
                         let sums = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
                         let at = row * blocks + b;
@@ -1512,7 +1564,7 @@ mod tests {
 
     #[test]
     fn the_panel_layout_holds_the_files_blocks() {
-        for format in [QuantFormat::Q4_0, QuantFormat::Q4_1] {
+        for format in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
             let file = matrix_in(Layout::File, format, 48, 544, 5);
             let panels = matrix_in(Layout::Panels, format, 48, 544, 5);
             assert_eq!(file.bytes(), panels.bytes());

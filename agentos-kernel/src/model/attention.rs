@@ -12,8 +12,9 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 /// The additive causal mask of `n_new` queries at absolute positions
 /// `start_pos..start_pos + n_new` over the keys `0..start_pos + n_new`: query `i` sees keys
 /// `0..=start_pos + i`, the rest get -inf. `None` for a single query, which sees every key.
-/// Built on the device from index ranges (nothing is uploaded), once per forward: every layer
-/// uses the same mask.
+/// Computed on the device from two index ranges (a backend without a device `arange`, such as
+/// wgpu without burn's fusion, uploads those `n_new + context` integers, not an
+/// `[n_new, context]` mask), once per forward: every layer uses the same mask.
 ///
 /// # Shapes
 /// → `[1, 1, n_new, start_pos + n_new]`
@@ -28,8 +29,8 @@ pub fn causal_mask(n_new: usize, start_pos: usize, device: &Device) -> Option<Te
 }
 
 /// The additive mask of a padded decode batch: sequence `b` has `lens[b]` real rows of the
-/// `max_context`, the rest get -inf. Only the lengths are uploaded; the mask is built on the
-/// device.
+/// `max_context`, the rest get -inf. The lengths (and, without a device `arange`, the column
+/// indices) are uploaded; the mask is computed on the device.
 ///
 /// # Shapes
 /// lens: `[batch]` → `[batch, 1, 1, max_context]`

@@ -53,13 +53,6 @@ pub fn default_model_path() -> PathBuf {
         .expect("the default model can be fetched")
 }
 
-fn load(dtype: WeightDtype) -> Mutex<Engine> {
-    load_with(EngineConfig {
-        dtype,
-        ..EngineConfig::default()
-    })
-}
-
 fn load_with(config: EngineConfig) -> Mutex<Engine> {
     let config = EngineConfig {
         device: DeviceChoice::Flex,
@@ -68,63 +61,63 @@ fn load_with(config: EngineConfig) -> Mutex<Engine> {
     Mutex::new(Engine::load(&ModelSpec::Gguf(default_model_path()), config).expect("the default model loads"))
 }
 
-/// The default model on flex with f32 weights, shared by the tests of this binary.
-pub fn engine_f32() -> MutexGuard<'static, Engine> {
-    static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| load(WeightDtype::F32))
+/// The engine in `cell`, loaded on first use with `config` (on flex) and shared by the tests of
+/// this binary; a test that panicked holding it does not poison it for the others.
+fn shared(
+    cell: &'static OnceLock<Mutex<Engine>>,
+    config: impl FnOnce() -> EngineConfig,
+) -> MutexGuard<'static, Engine> {
+    cell.get_or_init(|| load_with(config()))
         .lock()
         .unwrap_or_else(|e| e.into_inner())
+}
+
+fn with_dtype(dtype: WeightDtype) -> EngineConfig {
+    EngineConfig {
+        dtype,
+        ..EngineConfig::default()
+    }
+}
+
+/// The default model on flex with f32 weights.
+pub fn engine_f32() -> MutexGuard<'static, Engine> {
+    static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
+    shared(&ENGINE, || with_dtype(WeightDtype::F32))
 }
 
 /// The same model with f16 weights.
 pub fn engine_f16() -> MutexGuard<'static, Engine> {
     static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| load(WeightDtype::F16))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    shared(&ENGINE, || with_dtype(WeightDtype::F16))
 }
 
 /// `--dtype auto`: the file's Q4_1 and Q8_0 blocks computed on by the quantised kernel.
 pub fn engine_quantized() -> MutexGuard<'static, Engine> {
     static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| load(WeightDtype::Auto))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    shared(&ENGINE, || with_dtype(WeightDtype::Auto))
+}
+
+/// `dtype` weights with the host kernels off: burn's matmuls and device KV pools on flex, as on
+/// a GPU.
+fn burn_only(dtype: WeightDtype) -> EngineConfig {
+    EngineConfig {
+        host_kernels: false,
+        ..with_dtype(dtype)
+    }
 }
 
 /// f32 weights on flex with the host kernels off: KV pools are burn tensors and decode attention
 /// runs through burn, as on a GPU.
 pub fn engine_f32_burn_only() -> MutexGuard<'static, Engine> {
     static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            load_with(EngineConfig {
-                dtype: WeightDtype::F32,
-                host_kernels: false,
-                ..EngineConfig::default()
-            })
-        })
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    shared(&ENGINE, || burn_only(WeightDtype::F32))
 }
 
 /// f16 weights with the host kernels off: burn's matmuls and f16 device KV pools on flex, the
 /// precision a GPU computes in.
 pub fn engine_f16_burn_only() -> MutexGuard<'static, Engine> {
     static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            load_with(EngineConfig {
-                dtype: WeightDtype::F16,
-                host_kernels: false,
-                ..EngineConfig::default()
-            })
-        })
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    shared(&ENGINE, || burn_only(WeightDtype::F16))
 }
 
 /// Kernel settings for runtime tests: the default model on flex.

@@ -10,8 +10,9 @@
 //! first token, as llama-batched-bench counts its generation phase), each the median of
 //! `--repeats` runs (3; every run's figure is kept under `runs`), grammar (8 chat requests
 //! through the Batcher, JSON-Schema constrained against the same requests free, in the same
-//! run: tokens/s of each and the mean mask time per constrained token), sampling (µs per token of the sampler on the model's own logits, partial selection
-//! against the full sort of the vocabulary it replaced, in the same run),
+//! run: tokens/s of each and the mean mask time per constrained token), sampling (µs per token
+//! of the sampler on the model's own logits, partial selection against the full sort of the
+//! vocabulary it replaced, in the same run),
 //! single_sequence_peak_rss_bytes (the peak after the prefill and single-sequence decode runs,
 //! the work llama-bench does), peak_rss_bytes (the peak of the whole run, which also holds up to
 //! 16 sequences' caches and the grammar engine), plus load time.

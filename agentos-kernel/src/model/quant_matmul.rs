@@ -289,13 +289,19 @@ struct PanelBlock {
 
 impl PanelBlock {
     fn of(format: QuantFormat) -> Self {
-        let (f, vectors, code_offset) = match format {
-            QuantFormat::Q4_0 => (0, 4, 0),
-            QuantFormat::Q4_1 => (1, 4, 0),
-            QuantFormat::Q8_0 => (2, 8, 128),
+        match format {
+            QuantFormat::Q4_0 => Self::of_kernel(0),
+            QuantFormat::Q4_1 => Self::of_kernel(1),
+            QuantFormat::Q8_0 => Self::of_kernel(2),
             other => unreachable!("{other:?} is not repacked"),
-        };
+        }
+    }
+
+    /// The layout of Q4_0 (`f = 0`), Q4_1 (1) or Q8_0 (2), as the kernels' const parameter
+    /// names them.
+    const fn of_kernel(f: u8) -> Self {
         let (size, qs_at) = small_block_layout(f);
+        let (vectors, code_offset) = if f == 2 { (8, 128) } else { (4, 0) };
         PanelBlock {
             size,
             qs_at,
@@ -304,8 +310,13 @@ impl PanelBlock {
         }
     }
 
+    /// Bytes of one panel block: 16 outputs' blocks.
+    const fn panel_bytes(&self) -> usize {
+        PANEL * self.size
+    }
+
     /// Where the 16 scales start in a panel block (the offsets `m` of Q4_1 follow them).
-    fn scales_at(&self) -> usize {
+    const fn scales_at(&self) -> usize {
         64 * self.vectors
     }
 }
@@ -318,7 +329,7 @@ fn repack_panels(format: QuantFormat, outputs: usize, inputs: usize, data: &[u8]
     let (size, qs_at, d_at) = (layout.size, layout.qs_at, layout.scales_at());
     let blocks = inputs / QK;
     let row_bytes = blocks * size;
-    let block_bytes = PANEL * size;
+    let block_bytes = layout.panel_bytes();
     let mut out = vec![0u8; data.len()];
     for p in 0..outputs / PANEL {
         for b in 0..blocks {
@@ -346,7 +357,7 @@ fn unpack_panel_row(format: QuantFormat, inputs: usize, data: &[u8], r: usize) -
     let layout = PanelBlock::of(format);
     let (size, qs_at, d_at) = (layout.size, layout.qs_at, layout.scales_at());
     let blocks = inputs / QK;
-    let block_bytes = PANEL * size;
+    let block_bytes = layout.panel_bytes();
     let (p, j) = (r / PANEL, r % PANEL);
     let mut row = vec![0u8; blocks * size];
     for b in 0..blocks {
@@ -1203,20 +1214,23 @@ mod x86_vnni {
         tile: usize,
         out: &mut [f32],
     ) {
-        match (format, tile) {
-            (QuantFormat::Q4_0, 4) => panels::<0, 4>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q4_0, 3) => panels::<0, 3>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q4_0, 2) => panels::<0, 2>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q4_0, 1) => panels::<0, 1>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q4_1, 4) => panels::<1, 4>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q4_1, 3) => panels::<1, 3>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q4_1, 2) => panels::<1, 2>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q4_1, 1) => panels::<1, 1>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q8_0, 4) => panels::<2, 4>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q8_0, 3) => panels::<2, 3>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q8_0, 2) => panels::<2, 2>(w, panel_bytes, x, r0, out),
-            (QuantFormat::Q8_0, 1) => panels::<2, 1>(w, panel_bytes, x, r0, out),
-            (format, tile) => unreachable!("no panel kernel for {format:?} x {tile} rows"),
+        match format {
+            QuantFormat::Q4_0 => panels_of::<0>(w, panel_bytes, x, r0, tile, out),
+            QuantFormat::Q4_1 => panels_of::<1>(w, panel_bytes, x, r0, tile, out),
+            QuantFormat::Q8_0 => panels_of::<2>(w, panel_bytes, x, r0, tile, out),
+            format => unreachable!("no panel kernel for {format:?}"),
+        }
+    }
+
+    /// [`panels`] of format `F` for a tile of 1 to 4 rows.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    fn panels_of<const F: u8>(w: &[u8], panel_bytes: usize, x: &Q8Rows, r0: usize, tile: usize, out: &mut [f32]) {
+        match tile {
+            4 => panels::<F, 4>(w, panel_bytes, x, r0, out),
+            3 => panels::<F, 3>(w, panel_bytes, x, r0, out),
+            2 => panels::<F, 2>(w, panel_bytes, x, r0, out),
+            1 => panels::<F, 1>(w, panel_bytes, x, r0, out),
+            tile => unreachable!("no panel kernel for {tile} rows"),
         }
     }
 
@@ -1229,11 +1243,8 @@ mod x86_vnni {
     fn panels<const F: u8, const R: usize>(w: &[u8], panel_bytes: usize, x: &Q8Rows, r0: usize, out: &mut [f32]) {
         let blocks = x.blocks_per_row();
         let inputs = blocks * QK;
-        let (block_bytes, scales_at) = match F {
-            0 => (288, 256),
-            1 => (320, 256),
-            _ => (544, 512),
-        };
+        let layout = const { super::PanelBlock::of_kernel(F) };
+        let (block_bytes, scales_at) = (layout.panel_bytes(), layout.scales_at());
         assert!(panel_bytes == blocks * block_bytes && r0 + R <= x.rows);
         assert!(x.qs.len() >= x.rows * inputs && x.d.len() >= x.rows * blocks && x.s.len() >= x.rows * blocks);
         let rows = x.rows;
